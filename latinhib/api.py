@@ -1,0 +1,185 @@
+"""The public Python API: :class:`LateralInhibition` wraps a model and a config and turns
+a batch of model inputs into enhanced images, masks and importance maps. The folder
+pipeline uses the same object, so the CLI and a training loop share one code path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from .config import Config, ConfigError, InhibitionConfig, load_config
+from .importance import default_layers, importance_maps, resolve_layers
+from .inhibition import combine_maps, inhibit, quantile_threshold, select
+
+__all__ = ["Importance", "InhibitionResult", "LateralInhibition", "amp_dtype"]
+
+
+def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """Resolve ``runtime.amp`` to an autocast dtype: ``auto`` is bf16 on CUDA, off elsewhere
+    (bf16 autocast on this kind of CPU is slower than float32)."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+@dataclass
+class Importance:
+    """What the model pass gives for a batch of N model inputs (H x W).
+
+    combined: (N, H, W) float32 importance after the filter, normalised and averaged over
+        layers, in [0, 1].
+    threshold: (N,) the q-quantile Q_i of each combined map.
+    valid: (N,) False where no layer had any spatial information (image left unchanged).
+    predicted: (N,) the model's top-1 class. logits: (N, K).
+    target: the loss target used. layer_maps: the raw IoM maps, one (N, h, w) per layer call.
+    layers: the name of each layer map.
+    """
+
+    combined: torch.Tensor
+    threshold: torch.Tensor
+    valid: torch.Tensor
+    predicted: torch.Tensor
+    logits: torch.Tensor
+    target: str
+    layer_maps: List[torch.Tensor]
+    layers: List[str]
+
+
+@dataclass
+class InhibitionResult:
+    """The enhanced batch and what it came from.
+
+    enhanced: (N, C, H, W), unselected samples bit-identical to the input.
+    masks: (N, H, W) in [0, 1]; 1 = kept sharp (all ones for unselected samples).
+    importance: (N, H, W) combined importance (zeros for unselected samples).
+    selected: (N,) bool. threshold: (N,) Q_i (NaN for unselected samples).
+    kept_fraction: (N,) the mean of each mask. predicted: (N,) top-1 class (-1 unselected).
+    """
+
+    enhanced: torch.Tensor
+    masks: torch.Tensor
+    importance: torch.Tensor
+    selected: torch.Tensor
+    threshold: torch.Tensor
+    kept_fraction: torch.Tensor
+    predicted: torch.Tensor
+    target: Optional[str]
+
+
+class LateralInhibition:
+    """Lateral-inhibition data enhancement for a CNN classifier.
+
+    Example, inside a training loop::
+
+        from latinhib import LateralInhibition
+        enhancer = LateralInhibition(model, {"inhibition.quantile": 0.5, "inhibition.ratio": 0.3})
+        out = enhancer(images, targets=labels)    # images: normalised model inputs
+        loss = criterion(model(out.enhanced), labels)
+
+    ``config`` is a :class:`~latinhib.config.Config`, a mapping of ``"section.key"``
+    overrides, or None for the defaults. Only the ``model.layers``, ``model.target``,
+    ``inhibition``, ``blur`` and ``runtime.amp`` keys matter here. The model is run in eval
+    mode with frozen parameters for the importance pass and restored afterwards.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Union[Config, Mapping[str, Any], None] = None,
+        *,
+        input_size: Optional[Tuple[int, int]] = None,
+    ):
+        if not isinstance(config, Config):
+            config = load_config(overrides=dict(config or {}))
+        self.model = model
+        self.config = config
+        self.settings: InhibitionConfig = config.inhibition
+        param = next(model.parameters(), None)
+        self.device = param.device if param is not None else torch.device("cpu")
+        self.input_size = input_size or config.model.input_size or (224, 224)
+        if config.model.layers:
+            try:
+                resolve_layers(model, config.model.layers)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            self.layers = list(config.model.layers)
+        else:
+            self.layers = default_layers(model, self.input_size)
+        self._generator = torch.Generator().manual_seed(self.settings.seed)
+
+    def importance(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> Importance:
+        """Steps 1-5 on model inputs (N, C, H, W): combined maps and thresholds."""
+        s = self.settings
+        maps = importance_maps(
+            self.model,
+            images,
+            self.layers,
+            target=self.config.model.target,
+            labels=targets,
+            norm=s.norm,
+            autocast_dtype=amp_dtype(self.config.runtime.amp, images.device),
+        )
+        combined, valid = combine_maps(
+            maps.maps, tuple(images.shape[-2:]), kind=s.filter, kernel_size=s.kernel_size, sigma=s.sigma
+        )
+        threshold = quantile_threshold(combined, s.quantile)
+        return Importance(combined, threshold, valid, maps.predicted, maps.logits, maps.target, maps.maps, maps.names)
+
+    def select(self, n: int, keys: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """(n,) bool: which samples to enhance. With ``keys`` (e.g. file paths) the choice
+        is a stable hash of (seed, key); without, a fresh draw from a seeded generator."""
+        if keys is not None:
+            if len(keys) != n:
+                raise ValueError(f"keys should have one entry per image ({n}). Got {len(keys)}")
+            return torch.tensor(select(keys, self.settings.ratio, self.settings.seed), dtype=torch.bool)
+        return torch.rand(n, generator=self._generator) < self.settings.ratio
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        targets: Optional[torch.Tensor] = None,
+        keys: Optional[Sequence[str]] = None,
+    ) -> InhibitionResult:
+        """Enhance a batch of model inputs (N, C, H, W); returns an :class:`InhibitionResult`.
+
+        Unselected samples get no model pass at all. The blur sigma (``blur.sigma``) is in
+        pixels of ``images``.
+        """
+        if images.ndim != 4 or not images.is_floating_point():
+            raise ValueError(f"images should be a float (N, C, H, W) tensor. Got {images.dtype} {tuple(images.shape)}")
+        n, _, h, w = images.shape
+        selected = self.select(n, keys).to(images.device)
+        enhanced = images.clone()
+        masks = images.new_ones((n, h, w))
+        combined = images.new_zeros((n, h, w))
+        threshold = images.new_full((n,), float("nan"))
+        predicted = torch.full((n,), -1, dtype=torch.long, device=images.device)
+        target = None
+        index = selected.nonzero().view(-1)
+        if index.numel():
+            chosen = images.index_select(0, index)
+            labels = targets.to(images.device).index_select(0, index) if targets is not None else None
+            imp = self.importance(chosen, labels)
+            out, mask = inhibit(
+                chosen, imp.combined, imp.threshold, imp.valid,
+                blur_sigma=self.config.blur.sigma, feather_sigma=self.config.blur.feather,
+            )
+            enhanced[index] = out
+            masks[index] = mask.to(masks.dtype)
+            combined[index] = imp.combined.to(combined.dtype)
+            threshold[index] = imp.threshold.to(threshold.dtype)
+            predicted[index] = imp.predicted
+            target = imp.target
+        return InhibitionResult(
+            enhanced=enhanced,
+            masks=masks,
+            importance=combined,
+            selected=selected,
+            threshold=threshold,
+            kept_fraction=masks.flatten(1).mean(dim=1),
+            predicted=predicted,
+            target=target,
+        )

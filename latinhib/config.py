@@ -1,0 +1,375 @@
+"""Configuration: frozen dataclasses, loaded from YAML and ``section.key=value`` overrides.
+
+Defaults < YAML file < command-line overrides. Every value is validated here, with a
+message that names the key, the bad value and what is allowed; unknown keys are an error
+with a "did you mean" suggestion. Config is data: ``yaml.safe_load`` only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import yaml
+
+from .importance import TARGETS
+from .inhibition import FILTERS
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DEVICES",
+    "load_config",
+    "parse_override",
+    "to_yaml",
+]
+
+DEVICES_HELP = "auto, cpu, cuda or cuda:N"
+DEVICES = ("auto", "cpu", "cuda")
+AMP_CHOICES = ("auto", "off", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # torchvision architecture name (resnet50, mobilenet_v2, ...), or "package.module:Class"
+    # for your own network. MobileNetV2: light enough for a laptop CPU, and its ImageNet
+    # weights can be had offline (see README).
+    arch: str = "mobilenet_v2"
+    # torchvision weights name, e.g. IMAGENET1K_V1 or ResNet50_Weights.IMAGENET1K_V2;
+    # used when no checkpoint is given. null = random init (only useful in tests).
+    weights: Optional[str] = "IMAGENET1K_V1"
+    # a state_dict (.pth/.pt, also {"state_dict": ...} / {"model": ...}) or a TorchScript
+    # file; overrides `weights`.
+    checkpoint: Optional[str] = None
+    # load a fully pickled model (runs code from the file): only for files you trust.
+    trust_checkpoint: bool = False
+    # layers whose output gradients are used, by module name; null = the last block at
+    # strides 8, 16 and 32 that does not feed global pooling (see importance.default_layers).
+    layers: Optional[Tuple[str, ...]] = None
+    # loss target: auto (label when the folder's classes map onto the model's, else pred),
+    # label, pred, or entropy.
+    target: str = "auto"
+    # model input size (int or [h, w]); null = from the weights' metadata, else 224.
+    input_size: Optional[Tuple[int, int]] = None
+    # input normalisation; null = from the weights' metadata, else ImageNet's.
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
+    # class names in output order (for target: label and the manifest); null = from the
+    # weights' metadata, else "0".."K-1".
+    classes: Optional[Tuple[str, ...]] = None
+    # keyword arguments for the architecture's constructor (num_classes is read from the
+    # checkpoint when not given).
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InhibitionConfig:
+    # q: the fraction of each image that is inhibited (blurred); the q-quantile of the
+    # importance map is the threshold.
+    quantile: float = 0.5
+    # filter applied to each layer's importance map: log (Mexican hat, as in the paper),
+    # gaussian (same sigma, no inhibitory surround) or none.
+    filter: str = "log"
+    # sigma and kernel size (k) of the filter, in pixels of a stride-16 feature map (14x14
+    # at a 224 input); layers at other strides scale both by 16/stride, so the filter
+    # covers the same part of the image at every layer. sigma ~ the object's radius / 1.4
+    # in those pixels: 2 suits objects that fill a third to a half of the frame.
+    sigma: float = 2.0
+    kernel_size: int = 7
+    # r: the fraction of images that is enhanced; the others are copied byte for byte.
+    ratio: float = 0.5
+    # p of the p-norm over channels (IoM); 2 as in most saliency work.
+    norm: float = 2.0
+    # seed of the per-image selection hash: same seed, same selected files.
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BlurConfig:
+    # blur sigma in pixels of the model's input (224): each image is blurred with
+    # sigma * (its short side / the input's short side), so the blur looks the same to a
+    # model whatever the photo's resolution. 4 removes texture but keeps coarse layout.
+    sigma: float = 4.0
+    # soft mask edge, in the same units; 0 = a hard edge.
+    feather: float = 0.0
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    # JPEG quality of enhanced JPEGs (1-100); 95 keeps artefacts below the blur's effect.
+    jpeg_quality: int = 95
+    # folder for the masks (one-channel PNG per enhanced image); null = none.
+    save_masks: Optional[str] = None
+    # folder for importance heat maps (PNG per enhanced image); null = none.
+    save_heatmaps: Optional[str] = None
+    # redo outputs that already exist.
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    # auto = cuda when available, else cpu; or cpu, cuda, cuda:N.
+    device: str = "auto"
+    # images per model pass; 16 fits a CPU's cache (8-16 beat 32 per image on 2 cores),
+    # raise it to 64-256 on a GPU.
+    batch_size: int = 16
+    # decoding worker processes; 0 = decode in the main process.
+    workers: int = 2
+    # mixed precision for forward/backward: auto (bf16 on CUDA, off on CPU), off, bf16, fp16.
+    amp: str = "auto"
+    # threads for torch on CPU; 0 = torch's default.
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    inhibition: InhibitionConfig = field(default_factory=InhibitionConfig)
+    blur: BlurConfig = field(default_factory=BlurConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> Dict[str, Dict[str, Any]]:
+        return {
+            section.name: {
+                f.name: _plain(getattr(getattr(self, section.name), f.name))
+                for f in dataclasses.fields(getattr(self, section.name))
+            }
+            for section in dataclasses.fields(self)
+        }
+
+
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{key}: {value!r} is not allowed; expected {allowed}")
+
+
+def _number(key: str, value: Any, low: float, high: float, *, integer: bool = False,
+            low_open: bool = False, allowed: str = "") -> Union[int, float]:
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise _fail(key, value, allowed or f"{kind} in [{low}, {high}]")
+    if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+        raise _fail(key, value, allowed or f"{kind} in {'(' if low_open else '['}{low}, {high}]")
+    return int(value) if integer else float(value)
+
+
+def _optional_str(key: str, value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, (str, Path)):
+        raise _fail(key, value, "a string or null")
+    return str(value)
+
+
+def _size(key: str, value: Any) -> Optional[Tuple[int, int]]:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value, value]
+    if (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and 16 <= v <= 4096 for v in value)):
+        return (int(value[0]), int(value[1]))
+    raise _fail(key, value, "null, an integer or [height, width], each in [16, 4096]")
+
+
+def _floats(key: str, value: Any) -> Optional[Tuple[float, ...]]:
+    if value is None:
+        return None
+    if (isinstance(value, (list, tuple)) and value
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        return tuple(float(v) for v in value)
+    raise _fail(key, value, "null or a list of numbers, one per input channel")
+
+
+def _strings(key: str, value: Any) -> Optional[Tuple[str, ...]]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, int)) for v in value):
+        return tuple(str(v) for v in value)
+    raise _fail(key, value, "null, a list of names, or a comma-separated string")
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _fail(key, value, "true or false")
+
+
+def _choice(key: str, value: Any, choices) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not allowed; expected one of {', '.join(choices)}"
+                          + (_suggest(str(value), choices) if isinstance(value, str) else ""))
+    return value
+
+
+def _device(key: str, value: Any) -> str:
+    if isinstance(value, str):
+        if value in DEVICES:
+            return value
+        if value.startswith("cuda:") and value[5:].isdigit():
+            return value
+    raise _fail(key, value, DEVICES_HELP)
+
+
+def _validate(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
+    """Check and normalise one section's values; returns the converted dict."""
+    out = dict(values)
+    k = lambda name: f"{section}.{name}"  # noqa: E731
+    if section == "model":
+        if not isinstance(out["arch"], str) or not out["arch"]:
+            raise _fail(k("arch"), out["arch"], "a torchvision architecture name or 'package.module:Class'")
+        out["weights"] = _optional_str(k("weights"), out["weights"])
+        out["checkpoint"] = _optional_str(k("checkpoint"), out["checkpoint"])
+        out["trust_checkpoint"] = _bool(k("trust_checkpoint"), out["trust_checkpoint"])
+        out["layers"] = _strings(k("layers"), out["layers"])
+        out["target"] = _choice(k("target"), out["target"], TARGETS)
+        out["input_size"] = _size(k("input_size"), out["input_size"])
+        out["mean"] = _floats(k("mean"), out["mean"])
+        out["std"] = _floats(k("std"), out["std"])
+        if out["std"] is not None and any(v <= 0 for v in out["std"]):
+            raise _fail(k("std"), list(out["std"]), "positive numbers")
+        out["classes"] = _strings(k("classes"), out["classes"])
+        if not isinstance(out["kwargs"], Mapping):
+            raise _fail(k("kwargs"), out["kwargs"], "a mapping of keyword arguments")
+        out["kwargs"] = dict(out["kwargs"])
+    elif section == "inhibition":
+        out["quantile"] = _number(k("quantile"), out["quantile"], 0.0, 1.0)
+        out["filter"] = _choice(k("filter"), out["filter"], FILTERS)
+        out["sigma"] = _number(k("sigma"), out["sigma"], 0.0, 1000.0, low_open=True,
+                               allowed="a number > 0")
+        out["kernel_size"] = _number(k("kernel_size"), out["kernel_size"], 3, 999, integer=True,
+                                     allowed="an odd integer >= 3")
+        if out["kernel_size"] % 2 == 0:
+            raise _fail(k("kernel_size"), out["kernel_size"], "an odd integer >= 3")
+        out["ratio"] = _number(k("ratio"), out["ratio"], 0.0, 1.0)
+        out["norm"] = _number(k("norm"), out["norm"], 1.0, math.inf, allowed="a number >= 1 (p of the p-norm)") \
+            if out["norm"] != math.inf else math.inf
+        out["seed"] = _number(k("seed"), out["seed"], -2**63, 2**63 - 1, integer=True, allowed="an integer")
+    elif section == "blur":
+        out["sigma"] = _number(k("sigma"), out["sigma"], 0.0, 1000.0, low_open=True, allowed="a number > 0")
+        out["feather"] = _number(k("feather"), out["feather"], 0.0, 1000.0, allowed="a number >= 0")
+    elif section == "output":
+        out["jpeg_quality"] = _number(k("jpeg_quality"), out["jpeg_quality"], 1, 100, integer=True)
+        out["save_masks"] = _optional_str(k("save_masks"), out["save_masks"])
+        out["save_heatmaps"] = _optional_str(k("save_heatmaps"), out["save_heatmaps"])
+        out["overwrite"] = _bool(k("overwrite"), out["overwrite"])
+    elif section == "runtime":
+        out["device"] = _device(k("device"), out["device"])
+        out["batch_size"] = _number(k("batch_size"), out["batch_size"], 1, 65536, integer=True)
+        out["workers"] = _number(k("workers"), out["workers"], 0, 256, integer=True)
+        out["amp"] = _choice(k("amp"), out["amp"], AMP_CHOICES)
+        out["threads"] = _number(k("threads"), out["threads"], 0, 1024, integer=True)
+    return out
+
+
+def parse_override(text: str) -> Tuple[str, Any]:
+    """``"section.key=value"`` -> (key, value); the value is read as YAML (``0.3``,
+    ``[1, 2]``, ``null``, ``true``), falling back to the plain string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _merge(data: Dict[str, Dict[str, Any]], key: str, value: Any, origin: str) -> None:
+    parts = key.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"{origin}{key!r}: expected a key of the form section.key "
+                          f"(sections: {', '.join(SECTIONS)})")
+    section, name = parts
+    if section not in SECTIONS:
+        raise ConfigError(f"{origin}unknown section {section!r}{_suggest(section, SECTIONS)}; "
+                          f"sections: {', '.join(SECTIONS)}")
+    names = [f.name for f in dataclasses.fields(SECTIONS[section]())]
+    if name not in names:
+        raise ConfigError(f"{origin}unknown key '{section}.{name}'{_suggest(name, names)}; "
+                          f"keys of {section}: {', '.join(names)}")
+    data.setdefault(section, {})[name] = value
+
+
+def read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
+    """Read a config file; syntax errors name the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {str(path)!r}{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    path: Optional[Union[str, Path]] = None,
+    overrides: Optional[Union[Mapping[str, Any], List[Tuple[str, Any]]]] = None,
+) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``overrides`` ({"section.key": value}).
+
+    Raises :class:`ConfigError` naming the key, the value and what is allowed.
+    """
+    data: Dict[str, Dict[str, Any]] = {}
+    if path is not None:
+        raw = read_yaml(path)
+        for section, values in raw.items():
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                if section in SECTIONS:
+                    raise ConfigError(f"config file {str(path)!r}: section {section!r} should be a mapping")
+                _merge(data, f"{section}.?", None, f"config file {str(path)!r}: ")
+            for name, value in values.items():
+                _merge(data, f"{section}.{name}", value, f"config file {str(path)!r}: ")
+    items = overrides.items() if isinstance(overrides, Mapping) else (overrides or [])
+    for key, value in items:
+        _merge(data, key, value, "")
+    sections = {}
+    for section, factory in SECTIONS.items():
+        defaults = dataclasses.asdict(factory())
+        defaults.update(data.get(section, {}))
+        checked = _validate(section, defaults)
+        sections[section] = factory().__class__(**checked)
+    return Config(**sections)
+
+
+def to_yaml(config: Config) -> str:
+    """The effective config as YAML, in section order."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None)

@@ -1,0 +1,289 @@
+"""Gradient importance: IoN = dL/dx for the output x of each chosen layer, and
+IoM = the p-norm of IoN over channels at every position (SPEC steps 1-3).
+
+This module owns the forward hooks (always removed, even on error), the choice of the
+loss target, the per-sample gradient rescaling that keeps very confident models from
+underflowing, and the default choice of layers. It imports torch only.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "TARGETS",
+    "ActivationCapture",
+    "ImportanceMaps",
+    "default_layers",
+    "frozen_eval",
+    "importance_maps",
+    "logit_gradient",
+    "resolve_layers",
+]
+
+#: Loss targets (SPEC step 1). ``auto`` becomes ``label`` when labels are given, else ``pred``.
+TARGETS = ("auto", "label", "pred", "entropy")
+
+#: Feature strides whose last block is a default layer. Stride 4 and finer carry edge
+#: noise rather than object evidence (SPEC "Traps"); see ``default_layers``.
+DEFAULT_STRIDES = (8, 16, 32)
+
+
+def resolve_layers(model: nn.Module, names: Sequence[str]) -> List[Tuple[str, nn.Module]]:
+    """Look up each dotted module name with ``get_submodule``; unknown names raise a
+    ``ValueError`` that lists the valid names (block-level ones first)."""
+    if not names:
+        raise ValueError("layers should name at least one module. Got an empty list")
+    resolved = []
+    for name in names:
+        try:
+            resolved.append((name, model.get_submodule(name)))
+        except AttributeError:
+            valid = [n for n, _ in model.named_modules() if n]
+            shown = ", ".join(valid[:60]) + (", ..." if len(valid) > 60 else "")
+            raise ValueError(f"model.layers: the model has no layer {name!r}; valid names: {shown}") from None
+    return resolved
+
+
+class ActivationCapture:
+    """Context manager that records the output of named modules on every call.
+
+    ``capture.activations`` holds ``(name, tensor)`` in call order; a module that runs
+    several times per forward (ResNet's shared ``relu``) contributes one entry per call.
+    Each hook hands a *clone* downstream, so in-place ops that follow (``ReLU(inplace=
+    True)``, ``out += identity``) modify the clone and never the captured tensor. The
+    captured tensor is made to require grad, so with frozen parameters the graph starts
+    at the first captured layer and nothing before it is recorded. Hooks are removed on
+    exit, whatever happened inside.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str]):
+        self.modules = resolve_layers(model, layers)
+        self.activations: List[Tuple[str, torch.Tensor]] = []
+        self._handles: list = []
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, inputs, output):
+            if not isinstance(output, torch.Tensor) or output.ndim != 4:
+                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+                raise ValueError(f"model.layers: layer {name!r} should output a (N, C, H, W) tensor. Got {shape}")
+            if not output.requires_grad:
+                output = output.detach().requires_grad_(True)
+            self.activations.append((name, output))
+            return output.clone()
+
+        return hook
+
+    def __enter__(self) -> "ActivationCapture":
+        self.activations = []
+        for name, module in self.modules:
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def release(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and frozen parameters for the duration, restored afterwards.
+
+    Eval mode makes BatchNorm use running statistics, so samples never influence each
+    other; frozen parameters mean no weight gradient is ever computed. Restoring both
+    lets the API run inside a training loop on the model being trained.
+    """
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def logit_gradient(logits: torch.Tensor, target: str, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """dL_i/dlogits_i for each sample, rescaled to unit norm per sample, shape (N, K).
+
+    For ``label``/``pred``, L_i is the cross-entropy against the label / top-1 class and
+    the gradient is ``p - onehot``; its target component is computed as ``-sum of the other
+    p`` so it does not cancel to 0 when p_t rounds to 1. For ``entropy``,
+    ``L_i = -sum p log p`` and ``dL/dz_j = -p_j (log p_j + H)``. Everything is computed in
+    float64 and each row divided by its norm: a 99.99%-sure model has a cross-entropy
+    gradient near 1e-20 whose square underflows in float32 (SPEC "Traps"), while every
+    later step is invariant to a per-image scale. A row that is exactly zero stays zero.
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"logits should be (N, K). Got shape {tuple(logits.shape)}")
+    z = logits.detach().to(torch.float64)
+    log_p = F.log_softmax(z, dim=1)
+    p = log_p.exp()
+    if target == "entropy":
+        entropy = -(p * log_p).sum(dim=1, keepdim=True)
+        grad = -p * (log_p + entropy)
+    elif target in ("label", "pred"):
+        if target == "label":
+            if labels is None:
+                raise ValueError("target 'label' needs labels. Got None")
+            index = labels.to(device=z.device, dtype=torch.long).view(-1, 1)
+        else:
+            index = z.argmax(dim=1, keepdim=True)
+        onehot = torch.zeros_like(p, dtype=torch.bool).scatter_(1, index, True)
+        others = p.masked_fill(onehot, 0.0).sum(dim=1, keepdim=True)
+        grad = p.masked_fill(onehot, 0.0) - onehot * others
+    else:
+        raise ValueError(f"target should be one of {TARGETS[1:]}. Got {target!r}")
+    norm = grad.norm(dim=1, keepdim=True)
+    grad = torch.where(norm > 0, grad / norm.clamp(min=torch.finfo(torch.float64).tiny), grad)
+    return grad.to(logits.dtype)
+
+
+@dataclass
+class ImportanceMaps:
+    """IoM maps per captured activation, with what the loss was taken against.
+
+    maps: list of (N, h, w) float32 tensors, one per captured call, in call order.
+    names: the layer name of each map.
+    logits: (N, K) model outputs (detached).
+    predicted: (N,) top-1 class.
+    target: the loss target actually used (``label``, ``pred`` or ``entropy``).
+    """
+
+    maps: List[torch.Tensor]
+    names: List[str]
+    logits: torch.Tensor
+    predicted: torch.Tensor
+    target: str
+
+
+def importance_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    layers: Sequence[str],
+    *,
+    target: str = "auto",
+    labels: Optional[torch.Tensor] = None,
+    norm: float = 2.0,
+    autocast_dtype: Optional[torch.dtype] = None,
+) -> ImportanceMaps:
+    """IoM = ||dL/dx||_p over channels for every call of every layer, (N, h, w) each.
+
+    ``images`` (N, C, H, W) are model inputs (already resized and normalised). One
+    ``torch.autograd.grad`` computes IoN for all captured activations at once; the model
+    runs in eval mode with frozen parameters (restored afterwards). ``autocast_dtype``
+    (e.g. ``torch.bfloat16`` on CUDA) runs forward and backward in mixed precision; the
+    norm is always taken in float32.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images should be (N, C, H, W). Got shape {tuple(images.shape)}")
+    if target not in TARGETS:
+        raise ValueError(f"target should be one of {TARGETS}. Got {target!r}")
+    if target == "auto":
+        target = "label" if labels is not None else "pred"
+    if target == "label" and labels is None:
+        raise ValueError("target 'label' needs labels. Got None")
+    autocast = (
+        torch.autocast(device_type=images.device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with frozen_eval(model), torch.enable_grad(), ActivationCapture(model, layers) as capture:
+        with autocast:
+            logits = model(images)
+        if isinstance(logits, (tuple, list)):  # e.g. GoogLeNet/Inception aux outputs
+            logits = logits[0]
+        if not capture.activations:
+            raise ValueError(f"model.layers: none of {list(layers)} ran during the forward pass")
+        grad_logits = logit_gradient(logits, target, labels)
+        tensors = [a for _, a in capture.activations]
+        if logits.requires_grad:
+            grads = torch.autograd.grad(logits, tensors, grad_outputs=grad_logits, allow_unused=True)
+        else:  # the captured layers do not influence the logits at all
+            grads = [None] * len(tensors)
+    maps = []
+    for activation, grad in zip(tensors, grads):
+        if grad is None:
+            grad = torch.zeros_like(activation)
+        maps.append(torch.linalg.vector_norm(grad.float(), ord=norm, dim=1))
+    return ImportanceMaps(
+        maps=maps,
+        names=[n for n, _ in capture.activations],
+        logits=logits.detach(),
+        predicted=logits.detach().argmax(dim=1),
+        target=target,
+    )
+
+
+def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: int = 3) -> List[str]:
+    """Default layers: the last block at each of strides 8, 16 and 32 (SPEC step 2).
+
+    Found by one probe forward on zeros: a "block" is a module whose parent is an
+    ``nn.Sequential`` or the model itself (ResNet's ``layer2``, ``layer4.0``; MobileNet's
+    ``features.6``). Blocks whose output *is* the final feature map (the stage feeding
+    global pooling, which has a spatially constant gradient) are left out, and so are
+    strides 4 and finer, whose gradient maps carry edge and checkerboard noise rather than
+    object evidence. For torchvision ResNets this gives ``layer2, layer3, layer4.0``; for
+    MobileNetV2 ``features.6, features.13, features.17``.
+    """
+    parents = {"": model}
+    blocks: Dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        for child_name, child in module.named_children():
+            full = f"{name}.{child_name}" if name else child_name
+            if module is model or isinstance(module, nn.Sequential):
+                blocks[full] = child
+            parents[full] = module
+    records: List[Tuple[str, Tuple[int, int], int]] = []
+    handles = []
+
+    def make_hook(block_name: str):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.ndim == 4:
+                records.append((block_name, tuple(output.shape[-2:]), output.data_ptr()))
+
+        return hook
+
+    try:
+        for block_name, block in blocks.items():
+            handles.append(block.register_forward_hook(make_hook(block_name)))
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        probe = torch.zeros(1, in_channels, *input_size, device=device, dtype=dtype)
+        with frozen_eval(model), torch.no_grad():
+            model(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    spatial = [r for r in records if r[1][0] * r[1][1] > 1]
+    if not spatial:
+        raise ValueError("model.layers: could not find any spatial layer; set model.layers explicitly")
+    final_ptr = spatial[-1][2]
+    # Per stride, the shallowest blocks win (a stage, not a conv inside a downsampling
+    # block), and among those the last to finish.
+    chosen: Dict[int, Tuple[int, str]] = {}
+    for block_name, (h, w), ptr in spatial:
+        if ptr == final_ptr:
+            continue
+        stride = round(input_size[0] / h)
+        depth = block_name.count(".")
+        if stride in DEFAULT_STRIDES and (stride not in chosen or depth <= chosen[stride][0]):
+            chosen[stride] = (depth, block_name)
+    if not chosen:
+        # Tiny or unusual networks: fall back to the last spatial block that is not final.
+        rest = [r[0] for r in spatial if r[2] != final_ptr]
+        return [rest[-1]] if rest else [spatial[-1][0]]
+    return [chosen[s][1] for s in sorted(chosen)]

@@ -1,0 +1,195 @@
+"""Lateral inhibition proper (SPEC steps 4-8): filter each layer's importance map with the
+Mexican hat, bring the maps to the input size, normalise and combine them, threshold each
+image at its q-quantile, and blend the image with its blurred copy where the mask is 0.
+Also the stable per-image selection for the enhanced ratio r.
+
+Imports torch (and hashlib for the selection hash) only.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .filters import downsampled_gaussian_blur, gaussian_blur, gaussian_filter, log_filter
+
+__all__ = [
+    "FILTERS",
+    "REFERENCE_STRIDE",
+    "blend",
+    "combine_maps",
+    "inhibit",
+    "is_constant",
+    "layer_filter_size",
+    "make_mask",
+    "quantile_threshold",
+    "selection_score",
+    "select",
+]
+
+#: Filters for step 4: the paper's Mexican hat, and two controls (SPEC "Traps").
+FILTERS = ("log", "gaussian", "none")
+
+#: ``inhibition.sigma`` and ``kernel_size`` are in pixels of a stride-16 feature map (14x14
+#: at a 224 input). Other layers scale both by 16 / stride, so the filter covers the same
+#: part of the image at every layer: one fixed sigma in each layer's own pixels would be a
+#: sharpening filter on a 7x7 map and a mere edge detector on a 56x56 one.
+REFERENCE_STRIDE = 16
+
+#: A map whose range is below this fraction of its peak carries no spatial information
+#: (e.g. the stage right before global average pooling: the gradient of a mean is the
+#: same everywhere). Float rounding of such maps stays around 1e-7 relative.
+CONSTANT_TOLERANCE = 1e-5
+
+
+def is_constant(maps: torch.Tensor) -> torch.Tensor:
+    """Per image, whether a (N, h, w) map is constant (or zero, or not finite); (N,) bool."""
+    flat = maps.flatten(1)
+    finite = torch.isfinite(flat).all(dim=1)
+    flat = torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0)
+    peak = flat.abs().amax(dim=1)
+    spread = flat.amax(dim=1) - flat.amin(dim=1)
+    return ~finite | (spread <= CONSTANT_TOLERANCE * peak) | (peak == 0)
+
+
+def layer_filter_size(map_size: int, input_size: int, kernel_size: int, sigma: float) -> Tuple[int, float]:
+    """The (k, sigma) a layer of ``map_size`` pixels uses, scaled from the stride-16 values."""
+    stride = max(input_size / max(map_size, 1), 1e-6)
+    scale = REFERENCE_STRIDE / stride
+    radius = max(1, round((kernel_size // 2) * scale))
+    return 2 * radius + 1, sigma * scale
+
+
+def respond(maps: torch.Tensor, kind: str, kernel_size: int, sigma: float, input_size: int) -> torch.Tensor:
+    """Step 4 for one layer: the filter response of (N, h, w) maps, same shape out."""
+    if kind not in FILTERS:
+        raise ValueError(f"filter should be one of {FILTERS}. Got {kind!r}")
+    if kind == "none":
+        return maps
+    k, s = layer_filter_size(maps.shape[-1], input_size, kernel_size, sigma)
+    apply = log_filter if kind == "log" else gaussian_filter
+    return apply(maps[:, None], k, s)[:, 0]
+
+
+def combine_maps(
+    maps: Sequence[torch.Tensor],
+    size: Tuple[int, int],
+    *,
+    kind: str = "log",
+    kernel_size: int = 7,
+    sigma: float = 2.0,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Steps 4-5: filter, scale to ``size``, normalise per image, average over layers.
+
+    ``maps`` are (N, h_l, w_l) IoM maps. Each response is bilinearly scaled to (H, W) and
+    min-max normalised per image to [0, 1]; a layer whose IoM is constant for an image
+    contributes nothing to that image (it is not averaged in as a flat map, which would
+    dilute the others). Returns ``combined`` (N, H, W) float32 and ``valid`` (N,) bool,
+    False where no layer had any spatial information.
+    """
+    if not maps:
+        raise ValueError("maps should hold at least one (N, h, w) tensor. Got none")
+    total = None
+    weight = None
+    for layer_map in maps:
+        if layer_map.ndim != 3:
+            raise ValueError(f"each map should be (N, h, w). Got shape {tuple(layer_map.shape)}")
+        layer_map = layer_map.float()
+        usable = ~is_constant(layer_map)
+        response = respond(torch.nan_to_num(layer_map), kind, kernel_size, sigma, size[-1])
+        response = F.interpolate(response[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        low = response.amin(dim=(1, 2), keepdim=True)
+        high = response.amax(dim=(1, 2), keepdim=True)
+        usable = usable & (high > low).view(-1)
+        normalised = (response - low) / (high - low).clamp(min=torch.finfo(torch.float32).tiny)
+        w = usable.to(normalised.dtype).view(-1, 1, 1)
+        total = normalised * w if total is None else total + normalised * w
+        weight = w if weight is None else weight + w
+    combined = total / weight.clamp(min=1.0)
+    return combined, (weight.view(-1) > 0)
+
+
+def quantile_threshold(combined: torch.Tensor, q: float) -> torch.Tensor:
+    """Step 5: Q_i, the q-quantile of each image's (N, H, W) map (linear interpolation)."""
+    if combined.ndim != 3:
+        raise ValueError(f"combined should be (N, H, W). Got shape {tuple(combined.shape)}")
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile should be in [0, 1]. Got {q}")
+    return torch.quantile(combined.flatten(1).float(), q, dim=1)
+
+
+def make_mask(combined: torch.Tensor, threshold: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Step 6: 1 where the map exceeds Q_i (kept sharp), 0 elsewhere (inhibited).
+
+    ``combined`` is (N, H, W) at any size (the input size, or one image's own size after
+    bilinear scaling); ``threshold`` is (N,). Images that are not ``valid`` keep every
+    pixel. Returns a float mask of ``combined``'s shape.
+    """
+    mask = combined > threshold.view(-1, *([1] * (combined.ndim - 1)))
+    if valid is not None:
+        mask = mask | ~valid.view(-1, *([1] * (combined.ndim - 1)))
+    return mask.to(combined.dtype if combined.is_floating_point() else torch.float32)
+
+
+def blend(image: torch.Tensor, mask: torch.Tensor, blurred: torch.Tensor) -> torch.Tensor:
+    """Step 8: ``mask * image + (1 - mask) * blurred`` for (N, C, H, W) images and
+    (N, H, W) or (N, 1, H, W) masks."""
+    if mask.ndim == 3:
+        mask = mask[:, None]
+    if image.shape != blurred.shape or mask.shape[-2:] != image.shape[-2:]:
+        raise ValueError(
+            f"image, mask and blurred should share (H, W). Got {tuple(image.shape)}, "
+            f"{tuple(mask.shape)}, {tuple(blurred.shape)}"
+        )
+    return blurred + mask * (image - blurred)
+
+
+def feather(mask: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Soften a (N, H, W) mask's edges with a Gaussian of ``sigma`` pixels (0 = hard)."""
+    if sigma <= 0:
+        return mask
+    return downsampled_gaussian_blur(mask[:, None], sigma)[:, 0].clamp(0.0, 1.0)
+
+
+def inhibit(
+    image: torch.Tensor,
+    combined: torch.Tensor,
+    threshold: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    blur_sigma: float,
+    feather_sigma: float = 0.0,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Steps 6-8 at the image's own resolution.
+
+    ``image`` (N, C, H, W) float, ``combined`` (N, h, w) maps at the model's input size,
+    ``threshold`` (N,), ``valid`` (N,). The map is scaled to (H, W) bilinearly and then
+    thresholded at the same Q_i, which gives smooth mask edges instead of the blocks a
+    nearest-neighbour scaled binary mask would have. Returns (enhanced, mask), the mask
+    (N, H, W) in [0, 1].
+    """
+    size = image.shape[-2:]
+    if combined.shape[-2:] != size:
+        combined = F.interpolate(combined[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    mask = feather(make_mask(combined, threshold, valid), feather_sigma)
+    blurred = downsampled_gaussian_blur(image, blur_sigma)
+    return blend(image, mask.to(image.dtype), blurred), mask
+
+
+def selection_score(seed: int, key: str) -> float:
+    """A uniform number in [0, 1) from (seed, key); stable across runs and machines."""
+    digest = hashlib.blake2b(f"{seed}\0{key}".encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def select(keys: Iterable[str], ratio: float, seed: int) -> List[bool]:
+    """Step 7: whether each key's image is enhanced, ``selection_score < ratio``.
+
+    Depends on nothing but (seed, key), so the choice is the same across batch sizes,
+    orders, resumes and shards; ratio 0 selects nothing and ratio 1 everything.
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio should be in [0, 1]. Got {ratio}")
+    return [selection_score(seed, key) < ratio for key in keys]

@@ -118,4 +118,10 @@ def downsampled_gaussian_blur(image: torch.Tensor, sigma: float, max_sigma: floa
     small = F.avg_pool2d(image, factor, stride=factor, ceil_mode=True, count_include_pad=False)
     residual = math.sqrt(max(sigma**2 - (factor**2 - 1) / 12.0, 0.25)) / factor
     small = gaussian_blur(small, residual)
-    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    # Upsample by the cell size itself, not to (h, w): when h or w is not a multiple of
+    # the factor, the last cell is partial and "size=" would stretch the grid by up to
+    # half a cell; scale_factor keeps every cell centred on the pixels it averaged.
+    upsampled = F.interpolate(
+        small, scale_factor=factor, mode="bilinear", align_corners=False, recompute_scale_factor=False
+    )
+    return upsampled[..., :h, :w]

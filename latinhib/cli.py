@@ -1,0 +1,188 @@
+"""Command line: flags -> config overrides -> ``pipeline.run``. The only click import.
+
+Exit codes: 0 all done; 1 the job finished but some files failed; 2 bad usage, config or
+checkpoint (nothing written); 130 interrupted (rerun the same command to resume).
+stdout carries only what was asked for (``--print-outputs``, ``--print0``, ``--json``);
+progress and messages go to stderr.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import click
+
+from . import __version__
+from .config import Config, ConfigError, load_config, parse_override, to_yaml
+from .importance import TARGETS
+from .inhibition import FILTERS
+from .models import CheckpointError
+
+
+class BadInput(click.ClickException):
+    """A usage, config or checkpoint error: exit code 2, nothing written."""
+
+    exit_code = 2
+
+
+#: (option name, config key) for the options that map one-to-one onto config keys.
+OPTION_KEYS = {
+    "arch": "model.arch",
+    "weights": "model.weights",
+    "checkpoint": "model.checkpoint",
+    "layers": "model.layers",
+    "target": "model.target",
+    "quantile": "inhibition.quantile",
+    "sigma": "inhibition.sigma",
+    "kernel_size": "inhibition.kernel_size",
+    "ratio": "inhibition.ratio",
+    "seed": "inhibition.seed",
+    "filter": "inhibition.filter",
+    "blur_sigma": "blur.sigma",
+    "device": "runtime.device",
+    "batch_size": "runtime.batch_size",
+    "workers": "runtime.workers",
+    "save_masks": "output.save_masks",
+    "save_heatmaps": "output.save_heatmaps",
+    "jpeg_quality": "output.jpeg_quality",
+}
+FLAG_KEYS = {"trust_checkpoint": "model.trust_checkpoint", "overwrite": "output.overwrite"}
+
+
+def config_options(func):
+    """The options shared by every command that builds a config."""
+    options = [
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file."),
+        click.option("--arch", help="torchvision architecture (resnet50, ...) or 'package.module:Class'."),
+        click.option("--weights", help="torchvision weights name, e.g. IMAGENET1K_V1 or ResNet50_Weights.IMAGENET1K_V2."),
+        click.option("--checkpoint", type=click.Path(dir_okay=False), help="state_dict or TorchScript file."),
+        click.option("--trust-checkpoint", is_flag=True, default=None,
+                     help="Allow a fully pickled model (runs code from the file)."),
+        click.option("--layers", help="Comma-separated module names whose gradients are used."),
+        click.option("--target", type=click.Choice(TARGETS), help="Loss target."),
+        click.option("-q", "--quantile", type=float, help="Fraction of each image to blur (0-1)."),
+        click.option("--sigma", type=float, help="Mexican-hat sigma, in stride-16 feature pixels."),
+        click.option("--kernel-size", type=int, help="Mexican-hat kernel size k (odd)."),
+        click.option("--filter", type=click.Choice(FILTERS), help="Importance filter: log, gaussian or none."),
+        click.option("--ratio", type=float, help="Fraction of images to enhance (0-1)."),
+        click.option("--blur-sigma", type=float, help="Blur sigma in model-input pixels."),
+        click.option("--seed", type=int, help="Seed of the per-file selection."),
+        click.option("--device", help="auto, cpu, cuda or cuda:N."),
+        click.option("--batch-size", type=int, help="Images per model pass."),
+        click.option("--workers", type=int, help="Decoding worker processes."),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. blur.feather=2."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def build_config(config_file: Optional[str], sets: Tuple[str, ...], values: Dict[str, Any]) -> Config:
+    """Defaults < YAML < --set < dedicated options."""
+    overrides: List[Tuple[str, Any]] = []
+    try:
+        for text in sets:
+            overrides.append(parse_override(text))
+        for name, key in {**OPTION_KEYS, **FLAG_KEYS}.items():
+            value = values.get(name)
+            if value is not None:
+                overrides.append((key, value))
+        return load_config(config_file, overrides)
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="latinhib")
+def main() -> None:
+    """Lateral-inhibition data enhancement: blur what a pretrained CNN finds unimportant.
+
+    \b
+    Example:
+      latinhib enhance photos/ enhanced/ --ratio 0.5 -q 0.5
+    """
+
+
+@main.command()
+@click.argument("src", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("dst", type=click.Path(file_okay=False, path_type=Path))
+@config_options
+@click.option("--files-from", type=click.File("r", encoding="utf-8", errors="surrogateescape"),
+              help="Read input paths (relative to SRC) from FILE, or - for stdin.")
+@click.option("--save-masks", type=click.Path(file_okay=False), help="Write each enhanced image's mask here.")
+@click.option("--save-heatmaps", type=click.Path(file_okay=False), help="Write each enhanced image's heat map here.")
+@click.option("--jpeg-quality", type=int, help="Quality of written JPEG/WebP files (1-100).")
+@click.option("--overwrite", is_flag=True, default=None, help="Redo outputs that already exist.")
+@click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that point outside SRC.")
+@click.option("--strict", is_flag=True, help="Stop at the first file that fails.")
+@click.option("--print-outputs", is_flag=True, help="Print each output path on stdout, one per line.")
+@click.option("--print0", is_flag=True, help="Like --print-outputs, NUL-separated (for xargs -0).")
+@click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress bar or summary on stderr.")
+def enhance(src: Path, dst: Path, config_file, sets, files_from, follow_symlinks, strict, print_outputs, print0,
+            as_json, quiet, **values) -> None:
+    """Enhance the images under SRC into DST.
+
+    A fraction (--ratio) of the images, chosen by a stable hash of their path, has its
+    unimportant regions blurred; every other file is copied byte for byte. DST mirrors
+    SRC (same names, formats and sizes) and gets latinhib-manifest.jsonl and
+    latinhib-config.yaml. A rerun skips finished files.
+
+    \b
+    Example:
+      latinhib enhance data/train data/train-li --ratio 0.3 -q 0.5 --save-masks masks/
+    """
+    from .pipeline import Interrupted, JobError, run
+
+    config = build_config(config_file, sets, values)
+
+    def emit(path: Path) -> None:
+        if print0:
+            sys.stdout.write(f"{path}\0")
+        elif print_outputs:
+            sys.stdout.write(f"{path}\n")
+
+    try:
+        summary = run(
+            config,
+            src,
+            dst,
+            files_from=files_from,
+            follow_symlinks=follow_symlinks,
+            strict=strict,
+            quiet=quiet,
+            on_output=emit if (print0 or print_outputs) else None,
+        )
+    except (JobError, ConfigError, CheckpointError) as exc:
+        raise BadInput(str(exc)) from None
+    except Interrupted as exc:
+        summary = exc.summary
+        done = summary.enhanced + summary.copied + summary.unchanged + summary.already_done
+        click.echo(f"latinhib: interrupted after {done} of {summary.total} files; "
+                   f"rerun the same command to resume", err=True)
+        if as_json:
+            click.echo(json.dumps(summary.as_dict()))
+        sys.exit(130)
+    if not quiet:
+        click.echo(f"latinhib: {summary.line()}", err=True)
+    if as_json:
+        click.echo(json.dumps(summary.as_dict()))
+    sys.exit(summary.exit_code)
+
+
+@main.command("config")
+@config_options
+def show_config(config_file, sets, **values) -> None:
+    """Print the effective config (defaults < --config < options) as YAML.
+
+    \b
+    Example:
+      latinhib config --config configs/resnet50-gpu.yaml --set inhibition.quantile=0.6
+    """
+    click.echo(to_yaml(build_config(config_file, sets, values)), nl=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Listing and decoding images: which files a job covers, their relative paths and
+folder classes, and turning one file into the original pixels (for the blend, at full
+resolution) plus the model's input (resized and normalised). Decoding runs in DataLoader
+workers; every failure becomes a :class:`DecodeError` naming the cause, never a crash.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Decoded",
+    "DecodeError",
+    "Item",
+    "PathError",
+    "decode",
+    "display",
+    "list_files_from",
+    "list_folder",
+]
+
+#: Formats latinhib reads and writes back in the same format.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+class DecodeError(Exception):
+    """One file cannot be used; the message is the cause (the file is named by the caller)."""
+
+
+class PathError(ValueError):
+    """A path given to the job is not allowed (outside SRC, missing SRC, ...)."""
+
+
+def display(text: str) -> str:
+    """A path for humans: undecodable bytes of non-UTF-8 names shown as ``\\xNN``."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input file. ``rel`` is its POSIX path relative to SRC (the manifest key and
+    the output path); ``class_name`` its ImageFolder class (first folder), if any."""
+
+    path: Path
+    rel: str
+    class_name: Optional[str]
+
+    @property
+    def is_image(self) -> bool:
+        return Path(self.rel).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _item(root: Path, path: Path) -> Item:
+    rel = path.relative_to(root).as_posix()
+    parts = rel.split("/")
+    return Item(path, rel, parts[0] if len(parts) > 1 else None)
+
+
+def _inside(root_real: str, path: Path) -> bool:
+    real = os.path.realpath(path)
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def list_folder(src: Path, *, follow_symlinks: bool = False, exclude: Sequence[Path] = ()) -> List[Item]:
+    """Every file under ``src`` (sorted, so the order is the same on every machine).
+
+    Symlinks that resolve outside ``src`` are left out unless ``follow_symlinks``; broken
+    links and link loops are kept, so they are reported as failed files rather than
+    silently vanishing. ``exclude`` are folders not to descend into (a mask folder inside
+    SRC, say).
+    """
+    root_real = os.path.realpath(src)
+    excluded = {os.path.realpath(p) for p in exclude}
+    items: List[Item] = []
+    seen_dirs = set()
+    for dirpath, dirnames, filenames in os.walk(src, followlinks=follow_symlinks):
+        real_dir = os.path.realpath(dirpath)
+        if real_dir in seen_dirs or real_dir in excluded:  # a directory link loop
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real_dir)
+        dirnames.sort()
+        kept = []
+        for name in dirnames:
+            path = Path(dirpath, name)
+            if path.is_symlink() and not follow_symlinks:
+                continue
+            if path.is_symlink() and os.path.realpath(path) in seen_dirs:
+                continue
+            kept.append(name)
+        dirnames[:] = kept
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            if name.startswith(".") and ".latinhib-" in name:
+                continue  # our own temporary files
+            if path.is_symlink() and not follow_symlinks and os.path.exists(path) and not _inside(root_real, path):
+                continue
+            items.append(_item(src, path))
+    return items
+
+
+def list_files_from(src: Path, lines: Iterable[str]) -> List[Item]:
+    """Items from a list of paths (``--files-from``): relative to ``src``, or absolute
+    inside it. A path outside ``src`` (``..``, another folder) raises :class:`PathError`
+    naming it, before anything is written."""
+    root = Path(os.path.abspath(src))
+    items: List[Item] = []
+    seen = set()
+    for number, line in enumerate(lines, 1):
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            continue
+        candidate = Path(text)
+        path = candidate if candidate.is_absolute() else root / candidate
+        path = Path(os.path.normpath(path))
+        try:
+            rel = path.relative_to(root)
+        except ValueError:
+            raise PathError(f"--files-from line {number}: {display(text)!r} is outside SRC {display(str(src))!r}") from None
+        if not rel.parts or rel.parts[0] == "..":
+            raise PathError(f"--files-from line {number}: {display(text)!r} is outside SRC {display(str(src))!r}")
+        if rel.as_posix() in seen:
+            continue
+        seen.add(rel.as_posix())
+        items.append(_item(root, path))
+    return items
+
+
+@dataclass
+class Decoded:
+    """One decoded image.
+
+    pixels: (C, H, W) original pixels after EXIF orientation, uint8, or int32 holding
+        16-bit values; C is 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA).
+    model_input: (3, h, w) float32, resized to the model's input and normalised.
+    format: the PIL format to write back (JPEG, PNG, ...). mode: the PIL mode to write.
+    max_value: 255 or 65535. size: (W, H). info: icc_profile / exif to keep.
+    """
+
+    pixels: torch.Tensor
+    model_input: torch.Tensor
+    format: str
+    mode: str
+    max_value: int
+    size: Tuple[int, int]
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def color_channels(self) -> int:
+        return 3 if self.pixels.shape[0] >= 3 else 1
+
+
+def _to_tensor(image: Image.Image, channels: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    raw = bytearray(image.tobytes())
+    flat = torch.frombuffer(raw, dtype=dtype)
+    return flat.view(image.size[1], image.size[0], channels).permute(2, 0, 1)
+
+
+def _work_image(image: Image.Image) -> Tuple[Image.Image, str, int]:
+    """(image in a mode we compute in, mode to write back, max value)."""
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        return image.convert("I"), "I;16", 65535
+    if mode in ("RGBA", "LA"):
+        return image, mode, 255
+    if mode == "PA" or (mode == "P" and "transparency" in image.info):
+        return image.convert("RGBA"), "RGBA", 255
+    if mode in ("L", "1"):
+        return image.convert("L"), "L", 255
+    if mode == "CMYK":
+        return image.convert("RGB"), "CMYK", 255
+    return image.convert("RGB"), "RGB", 255
+
+
+def decode(
+    path: Path,
+    input_size: Tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> Decoded:
+    """Decode ``path`` for the pipeline; raises :class:`DecodeError` with the cause."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                fmt = opened.format or "PNG"
+                frames = getattr(opened, "n_frames", 1)
+                if frames > 1 and fmt not in ("TIFF", "MPO"):
+                    raise DecodeError(f"animated {fmt} with {frames} frames is not supported")
+                info = {k: opened.info[k] for k in ("icc_profile", "dpi") if k in opened.info}
+                image = ImageOps.exif_transpose(opened)
+                image.load()
+                if "exif" in image.info:
+                    info["exif"] = image.info["exif"]
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"refused as a decompression bomb: {exc}") from None
+    except FileNotFoundError:
+        raise DecodeError("no such file (a broken symlink?)") from None
+    except PermissionError:
+        raise DecodeError("permission denied") from None
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP
+            raise DecodeError("symlink loop") from None
+        raise DecodeError(f"cannot decode: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises SyntaxError, struct.error, ValueError...
+        raise DecodeError(f"cannot decode: {type(exc).__name__}: {exc}") from None
+    if fmt == "MPO":
+        fmt = "JPEG"
+    work, out_mode, max_value = _work_image(image)
+    channels = len(work.getbands())
+    if work.mode == "I":
+        pixels = _to_tensor(work, 1, torch.int32).clamp(0, 65535)
+    else:
+        pixels = _to_tensor(work, channels)
+    h, w = input_size
+    if max_value == 255:
+        rgb = work.convert("RGB") if work.mode != "RGB" else work
+        # PIL's bilinear filter widens its support when shrinking, i.e. it antialiases.
+        small = rgb.resize((w, h), Image.BILINEAR)
+        model_input = _to_tensor(small, 3).float().div_(255.0)
+    else:
+        gray = pixels[:1].float()[None] / max_value
+        model_input = F.interpolate(gray, size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
+        model_input = model_input.expand(3, -1, -1)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    model_input = ((model_input - mean_t) / std_t).contiguous()
+    return Decoded(pixels, model_input, fmt, out_mode, max_value, work.size, info)

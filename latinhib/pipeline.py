@@ -1,0 +1,460 @@
+"""The one loop of ``latinhib enhance``: list the inputs, copy the unselected ones, stream
+the selected ones through decoding workers, the model pass and the inhibition, and hand
+the results to a small writer pool. Owns the progress bar; returns a :class:`Summary`.
+
+Work is overlapped: DataLoader workers decode the next batch while the model runs, and
+writer threads blur at full resolution, encode and write while the next batch is in the
+model. Queues are bounded, so memory does not grow with the number of images.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset
+
+from .api import Importance, LateralInhibition
+from .config import Config, ConfigError, to_yaml
+from .data import Decoded, DecodeError, Item, PathError, decode, display, list_files_from, list_folder
+from .inhibition import inhibit, selection_score
+from .models import LoadedModel, load_model, resolve_device
+from .writer import (
+    CONFIG_NAME,
+    MANIFEST_NAME,
+    Manifest,
+    atomic_write,
+    copy_file,
+    mask_path,
+    output_path,
+    read_manifest,
+    save_image,
+    save_mask,
+)
+
+__all__ = ["JobError", "Interrupted", "Summary", "run", "STATUSES"]
+
+STATUSES = ("enhanced", "copied", "unchanged", "skipped", "failed")
+#: Config sections that change outputs; a rerun into the same DST must match them.
+RESULT_SECTIONS = ("model", "inhibition", "blur")
+DONE = ("enhanced", "copied", "unchanged")
+
+
+class JobError(Exception):
+    """The job cannot start (bad paths, config, checkpoint): nothing was written."""
+
+
+class StrictStop(Exception):
+    """``--strict`` and a file failed."""
+
+
+@dataclass
+class Summary:
+    """Counts per status for the files this run handled, plus those already done."""
+
+    dst: str
+    total: int = 0
+    enhanced: int = 0
+    copied: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    failed: int = 0
+    already_done: int = 0
+    seconds: float = 0.0
+    target: Optional[str] = None
+    device: str = "cpu"
+    interrupted: bool = False
+    failures: List[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 1 if self.failed else 0
+
+    def as_dict(self) -> Dict[str, Any]:
+        keys = ("dst", "total", "enhanced", "copied", "unchanged", "skipped", "failed", "already_done",
+                "seconds", "target", "device", "interrupted")
+        return {k: getattr(self, k) for k in keys}
+
+    def line(self) -> str:
+        rate = (self.enhanced + self.copied + self.unchanged) / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"{self.total} files: {self.enhanced} enhanced, {self.copied} copied, {self.unchanged} unchanged, "
+            f"{self.skipped} skipped, {self.failed} failed, {self.already_done} already done "
+            f"({self.seconds:.1f} s, {rate:.1f} files/s) -> {display(self.dst)}"
+        )
+
+
+class Interrupted(Exception):
+    def __init__(self, summary: Summary):
+        super().__init__("interrupted")
+        self.summary = summary
+
+
+class _Decoding(Dataset):
+    """Decodes selected files in DataLoader workers; a failure is returned, not raised."""
+
+    def __init__(self, items: Sequence[Item], loaded: LoadedModel):
+        self.items = items
+        self.input_size = loaded.input_size
+        self.mean = loaded.mean
+        self.std = loaded.std
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Tuple[int, Optional[Decoded], Optional[str]]:
+        try:
+            return index, decode(self.items[index].path, self.input_size, self.mean, self.std), None
+        except DecodeError as exc:
+            return index, None, str(exc)
+        except MemoryError:
+            return index, None, "out of memory while decoding"
+
+
+def _as_list(batch):
+    return batch
+
+
+def check_paths(src: Path, dst: Path, files_from: bool) -> None:
+    """Refuse a missing SRC, DST == SRC and DST inside SRC, before anything is written."""
+    if not src.exists():
+        raise JobError(f"SRC {display(str(src))!r}: no such directory")
+    if not src.is_dir():
+        raise JobError(f"SRC {display(str(src))!r}: not a directory")
+    src_real = Path(os.path.realpath(src))
+    dst_real = Path(os.path.realpath(dst))
+    if dst_real == src_real:
+        raise JobError(f"DST {display(str(dst))!r} is SRC itself; choose another folder")
+    if src_real in dst_real.parents:
+        raise JobError(f"DST {display(str(dst))!r} is inside SRC {display(str(src))!r}; choose a folder outside it")
+    if dst.exists() and not dst.is_dir():
+        raise JobError(f"DST {display(str(dst))!r}: exists and is not a directory")
+
+
+def _check_previous_config(dst: Path, config: Config) -> None:
+    """A rerun into a DST made with other settings would mix two results: refuse."""
+    path = dst / CONFIG_NAME
+    if config.output.overwrite or not path.is_file():
+        return
+    try:
+        previous = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return
+    current = config.to_dict()
+    for section in RESULT_SECTIONS:
+        for key, value in current[section].items():
+            old = (previous.get(section) or {}).get(key, value)
+            if old != value:
+                raise JobError(
+                    f"DST {display(str(dst))!r} was made with {section}.{key} = {old!r}, this run has {value!r}; "
+                    f"use --overwrite to redo it, or another DST"
+                )
+
+
+def _class_labels(items: Sequence[Item], classes: Optional[List[str]]) -> Optional[Dict[str, int]]:
+    """Folder class -> model output index, when every folder class maps onto the model's
+    classes (exactly, or ignoring case and '_' vs ' '); else None."""
+    names = {item.class_name for item in items if item.is_image}
+    if not names or None in names or not classes:
+        return None
+    exact = {name: i for i, name in enumerate(classes)}
+    loose = {name.lower().replace("_", " "): i for i, name in enumerate(classes)}
+    mapping = {}
+    for name in names:
+        if name in exact:
+            mapping[name] = exact[name]
+        elif name.lower().replace("_", " ") in loose:
+            mapping[name] = loose[name.lower().replace("_", " ")]
+        elif name.isdigit() and int(name) < len(classes):
+            mapping[name] = int(name)
+        else:
+            return None
+    return mapping
+
+
+def _entry(item: Item, selected: bool, status: str, **values: Any) -> Dict[str, Any]:
+    entry = {
+        "path": item.rel,
+        "selected": selected,
+        "status": status,
+        "kept_fraction": None,
+        "threshold": None,
+        "target": None,
+        "predicted_class": None,
+        "error": None,
+    }
+    entry.update(values)
+    return entry
+
+
+class _Finisher:
+    """Steps 6-8 at full resolution, encoding and writing, run in writer threads."""
+
+    def __init__(self, config: Config, loaded: LoadedModel, dst: Path, device: torch.device):
+        self.config = config
+        self.loaded = loaded
+        self.dst = dst
+        self.device = device
+        self.masks = Path(config.output.save_masks) if config.output.save_masks else None
+
+    def __call__(self, item: Item, decoded: Decoded, imp: Importance, index: int) -> Dict[str, Any]:
+        target = imp.target
+        predicted = int(imp.predicted[index])
+        classes = self.loaded.classes
+        common = dict(
+            target=target,
+            predicted_class=classes[predicted] if classes and predicted < len(classes) else predicted,
+            predicted_index=predicted,
+        )
+        out = output_path(self.dst, item.rel)
+        if not bool(imp.valid[index]):
+            copy_file(item.path, out)
+            return _entry(item, True, "unchanged", error="importance map has no spatial information (constant gradient)",
+                          **common)
+        pixels = decoded.pixels.to(self.device, non_blocking=True)
+        channels = decoded.color_channels
+        color = pixels[:channels][None].float().div_(decoded.max_value)
+        h, w = color.shape[-2:]
+        # blur.sigma is in model-input pixels; scale it to this image's resolution.
+        scale = min(h, w) / min(self.loaded.input_size)
+        enhanced, mask = inhibit(
+            color,
+            imp.combined[index : index + 1],
+            imp.threshold[index : index + 1],
+            imp.valid[index : index + 1],
+            blur_sigma=self.config.blur.sigma * scale,
+            feather_sigma=self.config.blur.feather * scale,
+        )
+        values = enhanced[0].mul_(decoded.max_value).round_().clamp_(0, decoded.max_value).to(pixels.dtype)
+        if pixels.shape[0] > channels:  # alpha passes through untouched
+            values = torch.cat([values, pixels[channels:]], dim=0)
+        save_image(values.cpu(), decoded, out, self.config.output.jpeg_quality)
+        if self.masks is not None:
+            save_mask(mask[0].cpu(), mask_path(self.masks, item.rel))
+        return _entry(
+            item,
+            True,
+            "enhanced",
+            kept_fraction=round(float(mask.mean()), 6),
+            threshold=round(float(imp.threshold[index]), 6),
+            **common,
+        )
+
+
+def _copy(item: Item, dst: Path) -> Dict[str, Any]:
+    copy_file(item.path, output_path(dst, item.rel))
+    return _entry(item, False, "copied")
+
+
+def run(
+    config: Config,
+    src: Path,
+    dst: Path,
+    *,
+    files_from: Optional[Iterable[str]] = None,
+    follow_symlinks: bool = False,
+    strict: bool = False,
+    quiet: bool = False,
+    on_output: Optional[Callable[[Path], None]] = None,
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+) -> Summary:
+    """Run ``latinhib enhance`` from SRC to DST with ``config``; see the CLI's help.
+
+    Raises :class:`JobError` (or ``ConfigError``/``CheckpointError``) before writing
+    anything when the job cannot start, and :class:`Interrupted` after Ctrl-C, once the
+    work in flight is safely written.
+    """
+    started = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    check_paths(src, dst, files_from is not None)
+    if config.runtime.threads:
+        torch.set_num_threads(config.runtime.threads)
+    device = resolve_device(config.runtime.device)
+    loaded = load_model(config.model, device)
+    enhancer = LateralInhibition(loaded.model, config, input_size=loaded.input_size)
+    exclude = [Path(p) for p in (config.output.save_masks, config.output.save_heatmaps) if p]
+    try:
+        items = list_files_from(src, files_from) if files_from is not None else list_folder(
+            src, follow_symlinks=follow_symlinks, exclude=exclude
+        )
+    except PathError as exc:
+        raise JobError(str(exc)) from None
+    labels = _class_labels(items, loaded.classes) if config.model.target in ("auto", "label") else None
+    if config.model.target == "label" and labels is None:
+        raise ConfigError(
+            "model.target: 'label' needs every image in a class folder whose name is one of the model's classes "
+            "(set model.classes, or use target auto/pred/entropy)"
+        )
+    _check_previous_config(dst, config)
+
+    dst.mkdir(parents=True, exist_ok=True)
+    atomic_write(dst / CONFIG_NAME, lambda tmp: tmp.write_text(to_yaml(config), encoding="utf-8"))
+    manifest_path = dst / MANIFEST_NAME
+    previous = {} if config.output.overwrite else read_manifest(manifest_path)
+    summary = Summary(dst=str(dst), total=len(items), device=str(device))
+    summary.target = "label" if labels is not None else ("pred" if config.model.target == "auto" else config.model.target)
+
+    entries: Dict[str, Dict[str, Any]] = dict(previous)
+    manifest = Manifest(manifest_path)
+    ratio, seed = config.inhibition.ratio, config.inhibition.seed
+    to_copy: List[Item] = []
+    to_enhance: List[Item] = []
+    fresh: List[Dict[str, Any]] = []
+    for item in items:
+        old = previous.get(item.rel)
+        if not item.is_image:
+            fresh.append(_entry(item, False, "skipped", error=f"not an image extension ({Path(item.rel).suffix or 'none'})"))
+            continue
+        if old is not None and old.get("status") in DONE and output_path(dst, item.rel).exists():
+            summary.already_done += 1
+            continue
+        if selection_score(seed, item.rel) < ratio:
+            to_enhance.append(item)
+        else:
+            to_copy.append(item)
+    summary.skipped = len(fresh)
+    manifest.write(fresh)
+    for entry in fresh:
+        entries[entry["path"]] = entry
+
+    finisher = _Finisher(config, loaded, dst, device)
+    threads = max(2, min(4, os.cpu_count() or 2))
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="latinhib-writer")
+    pending: Deque[Tuple[Item, Future]] = collections.deque()
+    limit = max(2 * config.runtime.batch_size, 8)
+    bar = _progress(len(to_copy) + len(to_enhance), quiet)
+
+    def record(entry: Dict[str, Any], item: Item) -> None:
+        entries[item.rel] = entry
+        status = entry["status"]
+        setattr(summary, status, getattr(summary, status) + 1)
+        if status == "failed":
+            message = f"latinhib: {display(item.rel)}: {entry['error']}"
+            summary.failures.append(message)
+            bar.write(message, file=sys.stderr) if bar is not None else log(message)
+            if strict:
+                raise StrictStop(message)
+        elif on_output is not None:
+            on_output(output_path(dst, item.rel))
+        if bar is not None:
+            bar.update(1)
+
+    def drain(block_until: int) -> None:
+        done = []
+        while pending and (len(pending) > block_until or pending[0][1].done()):
+            item, future = pending.popleft()
+            try:
+                entry = future.result()
+            except Exception as exc:  # noqa: BLE001 - one file's failure, reported with its name
+                entry = _entry(item, item in to_enhance_set, "failed", error=_describe(exc))
+            done.append((entry, item))
+        manifest.write(e for e, _ in done)
+        for entry, item in done:
+            record(entry, item)
+
+    to_enhance_set = set(to_enhance)
+    try:
+        for item in to_copy:
+            pending.append((item, pool.submit(_copy, item, dst)))
+            drain(limit)
+        if to_enhance:
+            loader = DataLoader(
+                _Decoding(to_enhance, loaded),
+                batch_size=config.runtime.batch_size,
+                num_workers=config.runtime.workers,
+                collate_fn=_as_list,
+                prefetch_factor=2 if config.runtime.workers else None,
+            )
+            for batch in loader:
+                decoded_ok = [(i, d) for i, d, err in batch if d is not None]
+                failed = [(i, err) for i, d, err in batch if d is None]
+                if failed:
+                    bad = [(_entry(to_enhance[i], True, "failed", error=err), to_enhance[i]) for i, err in failed]
+                    manifest.write(e for e, _ in bad)
+                    for entry, item in bad:
+                        record(entry, item)
+                if not decoded_ok:
+                    continue
+                imp = _importance(enhancer, decoded_ok, to_enhance, labels, device)
+                for position, (i, decoded) in enumerate(decoded_ok):
+                    pending.append((to_enhance[i], pool.submit(finisher, to_enhance[i], decoded, imp, position)))
+                drain(limit)
+        drain(0)
+    except KeyboardInterrupt:
+        # Writes in flight finish (each is atomic); nothing else starts.
+        for _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
+        _finish_pending(pending, manifest, record)
+        summary.interrupted = True
+        _close(manifest, manifest_path, items, entries, bar)
+        summary.seconds = time.perf_counter() - started
+        raise Interrupted(summary) from None
+    except StrictStop:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _close(manifest, manifest_path, items, entries, bar)
+        summary.seconds = time.perf_counter() - started
+        return summary
+    pool.shutdown(wait=True)
+    _close(manifest, manifest_path, items, entries, bar)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _importance(enhancer: LateralInhibition, decoded_ok, items, labels, device) -> Importance:
+    inputs = torch.stack([d.model_input for _, d in decoded_ok])
+    if device.type == "cuda":
+        inputs = inputs.pin_memory()
+    inputs = inputs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    targets = None
+    if labels is not None:
+        targets = torch.tensor([labels[items[i].class_name] for i, _ in decoded_ok], device=device)
+    return enhancer.importance(inputs, targets)
+
+
+def _finish_pending(pending, manifest: Manifest, record) -> None:
+    done = []
+    for item, future in pending:
+        if future.cancelled():
+            continue
+        try:
+            done.append((future.result(), item))
+        except Exception:  # noqa: BLE001 - it is redone on the next run
+            continue
+    manifest.write(e for e, _ in done)
+    for entry, item in done:
+        try:
+            record(entry, item)
+        except StrictStop:
+            pass
+
+
+def _close(manifest: Manifest, path: Path, items: Sequence[Item], entries: Dict[str, Dict[str, Any]], bar) -> None:
+    manifest.close()
+    if bar is not None:
+        bar.close()
+    Manifest.compact(path, [item.rel for item in items] + [k for k in entries if k not in {i.rel for i in items}],
+                     entries)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot write: {exc.strerror}"
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def _progress(total: int, quiet: bool):
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, file=sys.stderr, unit="img", dynamic_ncols=True, leave=True)

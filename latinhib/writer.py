@@ -1,0 +1,179 @@
+"""Everything the job writes: output paths that mirror SRC, atomic writes (temporary name
+in the destination folder, then rename), byte-for-byte copies, image and mask encoding,
+and the JSONL manifest. A process killed at any moment leaves no partial file under a
+final name: rename is atomic on POSIX file systems.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional
+
+import torch
+from PIL import Image
+
+from .data import Decoded
+
+__all__ = [
+    "CONFIG_NAME",
+    "MANIFEST_NAME",
+    "Manifest",
+    "atomic_write",
+    "copy_file",
+    "mask_path",
+    "output_path",
+    "read_manifest",
+    "save_image",
+    "save_mask",
+    "temp_path",
+]
+
+MANIFEST_NAME = "latinhib-manifest.jsonl"
+CONFIG_NAME = "latinhib-config.yaml"
+TEMP_MARK = ".latinhib-"
+#: Extensions whose format we save explicitly (PIL guesses the rest from the name).
+SAVE_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF"}
+
+
+def output_path(dst: Path, rel: str) -> Path:
+    """``DST/<rel>``: same relative path, file name and extension as the input."""
+    return dst / rel
+
+
+def mask_path(folder: Path, rel: str) -> Path:
+    """``DIR/<rel>.png`` (``cat/001.jpg`` -> ``cat/001.jpg.png``: no clash between
+    ``a.jpg`` and ``a.png``)."""
+    return folder / f"{rel}.png"
+
+
+def temp_path(path: Path) -> Path:
+    """A hidden temporary name next to ``path``, unique per process and thread."""
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}.tmp")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` then rename ``tmp`` to ``path``; the temporary file is removed
+    if ``write`` fails, so only complete files ever carry a final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Byte-for-byte copy, atomically (no decoding)."""
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def to_pil(pixels: torch.Tensor, decoded: Decoded) -> Image.Image:
+    """(C, H, W) integer pixels in the decoded image's working mode -> a PIL image in the
+    mode to write (alpha kept; CMYK JPEGs written as CMYK; 16-bit stays 16-bit)."""
+    channels = pixels.shape[0]
+    hwc = pixels.permute(1, 2, 0).contiguous()
+    w, h = decoded.size
+    if decoded.max_value == 65535:
+        return Image.frombytes("I;16", (w, h), _int16_bytes(hwc))
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
+    image = Image.frombytes(mode, (w, h), bytes(hwc.to(torch.uint8).view(-1).untyped_storage()))
+    if decoded.mode == "CMYK":
+        image = image.convert("CMYK")
+    return image
+
+
+def _int16_bytes(hwc: torch.Tensor) -> bytes:
+    values = hwc.to(torch.int32).clamp(0, 65535).view(-1)
+    # little-endian uint16 without numpy: low byte, high byte interleaved.
+    pairs = torch.stack([values & 0xFF, values >> 8], dim=1).to(torch.uint8)
+    return bytes(pairs.contiguous().view(-1).untyped_storage())
+
+
+def encode(image: Image.Image, fmt: str, info: Dict[str, Any], jpeg_quality: int) -> bytes:
+    """Encode ``image`` in ``fmt``; JPEG/WebP at ``jpeg_quality``, PNG lossless."""
+    options: Dict[str, Any] = {}
+    if info.get("icc_profile"):
+        options["icc_profile"] = info["icc_profile"]
+    if fmt in ("JPEG", "WEBP"):
+        options["quality"] = jpeg_quality
+        if info.get("exif"):
+            options["exif"] = info["exif"]
+    if fmt == "JPEG" and image.mode in ("RGBA", "LA", "P"):
+        image = image.convert("RGB")
+    if fmt == "BMP" and image.mode in ("LA",):
+        image = image.convert("RGBA")
+    if fmt == "TIFF":
+        options["compression"] = "tiff_lzw" if image.mode != "I;16" else None
+        options = {k: v for k, v in options.items() if v is not None}
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt if fmt in SAVE_FORMATS else "PNG", **options)
+    return buffer.getvalue()
+
+
+def save_image(pixels: torch.Tensor, decoded: Decoded, path: Path, jpeg_quality: int) -> None:
+    """Encode and atomically write an enhanced image in its original format."""
+    data = encode(to_pil(pixels, decoded), decoded.format, decoded.info, jpeg_quality)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def save_mask(mask: torch.Tensor, path: Path) -> None:
+    """A (H, W) mask in [0, 1] as a one-channel PNG, 255 = kept sharp, 0 = inhibited."""
+    values = (mask.float() * 255.0).round_().clamp_(0, 255).to(torch.uint8).contiguous()
+    h, w = values.shape
+    image = Image.frombytes("L", (w, h), bytes(values.view(-1).untyped_storage()))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def read_manifest(path: Path) -> Dict[str, Dict[str, Any]]:
+    """path -> last entry of an existing manifest; a torn last line (a killed job) is
+    ignored."""
+    entries: Dict[str, Dict[str, Any]] = {}
+    try:
+        with open(path, "r", encoding="utf-8", errors="surrogateescape") as handle:
+            for line in handle:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                    entries[entry["path"]] = entry
+    except FileNotFoundError:
+        pass
+    return entries
+
+
+class Manifest:
+    """Append-only JSONL, one object per input, flushed after every batch."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(path, "a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def write(self, entries: Iterable[Dict[str, Any]]) -> None:
+        with self._lock:
+            for entry in entries:
+                self._handle.write(json.dumps(entry, ensure_ascii=True) + "\n")
+            self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+    @staticmethod
+    def compact(path: Path, order: List[str], entries: Dict[str, Dict[str, Any]]) -> None:
+        """Rewrite ``path`` atomically with one line per input, in listing order."""
+        lines = [json.dumps(entries[rel], ensure_ascii=True) + "\n" for rel in order if rel in entries]
+        atomic_write(path, lambda tmp: tmp.write_text("".join(lines), encoding="utf-8"))

@@ -44,6 +44,10 @@ REFERENCE_STRIDE = 16
 CONSTANT_TOLERANCE = 1e-5
 
 
+#: Feathered mask values this close to 0 or 1 are float rounding of a uniform region.
+FEATHER_SNAP = 1e-5
+
+
 def is_constant(maps: torch.Tensor) -> torch.Tensor:
     """Per image, whether a (N, h, w) map is constant (or zero, or not finite); (N,) bool."""
     flat = maps.flatten(1)
@@ -135,7 +139,11 @@ def make_mask(combined: torch.Tensor, threshold: torch.Tensor, valid: Optional[t
 
 def blend(image: torch.Tensor, mask: torch.Tensor, blurred: torch.Tensor) -> torch.Tensor:
     """Step 8: ``mask * image + (1 - mask) * blurred`` for (N, C, H, W) images and
-    (N, H, W) or (N, 1, H, W) masks."""
+    (N, H, W) or (N, 1, H, W) masks.
+
+    Written as in the SPEC, not as ``blurred + mask * (image - blurred)``: this way a
+    kept pixel (mask 1) is the input bit for bit and an inhibited one the blur's, so a
+    constant map leaves the image unchanged exactly (SPEC step 6)."""
     if mask.ndim == 3:
         mask = mask[:, None]
     if image.shape != blurred.shape or mask.shape[-2:] != image.shape[-2:]:
@@ -143,14 +151,20 @@ def blend(image: torch.Tensor, mask: torch.Tensor, blurred: torch.Tensor) -> tor
             f"image, mask and blurred should share (H, W). Got {tuple(image.shape)}, "
             f"{tuple(mask.shape)}, {tuple(blurred.shape)}"
         )
-    return blurred + mask * (image - blurred)
+    return mask * image + (1 - mask) * blurred
 
 
 def feather(mask: torch.Tensor, sigma: float) -> torch.Tensor:
     """Soften a (N, H, W) mask's edges with a Gaussian of ``sigma`` pixels (0 = hard)."""
     if sigma <= 0:
         return mask
-    return downsampled_gaussian_blur(mask[:, None], sigma)[:, 0].clamp(0.0, 1.0)
+    softened = downsampled_gaussian_blur(mask[:, None], sigma)[:, 0]
+    # The blur's float weights sum to 1 only within rounding, so a region that is all
+    # kept comes out at 0.99999994: snap such values back, or an image whose mask is all
+    # ones (a constant map) would not come back unchanged and kept pixels would drift.
+    softened = torch.where(softened >= 1.0 - FEATHER_SNAP, torch.ones_like(softened), softened)
+    softened = torch.where(softened <= FEATHER_SNAP, torch.zeros_like(softened), softened)
+    return softened.clamp(0.0, 1.0)
 
 
 def inhibit(

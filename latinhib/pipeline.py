@@ -35,6 +35,7 @@ from .writer import (
     mask_path,
     output_path,
     read_manifest,
+    save_heatmap,
     save_image,
     save_mask,
 )
@@ -196,6 +197,34 @@ def _entry(item: Item, selected: bool, status: str, **values: Any) -> Dict[str, 
     return entry
 
 
+def enhance_pixels(
+    decoded: Decoded, imp: Importance, index: int, config: Config, input_size: Tuple[int, int], device: torch.device
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Steps 6-8 for sample ``index`` of ``imp`` at the image's own resolution, exactly as
+    ``latinhib enhance`` writes it (``latinhib preview`` shows the same pixels).
+
+    Returns (pixels (C, H, W) in the decoded dtype with alpha passed through, mask (1, H, W)).
+    """
+    pixels = decoded.pixels.to(device, non_blocking=True)
+    channels = decoded.color_channels
+    color = pixels[:channels][None].float().div_(decoded.max_value)
+    h, w = color.shape[-2:]
+    # blur.sigma is in model-input pixels; scale it to this image's resolution.
+    scale = min(h, w) / min(input_size)
+    enhanced, mask = inhibit(
+        color,
+        imp.combined[index : index + 1],
+        imp.threshold[index : index + 1],
+        imp.valid[index : index + 1],
+        blur_sigma=config.blur.sigma * scale,
+        feather_sigma=config.blur.feather * scale,
+    )
+    values = enhanced[0].mul_(decoded.max_value).round_().clamp_(0, decoded.max_value).to(pixels.dtype)
+    if pixels.shape[0] > channels:  # alpha passes through untouched
+        values = torch.cat([values, pixels[channels:]], dim=0)
+    return values, mask
+
+
 class _Finisher:
     """Steps 6-8 at full resolution, encoding and writing, run in writer threads."""
 
@@ -205,6 +234,7 @@ class _Finisher:
         self.dst = dst
         self.device = device
         self.masks = Path(config.output.save_masks) if config.output.save_masks else None
+        self.heatmaps = Path(config.output.save_heatmaps) if config.output.save_heatmaps else None
 
     def __call__(self, item: Item, decoded: Decoded, imp: Importance, index: int) -> Dict[str, Any]:
         target = imp.target
@@ -220,26 +250,12 @@ class _Finisher:
             copy_file(item.path, out)
             return _entry(item, True, "unchanged", error="importance map has no spatial information (constant gradient)",
                           **common)
-        pixels = decoded.pixels.to(self.device, non_blocking=True)
-        channels = decoded.color_channels
-        color = pixels[:channels][None].float().div_(decoded.max_value)
-        h, w = color.shape[-2:]
-        # blur.sigma is in model-input pixels; scale it to this image's resolution.
-        scale = min(h, w) / min(self.loaded.input_size)
-        enhanced, mask = inhibit(
-            color,
-            imp.combined[index : index + 1],
-            imp.threshold[index : index + 1],
-            imp.valid[index : index + 1],
-            blur_sigma=self.config.blur.sigma * scale,
-            feather_sigma=self.config.blur.feather * scale,
-        )
-        values = enhanced[0].mul_(decoded.max_value).round_().clamp_(0, decoded.max_value).to(pixels.dtype)
-        if pixels.shape[0] > channels:  # alpha passes through untouched
-            values = torch.cat([values, pixels[channels:]], dim=0)
+        values, mask = enhance_pixels(decoded, imp, index, self.config, self.loaded.input_size, self.device)
         save_image(values.cpu(), decoded, out, self.config.output.jpeg_quality)
         if self.masks is not None:
             save_mask(mask[0].cpu(), mask_path(self.masks, item.rel))
+        if self.heatmaps is not None:
+            save_heatmap(imp.combined[index], tuple(mask.shape[-2:]), mask_path(self.heatmaps, item.rel))
         return _entry(
             item,
             True,

@@ -11,9 +11,10 @@ import os
 import shutil
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from .data import Decoded
@@ -27,6 +28,8 @@ __all__ = [
     "mask_path",
     "output_path",
     "read_manifest",
+    "heat_colors",
+    "save_heatmap",
     "save_image",
     "save_mask",
     "temp_path",
@@ -132,6 +135,45 @@ def save_mask(mask: torch.Tensor, path: Path) -> None:
     image = Image.frombytes("L", (w, h), bytes(values.view(-1).untyped_storage()))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+#: A few stops of matplotlib's 'inferno' (black -> purple -> red -> orange -> pale yellow):
+#: perceptually ordered and readable in grey, so no matplotlib dependency is needed.
+HEAT_STOPS = (
+    (0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99),
+    (212, 72, 66), (245, 125, 21), (250, 193, 39), (252, 255, 164),
+)
+
+
+def heat_colors(values: torch.Tensor) -> torch.Tensor:
+    """(H, W) values in [0, 1] -> (3, H, W) uint8 'inferno' colours (linear between stops)."""
+    if values.ndim != 2:
+        raise ValueError(f"values should be (H, W). Got shape {tuple(values.shape)}")
+    stops = torch.tensor(HEAT_STOPS, dtype=torch.float32, device=values.device)
+    position = torch.nan_to_num(values.float()).clamp(0, 1) * (len(HEAT_STOPS) - 1)
+    low = position.floor().long().clamp(max=len(HEAT_STOPS) - 2)
+    weight = (position - low)[..., None]
+    colours = stops[low] * (1 - weight) + stops[low + 1] * weight
+    return colours.round_().clamp_(0, 255).to(torch.uint8).permute(2, 0, 1).contiguous()
+
+
+def heatmap_image(importance: torch.Tensor, size: Tuple[int, int]) -> Image.Image:
+    """A (h, w) importance map in [0, 1], scaled bilinearly to ``size`` (H, W) and colour
+    mapped, as an RGB PIL image."""
+    if importance.shape[-2:] != tuple(size):
+        importance = F.interpolate(importance.float()[None, None], size=tuple(size), mode="bilinear",
+                                   align_corners=False)[0, 0]
+    rgb = heat_colors(importance).cpu().permute(1, 2, 0).contiguous()
+    return Image.frombytes("RGB", (size[1], size[0]), bytes(rgb.view(-1).untyped_storage()))
+
+
+def save_heatmap(importance: torch.Tensor, size: Tuple[int, int], path: Path) -> None:
+    """An enhanced image's combined importance (h, w) as an RGB PNG at the image's own
+    ``size`` (H, W): bright = important (kept sharp), dark = blurred."""
+    buffer = io.BytesIO()
+    heatmap_image(importance, size).save(buffer, format="PNG")
     data = buffer.getvalue()
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
 

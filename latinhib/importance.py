@@ -29,6 +29,11 @@ __all__ = [
 #: Loss targets (SPEC step 1). ``auto`` becomes ``label`` when labels are given, else ``pred``.
 TARGETS = ("auto", "label", "pred", "entropy")
 
+#: Pseudo layer name for the gradient at the model input (the only choice for TorchScript
+#: models, which cannot be hooked). Its map is average-pooled by ``INPUT_POOL``.
+INPUT_LAYER = "input"
+INPUT_POOL = 8
+
 #: Feature strides whose last block is a default layer. Stride 4 and finer carry edge
 #: noise rather than object evidence (SPEC "Traps"); see ``default_layers``.
 DEFAULT_STRIDES = (8, 16, 32)
@@ -41,6 +46,13 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> List[Tuple[str, nn
         raise ValueError("layers should name at least one module. Got an empty list")
     resolved = []
     for name in names:
+        if name == INPUT_LAYER:
+            continue
+        if isinstance(model, torch.jit.ScriptModule):
+            raise ValueError(
+                f"model.layers: TorchScript models cannot be hooked, so layer {name!r} cannot be captured; "
+                f"use layers: [{INPUT_LAYER}] (the gradient at the input image)"
+            )
         try:
             resolved.append((name, model.get_submodule(name)))
         except AttributeError:
@@ -200,11 +212,16 @@ def importance_maps(
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
+    use_input = INPUT_LAYER in layers
+    if use_input:
+        images = images.detach().requires_grad_(True)
     with frozen_eval(model), torch.enable_grad(), ActivationCapture(model, layers) as capture:
         with autocast:
             logits = model(images)
         if isinstance(logits, (tuple, list)):  # e.g. GoogLeNet/Inception aux outputs
             logits = logits[0]
+        if use_input:
+            capture.activations.insert(0, (INPUT_LAYER, images))
         if not capture.activations:
             raise ValueError(f"model.layers: none of {list(layers)} ran during the forward pass")
         grad_logits = logit_gradient(logits, target, labels)
@@ -217,7 +234,12 @@ def importance_maps(
     for activation, grad in zip(tensors, grads):
         if grad is None:
             grad = torch.zeros_like(activation)
-        maps.append(torch.linalg.vector_norm(grad.float(), ord=norm, dim=1))
+        iom = torch.linalg.vector_norm(grad.float(), ord=norm, dim=1)
+        if activation is tensors[0] and use_input:
+            # Pixel gradients are speckle; average them over 8x8 cells, the resolution of
+            # the finest default layer, so the filter and its sigma mean the same there.
+            iom = F.avg_pool2d(iom[:, None], INPUT_POOL, ceil_mode=True)[:, 0]
+        maps.append(iom)
     return ImportanceMaps(
         maps=maps,
         names=[n for n, _ in capture.activations],
@@ -238,6 +260,8 @@ def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: i
     object evidence. For torchvision ResNets this gives ``layer2, layer3, layer4.0``; for
     MobileNetV2 ``features.6, features.13, features.17``.
     """
+    if isinstance(model, torch.jit.ScriptModule):
+        return [INPUT_LAYER]
     parents = {"": model}
     blocks: Dict[str, nn.Module] = {}
     for name, module in model.named_modules():
@@ -247,11 +271,16 @@ def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: i
                 blocks[full] = child
             parents[full] = module
     records: List[Tuple[str, Tuple[int, int], int]] = []
+    # Every recorded output stays referenced until the probe is over: a freed output's
+    # memory can be reused for a later one (the final feature map included), and then
+    # equal data pointers would no longer mean "the same tensor".
+    alive: List[torch.Tensor] = []
     handles = []
 
     def make_hook(block_name: str):
         def hook(module, inputs, output):
             if isinstance(output, torch.Tensor) and output.ndim == 4:
+                alive.append(output)
                 records.append((block_name, tuple(output.shape[-2:]), output.data_ptr()))
 
         return hook
@@ -268,6 +297,7 @@ def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: i
     finally:
         for handle in handles:
             handle.remove()
+    del alive
     spatial = [r for r in records if r[1][0] * r[1][1] > 1]
     if not spatial:
         raise ValueError("model.layers: could not find any spatial layer; set model.layers explicitly")

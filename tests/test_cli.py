@@ -230,3 +230,76 @@ def test_subprocess_stdout_carries_only_outputs(src, tmp_path, checkpoint):
     printed = sorted(proc.stdout.splitlines())
     expected = sorted(str(dst / f) for f in files(src) if not f.endswith(".txt"))
     assert printed == expected
+
+
+def test_torchscript_checkpoint_uses_the_input_gradient(src, tmp_path):
+    model = torchvision.models.get_model(ARCH, num_classes=len(CLASSES)).eval()
+    path = tmp_path / "model.ts"
+    with pytest.warns(FutureWarning):
+        torch.jit.save(torch.jit.script(model), str(path))
+    args = ["--checkpoint", path, "--device", "cpu", "--workers", "0", "--set", "model.input_size=64", "--quiet"]
+    result = invoke("enhance", src, tmp_path / "dst", *args, "--ratio", "1", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["enhanced"] == 18
+    result = invoke("enhance", src, tmp_path / "dst2", *args, "--layers", "features.3")
+    assert result.exit_code == 2
+    assert "TorchScript models cannot be hooked" in result.output and "layers: [input]" in result.output
+
+
+def test_user_architecture_with_kwargs_from_config(src, tmp_path, monkeypatch):
+    package = tmp_path / "mynets"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import torch.nn as nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, width=8, num_classes=3):\n"
+        "        super().__init__()\n"
+        "        self.stages = nn.Sequential(\n"
+        "            nn.Conv2d(3, width, 3, 2, 1), nn.ReLU(inplace=True),\n"
+        "            nn.Conv2d(width, width, 3, 2, 1), nn.ReLU(inplace=True),\n"
+        "            nn.Conv2d(width, width, 3, 2, 1), nn.ReLU(inplace=True),\n"
+        "            nn.Conv2d(width, width, 3, 2, 1), nn.ReLU(inplace=True))\n"
+        "        self.head = nn.Linear(width, num_classes)\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.stages(x).mean((2, 3)))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    net = importlib.import_module("mynets").Net(width=6, num_classes=5)
+    torch.save(net.state_dict(), tmp_path / "net.pth")
+    config = tmp_path / "net.yaml"
+    config.write_text("model:\n  arch: mynets:Net\n  kwargs: {width: 6}\n  input_size: 64\n  layers: [stages.5]\n")
+    result = invoke("enhance", src, tmp_path / "dst", "--config", config, "--checkpoint", tmp_path / "net.pth",
+                    "--device", "cpu", "--workers", "0", "--ratio", "1", "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["enhanced"] == 18  # num_classes=5 read from the checkpoint
+    result = invoke("enhance", src, tmp_path / "dst3", "--config", config, "--checkpoint", tmp_path / "net.pth",
+                    "--set", "model.kwargs={width: 7}", "--quiet")
+    assert result.exit_code == 2 and "does not fit the architecture" in result.output
+
+
+def test_offline_weights_error_names_the_cache_file(src, tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.models._api as api
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    result = invoke("enhance", src, tmp_path / "dst", "--arch", "resnet18", "--weights", "IMAGENET1K_V1", "--quiet")
+    assert result.exit_code == 2
+    expected = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert f"torchvision looks for {expected}" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "dst").exists()
+
+
+def test_label_target_uses_folder_classes(src, tmp_path, checkpoint):
+    args = [*base_args(checkpoint), "--set", f"model.classes=[{','.join(CLASSES)}]", "--ratio", "1"]
+    assert invoke("enhance", src, tmp_path / "dst", *args).exit_code == 0
+    assert {e["target"] for e in manifest(tmp_path / "dst") if e["status"] == "enhanced"} == {"label"}
+    result = invoke("enhance", src, tmp_path / "dst2", *base_args(checkpoint), "--target", "label")
+    assert result.exit_code == 2 and "model.target: 'label' needs" in result.output

@@ -121,6 +121,9 @@ def main() -> None:
 @click.option("--print0", is_flag=True, help="Like --print-outputs, NUL-separated (for xargs -0).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar or summary on stderr.")
+@click.option("--shard", metavar="I/N", callback=lambda ctx, param, value: _shard(value),
+              help="Do only shard I of N (0-based; a stable hash of each path decides), e.g. for SLURM "
+                   "arrays; then run 'latinhib merge DST'. Under torchrun each rank is a shard already.")
 def enhance(src: Path, dst: Path, config_file, sets, files_from, follow_symlinks, strict, print_outputs, print0,
             as_json, quiet, **values) -> None:
     """Enhance the images under SRC into DST.
@@ -134,8 +137,10 @@ def enhance(src: Path, dst: Path, config_file, sets, files_from, follow_symlinks
     Example:
       latinhib enhance data/train data/train-li --ratio 0.3 -q 0.5 --save-masks masks/
     """
+    from .distributed import is_primary
     from .pipeline import Interrupted, JobError, run
 
+    shard = values.pop("shard", None)
     config = build_config(config_file, sets, values)
 
     def emit(path: Path) -> None:
@@ -153,6 +158,7 @@ def enhance(src: Path, dst: Path, config_file, sets, files_from, follow_symlinks
             follow_symlinks=follow_symlinks,
             strict=strict,
             quiet=quiet,
+            shard=shard,
             on_output=emit if (print0 or print_outputs) else None,
         )
     except (JobError, ConfigError, CheckpointError) as exc:
@@ -165,11 +171,84 @@ def enhance(src: Path, dst: Path, config_file, sets, files_from, follow_symlinks
         if as_json:
             click.echo(json.dumps(summary.as_dict()))
         sys.exit(130)
-    if not quiet:
-        click.echo(f"latinhib: {summary.line()}", err=True)
-    if as_json:
-        click.echo(json.dumps(summary.as_dict()))
+    if is_primary():  # under torchrun the counts are the whole job's: print them once
+        if not quiet:
+            click.echo(f"latinhib: {summary.line()}", err=True)
+        if as_json:
+            click.echo(json.dumps(summary.as_dict()))
     sys.exit(summary.exit_code)
+
+
+def _shard(value: Optional[str]):
+    if value is None:
+        return None
+    from .distributed import parse_shard
+
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+
+
+@main.command()
+@click.argument("dst", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the merged summary as JSON on stdout.")
+@click.option("--quiet", is_flag=True, help="No summary on stderr.")
+def merge(dst: Path, as_json: bool, quiet: bool) -> None:
+    """Merge the manifest parts of sharded runs (--shard I/N) in DST.
+
+    Folds every DST/latinhib-manifest.part-I-of-N.jsonl into DST/latinhib-manifest.jsonl
+    (one line per input, listing order, written atomically), removes the parts and prints
+    the job's counts. Exit code 1 when a file failed. Safe to repeat.
+
+    \b
+    Example:
+      latinhib merge data/train-li
+    """
+    from .distributed import merge as merge_parts
+
+    result = merge_parts(dst)
+    if not quiet:
+        for shard in result.missing:
+            click.echo(f"latinhib: warning: no manifest part for shard {shard} (not run, or merged earlier)",
+                       err=True)
+        click.echo(f"latinhib: {result.line()}", err=True)
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    sys.exit(1 if result.counts["failed"] else 0)
+
+
+@main.command()
+@click.argument("src", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The sheet to write (.png or .jpg).")
+@click.option("-n", "--n", "count", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Images on the sheet, drawn with inhibition.seed.")
+@click.option("--files", help="Comma-separated images (relative to SRC) instead of a random sample.")
+@click.option("--grid", metavar="KEY=V1,V2,...",
+              help="One image, one column per value of q, sigma, k, blur or filter (e.g. q=0.3,0.5,0.7).")
+@click.option("--cell", type=click.IntRange(64, 1024), default=192, show_default=True, help="Panel size in pixels.")
+@config_options
+def preview(src: Path, output: Path, count, files, grid, cell, config_file, sets, **values) -> None:
+    """Draw what enhance does to a few images of SRC: a contact sheet with the original,
+    the importance heat map, each layer's map, the filter response, the mask and the
+    enhanced image, one row per image; with --grid, one image under several settings.
+
+    \b
+    Example:
+      latinhib preview examples -o docs/preview.png --n 4
+      latinhib preview examples -o grid.png --files cat/chelsea.jpg --grid q=0.3,0.5,0.7
+    """
+    from .preview import PreviewError, preview as make_preview
+
+    config = build_config(config_file, sets, values)
+    chosen = [f.strip() for f in files.split(",") if f.strip()] if files else None
+    try:
+        make_preview(config, src, output, count=count, files=chosen, grid=grid, cell=cell,
+                     log=lambda message: click.echo(message, err=True))
+    except (PreviewError, ConfigError, CheckpointError) as exc:
+        raise BadInput(str(exc)) from None
+    click.echo(f"latinhib: wrote {output}", err=True)
 
 
 @main.command("config")

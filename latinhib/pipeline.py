@@ -21,6 +21,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
+from . import distributed
 from .api import Importance, LateralInhibition
 from .config import Config, ConfigError, to_yaml
 from .data import Decoded, DecodeError, Item, PathError, decode, display, list_files_from, list_folder
@@ -280,6 +281,7 @@ def run(
     follow_symlinks: bool = False,
     strict: bool = False,
     quiet: bool = False,
+    shard: Optional[distributed.Shard] = None,
     on_output: Optional[Callable[[Path], None]] = None,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> Summary:
@@ -294,7 +296,9 @@ def run(
     check_paths(src, dst, files_from is not None)
     if config.runtime.threads:
         torch.set_num_threads(config.runtime.threads)
-    device = resolve_device(config.runtime.device)
+    # torchrun rank / --shard I/N: which files are ours, which device (cuda:LOCAL_RANK).
+    ctx = distributed.setup(shard, config.runtime.device)
+    device = ctx.device
     loaded = load_model(config.model, device)
     enhancer = LateralInhibition(loaded.model, config, input_size=loaded.input_size)
     exclude = [Path(p) for p in (config.output.save_masks, config.output.save_heatmaps) if p]
@@ -310,12 +314,14 @@ def run(
             "model.target: 'label' needs every image in a class folder whose name is one of the model's classes "
             "(set model.classes, or use target auto/pred/entropy)"
         )
+    # Labels above are decided on the whole listing, so every shard picks the same target.
+    all_items, items = items, ctx.select(items)
     _check_previous_config(dst, config)
 
     dst.mkdir(parents=True, exist_ok=True)
     atomic_write(dst / CONFIG_NAME, lambda tmp: tmp.write_text(to_yaml(config), encoding="utf-8"))
-    manifest_path = dst / MANIFEST_NAME
-    previous = {} if config.output.overwrite else read_manifest(manifest_path)
+    manifest_path = ctx.manifest_path(dst)  # a shard writes its own part
+    previous = {} if config.output.overwrite else ctx.previous(dst)
     summary = Summary(dst=str(dst), total=len(items), device=str(device))
     summary.target = "label" if labels is not None else ("pred" if config.model.target == "auto" else config.model.target)
 
@@ -347,7 +353,7 @@ def run(
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="latinhib-writer")
     pending: Deque[Tuple[Item, Future]] = collections.deque()
     limit = max(2 * config.runtime.batch_size, 8)
-    bar = _progress(len(to_copy) + len(to_enhance), quiet)
+    bar = ctx.progress(len(to_copy) + len(to_enhance), quiet, _progress)
 
     def record(entry: Dict[str, Any], item: Item) -> None:
         entries[item.rel] = entry
@@ -419,11 +425,12 @@ def run(
         pool.shutdown(wait=True, cancel_futures=True)
         _close(manifest, manifest_path, items, entries, bar)
         summary.seconds = time.perf_counter() - started
-        return summary
+        return ctx.finish(summary, dst, [item.rel for item in all_items])
     pool.shutdown(wait=True)
     _close(manifest, manifest_path, items, entries, bar)
     summary.seconds = time.perf_counter() - started
-    return summary
+    # torchrun: job-wide counts on every rank, rank 0 merges the manifest parts.
+    return ctx.finish(summary, dst, [item.rel for item in all_items])
 
 
 def _importance(enhancer: LateralInhibition, decoded_ok, items, labels, device) -> Importance:

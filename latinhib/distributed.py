@@ -1,0 +1,381 @@
+"""One job over many processes: torchrun ranks and independent shards (``--shard I/N``).
+
+Each file belongs to exactly one shard, decided by a salted blake2b hash of its relative
+path, so membership depends neither on listing order nor on timing, and is uncorrelated
+with the enhancement selection (``inhibition.selection_score``: unsalted, seeded). Under
+``torchrun`` (``WORLD_SIZE`` > 1 in the environment) rank R of W is shard R/W, and with
+``--shard I/N`` as well it is shard I*W+R of N*W. A shard writes its outputs and its own
+manifest part, ``DST/latinhib-manifest.part-<I>-of-<N>.jsonl``; :func:`merge` folds the
+parts into ``DST/latinhib-manifest.jsonl`` (rank 0 does it once every rank is done; after
+separate shard jobs, ``latinhib merge DST`` does). A shard reads the main manifest and every
+part at start, so a rerun of one killed rank alone (``--shard R/W``) completes its share,
+and a rerun with another shard count still skips what is done.
+
+No process manager here: torchrun or the scheduler starts the processes. The process group
+(gloo on CPU, nccl on CUDA) is initialised only when WORLD_SIZE > 1 and serves three things:
+the job-wide counts (so every rank's exit code reflects failures on any rank), the sync
+before rank 0 merges, and one progress bar on rank 0 fed through the group's key-value
+store.
+
+Temporary files: a shard must never delete another live rank's temporaries. Any cleanup of
+stale ``*.latinhib-*.tmp`` files belongs only in runs where :attr:`Context.owns_all_temp_files`
+is True (not sharded, not distributed).
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+from .data import Item
+from .models import resolve_device
+from .writer import MANIFEST_NAME, Manifest, read_manifest
+
+__all__ = [
+    "Context",
+    "MergeResult",
+    "Shard",
+    "is_primary",
+    "listing_key",
+    "merge",
+    "parse_shard",
+    "part_name",
+    "part_paths",
+    "read_previous",
+    "setup",
+    "shard_of",
+]
+
+#: Salt of the shard hash; any value other than the selection hash's (none) would do.
+SHARD_SALT = b"latinhib-shard"
+PART_PATTERN = re.compile(r"^latinhib-manifest\.part-(\d+)-of-(\d+)\.jsonl$")
+STATUSES = ("enhanced", "copied", "unchanged", "skipped", "failed")
+#: Summary counters summed over ranks at the end of a torchrun job.
+COUNTERS = ("total", "enhanced", "copied", "unchanged", "skipped", "failed", "already_done")
+PROGRESS_KEY = "latinhib/progress"
+DONE_KEY = "latinhib/done"
+EXIT_KEY = "latinhib/exit"
+
+
+def shard_of(rel: str, count: int) -> int:
+    """The shard in ``range(count)`` that owns relative path ``rel``."""
+    digest = hashlib.blake2b(rel.encode("utf-8", "surrogateescape"), digest_size=8, salt=SHARD_SALT).digest()
+    return int.from_bytes(digest, "big") % count
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (0-based)."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not (self.count >= 1 and 0 <= self.index < self.count):
+            raise ValueError(f"shard should be I/N with 0 <= I < N. Got {self.index}/{self.count}")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def owns(self, rel: str) -> bool:
+        return self.count == 1 or shard_of(rel, self.count) == self.index
+
+
+def parse_shard(text: str) -> Shard:
+    """``"I/N"`` -> :class:`Shard`; ValueError naming the value otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match:
+        raise ValueError(f"--shard: {text!r} is not allowed; expected I/N with 0 <= I < N, e.g. 0/4")
+    index, count = int(match.group(1)), int(match.group(2))
+    if not (count >= 1 and 0 <= index < count):
+        raise ValueError(f"--shard: {text!r} is not allowed; expected I/N with 0 <= I < N, e.g. 0/4")
+    return Shard(index, count)
+
+
+def part_name(shard: Shard) -> str:
+    return f"latinhib-manifest.part-{shard.index}-of-{shard.count}.jsonl"
+
+
+def part_paths(dst: Path) -> List[Tuple[Shard, Path]]:
+    """The manifest parts in ``dst``, oldest first (a later part's entries win)."""
+    found = []
+    try:
+        names = os.listdir(dst)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        match = PART_PATTERN.match(name)
+        if match and int(match.group(1)) < int(match.group(2)):
+            path = dst / name
+            found.append((path.stat().st_mtime_ns, name, Shard(int(match.group(1)), int(match.group(2))), path))
+    return [(shard, path) for _, _, shard, path in sorted(found)]
+
+
+def _sources(dst: Path) -> List[Path]:
+    """The main manifest and every part, oldest first: a later file's entry for a path wins
+    (within a file, the later line wins)."""
+    paths = [path for _, path in part_paths(dst)]
+    main = dst / MANIFEST_NAME
+    if main.is_file():
+        paths.append(main)
+    return sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def read_previous(dst: Path, shard: Optional[Shard]) -> Dict[str, Dict[str, Any]]:
+    """What earlier runs did, from the main manifest and all parts, restricted to the paths
+    ``shard`` owns (all paths when None)."""
+    entries: Dict[str, Dict[str, Any]] = {}
+    for path in _sources(dst):
+        entries.update(read_manifest(path))
+    if shard is None or shard.count == 1:
+        return entries
+    return {rel: entry for rel, entry in entries.items() if shard.owns(rel)}
+
+
+def listing_key(rel: str) -> Tuple[Tuple[int, str], ...]:
+    """Sort key that reproduces ``data.list_folder``'s order (os.walk top-down with sorted
+    names: a folder's files before its subfolders) from relative paths alone."""
+    parts = rel.split("/")
+    return tuple((1, part) for part in parts[:-1]) + ((0, parts[-1]),)
+
+
+@dataclass
+class MergeResult:
+    """What :func:`merge` did: the parts folded in, counts per status over the merged
+    manifest, and shards missing among the shard counts seen."""
+
+    dst: str
+    parts: List[str] = field(default_factory=list)
+    counts: Dict[str, int] = field(default_factory=dict)
+    missing: List[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"dst": self.dst, "parts": self.parts, "total": self.total, **self.counts, "missing": self.missing}
+
+    def line(self) -> str:
+        c = self.counts
+        return (
+            f"merged {len(self.parts)} manifest part(s): {self.total} files: {c['enhanced']} enhanced, "
+            f"{c['copied']} copied, {c['unchanged']} unchanged, {c['skipped']} skipped, {c['failed']} failed "
+            f"-> {self.dst}"
+        )
+
+
+def merge(dst: Path, order: Optional[Sequence[str]] = None) -> MergeResult:
+    """Fold the manifest parts in ``dst`` into ``dst/latinhib-manifest.jsonl`` (written
+    atomically, one line per input, in ``order`` or else in listing order), then remove the
+    parts. Safe to repeat; a part written later by a rerun is folded in by the next merge."""
+    dst = Path(dst)
+    parts = part_paths(dst)
+    entries = read_previous(dst, None)
+    keys = list(order) if order is not None else sorted(entries, key=listing_key)
+    seen = set(keys)
+    keys += sorted((rel for rel in entries if rel not in seen), key=listing_key)
+    Manifest.compact(dst / MANIFEST_NAME, keys, entries)
+    for _, path in parts:
+        path.unlink()
+    counts = {status: 0 for status in STATUSES}
+    for entry in entries.values():
+        if entry.get("status") in counts:
+            counts[entry["status"]] += 1
+    present = {(s.index, s.count) for s, _ in parts}
+    missing = sorted({f"{i}/{n}" for _, n in present for i in range(n) if (i, n) not in present})
+    return MergeResult(str(dst), [str(s) for s, _ in parts], counts, missing)
+
+
+class _RankBar:
+    """Progress for a torchrun job: every rank adds what it finishes to a counter in the
+    process group's store; only rank 0 draws a bar, for the whole job."""
+
+    def __init__(self, store, bar, world_size: int):
+        self.store = store
+        self.bar = bar
+        self.world_size = world_size
+
+    def update(self, n: int = 1) -> None:
+        value = self.store.add(PROGRESS_KEY, n)
+        if self.bar is not None:
+            self.bar.update(value - self.bar.n)
+
+    def write(self, message: str, file=None) -> None:
+        if self.bar is not None:
+            self.bar.write(message, file=file)
+        else:
+            print(message, file=file or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """This rank's work is done; rank 0's bar stays open until :meth:`wait`."""
+        self.store.add(DONE_KEY, 1)
+
+    def wait(self) -> None:
+        """Rank 0 keeps the bar moving until every rank is done (torchrun stops the whole
+        job if a rank dies, so this does not wait forever on a dead rank)."""
+        if self.bar is None:
+            return
+        while self.store.add(DONE_KEY, 0) < self.world_size:
+            self.update(0)
+            time.sleep(0.2)
+        self.update(0)
+        self.bar.close()
+
+
+@dataclass
+class Context:
+    """Where this process stands in the job.
+
+    shard: the files this process owns (None = all). distributed: a torch.distributed group
+    was initialised by :func:`setup` (torchrun with WORLD_SIZE > 1). rank/world_size: within
+    that group (0/1 otherwise). device: the device to run on.
+    """
+
+    shard: Optional[Shard] = None
+    distributed: bool = False
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    _bar: Optional[_RankBar] = None
+
+    @property
+    def primary(self) -> bool:
+        """Prints the job summary (rank 0, or the only process)."""
+        return self.rank == 0
+
+    @property
+    def owns_all_temp_files(self) -> bool:
+        """Only a lone, unsharded run may clean up stale temporary files in DST: anywhere
+        else they may belong to another live rank or shard."""
+        return self.shard is None and not self.distributed
+
+    def select(self, items: Sequence[Item]) -> List[Item]:
+        """The items this process handles."""
+        if self.shard is None:
+            return list(items)
+        return [item for item in items if self.shard.owns(item.rel)]
+
+    def manifest_path(self, dst: Path) -> Path:
+        """The main manifest, or this shard's part."""
+        return dst / (MANIFEST_NAME if self.shard is None else part_name(self.shard))
+
+    def previous(self, dst: Path) -> Dict[str, Dict[str, Any]]:
+        return read_previous(dst, self.shard)
+
+    def progress(self, todo: int, quiet: bool, make_bar: Callable[[int, bool], Any]):
+        """A progress bar: the usual one outside torchrun; under torchrun one bar on rank 0
+        for the whole job (a collective: every rank calls it once)."""
+        if not self.distributed:
+            return make_bar(todo, quiet)
+        total = self._sum([todo])[0]
+        if quiet:
+            return None
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        self._bar = _RankBar(_get_default_store(), make_bar(total, quiet) if self.rank == 0 else None, self.world_size)
+        return self._bar
+
+    def finish(self, summary, dst: Path, order: Sequence[str]):
+        """End of the job for this process: under torchrun, sum the counts over ranks (every
+        rank returns the job's summary, so every exit code reflects failures anywhere) and
+        rank 0 merges the parts; an unsharded run folds in parts left by earlier shards."""
+        if self.shard is None:
+            if part_paths(dst):
+                merge(dst, order)
+            return summary
+        if not self.distributed:
+            return summary
+        import torch.distributed as dist
+
+        if self._bar is not None:
+            self._bar.wait()
+        values = self._sum([getattr(summary, name) for name in COUNTERS])
+        for name, value in zip(COUNTERS, values):
+            setattr(summary, name, value)
+        seconds = torch.tensor([summary.seconds], dtype=torch.float64, device=self._collective_device())
+        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+        summary.seconds = float(seconds.item())
+        if self.rank == 0:
+            merge(dst, order)
+        dist.barrier()  # nobody exits before rank 0 has merged
+        # torchrun stops the other workers as soon as one exits non-zero (a failed file):
+        # the other ranks wait until rank 0 has printed the summary and is on its way out.
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        store = _get_default_store()
+        if self.rank == 0:
+            atexit.register(_release, store)
+        else:
+            try:
+                store.wait([EXIT_KEY])
+            except Exception:  # noqa: BLE001 - rank 0 and its store are gone: nothing to wait for
+                pass
+        return summary
+
+    def close(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+    def _collective_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    def _sum(self, values: List[int]) -> List[int]:
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.int64, device=self._collective_device())
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return [int(v) for v in tensor.tolist()]
+
+
+def _release(store) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        store.set(EXIT_KEY, "1")
+    except Exception:  # noqa: BLE001 - the job is over; a rank still waiting times out
+        pass
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def is_primary() -> bool:
+    """Whether this process prints the job's summary: rank 0 under torchrun, else always."""
+    return _env_int("RANK", 0) == 0
+
+
+def setup(shard: Optional[Shard], device_name: str) -> Context:
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), pick the device
+    (``cuda:LOCAL_RANK`` when ``device_name`` is auto/cuda and CUDA is there) and, when
+    WORLD_SIZE > 1, initialise the process group: nccl on CUDA, gloo on CPU."""
+    world_size = _env_int("WORLD_SIZE", 1)
+    if world_size <= 1:
+        return Context(shard=shard, device=resolve_device(device_name))
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if device_name in ("auto", "cuda") and torch.cuda.is_available():
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = resolve_device(device_name)
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    rank_shard = Shard(rank, world_size)
+    if shard is not None:
+        rank_shard = Shard(shard.index * world_size + rank, shard.count * world_size)
+    return Context(shard=rank_shard, distributed=True, rank=rank, world_size=world_size, device=device)

@@ -1,0 +1,234 @@
+"""`latinhib preview` and `enhance --save-heatmaps`, on small folders and a tiny checkpoint
+made here: the sheet's size follows from n and the columns, each panel is the picture
+`enhance` writes (mask, enhanced image, heat map), the settings grid varies what it says,
+and text renders with Pillow's bundled font when no font file may be opened."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+from PIL import Image, ImageDraw, ImageFont
+
+from latinhib import preview as preview_module
+from latinhib.cli import main
+from latinhib.config import load_config
+from latinhib.preview import GAP, MARGIN, Column, Row, Table, contact_table, grid_table, load_font, render
+from latinhib.writer import HEAT_STOPS, heat_colors
+
+ARCH = "mobilenet_v3_small"
+CELL = 96
+
+
+def make_image(rng: np.random.Generator, size) -> Image.Image:
+    """Textured background with a bright blob: something for the gradient to find."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    noise = rng.integers(0, 255, (h, w, 3)).astype(np.float32) * 0.6
+    cy, cx, r = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w, min(w, h) * 0.25
+    blob = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2)[..., None]
+    return Image.fromarray(np.where(blob, rng.integers(0, 255, 3).astype(np.float32), noise).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(ARCH, num_classes=3)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory) -> Path:
+    """Five lossless PNGs of different shapes in two class folders."""
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("src")
+    sizes = [(90, 60), (64, 100), (120, 80), (70, 70), (100, 50)]
+    for i, size in enumerate(sizes):
+        folder = root / ("a" if i % 2 else "b")
+        folder.mkdir(exist_ok=True)
+        make_image(rng, size).save(folder / f"img{i}.png")
+    return root
+
+
+def model_args(checkpoint: Path):
+    return ["--arch", ARCH, "--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0",
+            "--set", "model.input_size=64"]
+
+
+def config_for(checkpoint: Path, **overrides):
+    keys = {"model.arch": ARCH, "model.checkpoint": str(checkpoint), "model.input_size": 64,
+            "runtime.device": "cpu", "runtime.workers": 0}
+    keys.update(overrides)
+    return load_config(overrides=keys)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def line_height() -> int:
+    """One text line on the sheet: the default font's height plus padding."""
+    bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).multiline_textbbox((0, 0), "Ag|(", font=load_font())[3]
+    return int(bottom) + preview_module.PAD
+
+
+def test_sheet_size_follows_n_and_columns(src, checkpoint, tmp_path):
+    sizes = {}
+    cell = 160  # wider than every column title, so each column is exactly its box wide
+    for n in (1, 3):
+        out = tmp_path / f"sheet{n}.png"
+        result = invoke("preview", src, "-o", out, "--n", n, "--cell", cell, *model_args(checkpoint))
+        assert result.exit_code == 0, result.output
+        sizes[n] = Image.open(out).size
+    table = contact_table(config_for(checkpoint), src, count=3)
+    layers = len(table.columns) - 5
+    assert layers >= 1
+    assert [c.title.split("\n")[0] for c in table.columns[:2]] == ["original", "importance"]
+    assert [c.title.split("\n")[0] for c in table.columns[-2:]] == ["mask", "enhanced"]
+    assert [c.small for c in table.columns] == [False, False] + [True] * layers + [False] * 3
+    assert len(table.rows) == 3 and all(len(row.pictures) == len(table.columns) for row in table.rows)
+    line = line_height()
+    width = 2 * MARGIN + 5 * cell + layers * (cell // 2) + GAP * (len(table.columns) - 1)
+    top = MARGIN + line + GAP + 2 * line + GAP
+    for n, size in sizes.items():
+        assert size == (width, top + n * (line + cell) + (n - 1) * GAP + MARGIN)
+    # The same table drawn bigger grows by the boxes and nothing else.
+    big, small = render(table, 2 * cell).image.size, render(table, cell).image.size
+    assert (big[0] - small[0], big[1] - small[1]) == (5 * cell + layers * (cell // 2), 3 * cell)
+
+
+def test_panels_are_what_enhance_writes(src, checkpoint, tmp_path):
+    dst, masks, heatmaps = tmp_path / "dst", tmp_path / "masks", tmp_path / "heat"
+    result = invoke("enhance", src, dst, *model_args(checkpoint), "--ratio", "1", "--quiet",
+                    "--save-masks", masks, "--save-heatmaps", heatmaps)
+    assert result.exit_code == 0, result.output
+    entries = {e["path"]: e for e in map(json.loads, (dst / "latinhib-manifest.jsonl").read_text().splitlines())}
+    rels = sorted(entries)
+    config = config_for(checkpoint)
+    table = contact_table(config, src, files=rels)
+    sheet = render(table, CELL)
+    titles = [c.title.split("\n")[0] for c in table.columns]
+    mask_col, enhanced_col = titles.index("mask"), titles.index("enhanced")
+    for r, (rel, row) in enumerate(zip(rels, table.rows)):
+        assert entries[rel]["status"] == "enhanced"
+        assert row.label.startswith(rel) and f"predicted: {entries[rel]['predicted_class']}" in row.label
+        saved_mask = Image.open(masks / f"{rel}.png")
+        assert np.array_equal(np.asarray(row.pictures[mask_col]), np.asarray(saved_mask))
+        assert np.array_equal(np.asarray(row.pictures[enhanced_col]), np.asarray(Image.open(dst / rel).convert("RGB")))
+        assert np.array_equal(np.asarray(row.pictures[0]), np.asarray(Image.open(src / rel).convert("RGB")))
+        # On the sheet, the mask column holds the mask, scaled into its box.
+        x0, y0, x1, y1 = sheet.boxes[r][mask_col]
+        expected = saved_mask.convert("RGB").resize((x1 - x0, y1 - y0), Image.LANCZOS)
+        assert np.array_equal(np.asarray(sheet.image.crop((x0, y0, x1, y1))), np.asarray(expected))
+        # The heat map is the importance at the image's size: thresholded at Q it is the mask.
+        heat = Image.open(heatmaps / f"{rel}.png")
+        assert heat.mode == "RGB" and heat.size == saved_mask.size
+        level = heat_level(np.asarray(heat))
+        kept = np.asarray(saved_mask) == 255
+        assert kept.any() and (~kept).any()
+        assert level[kept].min() >= entries[rel]["threshold"] - 0.02
+        assert level[~kept].max() <= entries[rel]["threshold"] + 0.02
+        assert level[kept].mean() > level[~kept].mean() + 0.1
+
+
+def heat_level(rgb: np.ndarray) -> np.ndarray:
+    """Invert the heat colours: the value in [0, 1] whose colour is nearest each pixel."""
+    values = torch.linspace(0, 1, 1001)
+    lut = heat_colors(values[None]).permute(1, 2, 0)[0].numpy().astype(np.float32)  # (1001, 3)
+    pixels = rgb.reshape(-1, 3).astype(np.float32)
+    nearest = ((pixels[:, None, :] - lut[None]) ** 2).sum(-1).argmin(1)
+    return values.numpy()[nearest].reshape(rgb.shape[:2])
+
+
+def test_heat_colors_run_through_the_stops():
+    colours = heat_colors(torch.tensor([[0.0, 1.0]]))
+    assert colours[:, 0, 0].tolist() == list(HEAT_STOPS[0]) and colours[:, 0, 1].tolist() == list(HEAT_STOPS[-1])
+    brightness = heat_colors(torch.linspace(0, 1, 50)[None]).float().sum(0)[0]
+    assert bool((brightness[1:] > brightness[:-1]).all())  # readable in grey: brighter = more important
+
+
+def test_grid_one_column_per_value(src, checkpoint, tmp_path):
+    rel = "a/img1.png"
+    table = grid_table(config_for(checkpoint), src, "q=0.2,0.8", files=[rel])
+    assert [c.title.split("\n")[0] for c in table.columns] == ["original", "q=0.2", "q=0.8"]
+    assert [row.label.split(" ")[0] for row in table.rows] == ["importance", "mask", "enhanced"]
+    masks = [np.asarray(p) / 255.0 for p in table.rows[1].pictures[1:]]
+    assert abs(masks[0].mean() - 0.8) < 0.05 and abs(masks[1].mean() - 0.2) < 0.05
+    # The q=0.8 column is what `enhance -q 0.8` writes.
+    dst = tmp_path / "dst"
+    list_file = tmp_path / "list.txt"
+    list_file.write_text(rel + "\n")
+    result = invoke("enhance", src, dst, *model_args(checkpoint), "--ratio", "1", "-q", "0.8", "--quiet",
+                    "--files-from", list_file)
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(np.asarray(table.rows[2].pictures[2]), np.asarray(Image.open(dst / rel).convert("RGB")))
+    out = tmp_path / "grid.png"
+    result = invoke("preview", src, "-o", out, "--files", rel, "--grid", "blur=2,8", "--cell", CELL,
+                    *model_args(checkpoint))
+    assert result.exit_code == 0, result.output
+    line = line_height()  # caption, two title lines, then three rows of (label, cell)
+    assert Image.open(out).size[1] == MARGIN + 3 * line + 2 * GAP + 3 * (line + CELL) + 2 * GAP + MARGIN
+    boxes = render(table, CELL).boxes
+    assert [[box is not None for box in row] for row in boxes] == [[True] * 3, [False, True, True], [False, True, True]]
+
+
+@pytest.mark.parametrize(
+    "grid, message",
+    [
+        ("x=1,2", "--grid 'x=1,2': unknown key 'x'; expected one of q, quantile, sigma"),
+        ("q=0.3,1.5", "inhibition.quantile: 1.5 is not allowed"),
+        ("k=4", "inhibition.kernel_size: 4 is not allowed"),
+        ("q", "--grid 'q': expected KEY=V1,V2,..."),
+    ],
+)
+def test_bad_grid_is_a_usage_error(src, checkpoint, tmp_path, grid, message):
+    out = tmp_path / "grid.png"
+    result = invoke("preview", src, "-o", out, "--grid", grid, *model_args(checkpoint))
+    assert result.exit_code == 2 and message in result.output
+    assert not out.exists()
+
+
+def test_sample_is_seeded(src, checkpoint):
+    def labels(seed):
+        table = contact_table(config_for(checkpoint, **{"inhibition.seed": seed}), src, count=2)
+        return [row.label.split(" ")[0] for row in table.rows]
+
+    first = labels(0)
+    assert len(first) == 2 and first == sorted(first) and labels(0) == first
+    assert {tuple(labels(seed)) for seed in range(1, 6)} != {tuple(first)}
+
+
+@pytest.mark.parametrize("old_pillow", [False, True])
+def test_text_needs_no_font_file(monkeypatch, old_pillow):
+    """Opening any font by name or path fails (no system fonts); the sheet still has text."""
+    real_truetype, real_default = ImageFont.truetype, ImageFont.load_default
+
+    def no_font_files(font=None, *args, **kwargs):
+        if isinstance(font, (str, bytes, Path)):
+            raise OSError(f"cannot open resource {font!r}")
+        return real_truetype(font, *args, **kwargs)
+
+    def unsized_default(size=None):
+        if size is not None:
+            raise TypeError("load_default() got an unexpected keyword argument 'size'")
+        return real_default()
+
+    monkeypatch.setattr(ImageFont, "truetype", no_font_files)
+    if old_pillow:
+        monkeypatch.setattr(ImageFont, "load_default", unsized_default)
+    picture = Image.new("RGB", (40, 30), (0, 128, 255))
+    table = Table("caption text", [Column("first"), Column("second\ntwo lines", small=True)],
+                  [Row("row label", [picture, picture])])
+    sheet = render(table, 64)
+    pixels = np.asarray(sheet.image)
+    caption = pixels[MARGIN : MARGIN + 10, MARGIN : MARGIN + 60]
+    assert (caption < 128).any()  # dark text on the white background
+    x0, y0, x1, y1 = sheet.boxes[0][0]
+    assert (x1 - x0, y1 - y0) == (64, 48)
+    assert np.array_equal(pixels[y0:y1, x0:x1], np.asarray(picture.resize((64, 48), Image.LANCZOS)))

@@ -43,7 +43,11 @@ def test_selection_depends_on_the_seed_and_is_uniform():
     for decile in range(10):
         count = sum(decile / 10 <= s < (decile + 1) / 10 for s in scores)
         assert abs(count - 200) <= 4 * math.sqrt(2000 * 0.1 * 0.9)
-    assert selection_score(0, "a/b.jpg") == selection_score(0, "a/b.jpg")
+    # Pinned values: the selection must not change between versions, or a resumed run
+    # (or a second shard) would enhance a different set of files.
+    assert selection_score(0, "class_0/img_00000.jpg") == 0.16934052869371363
+    assert selection_score(7, "n01440764/a.JPEG") == 0.3011057132824986
+    assert sum(select(KEYS, 0.3, 3)) == 604
     with pytest.raises(ValueError, match=r"ratio should be in \[0, 1\]. Got 1.5"):
         select(KEYS, 1.5, 0)
 

@@ -283,7 +283,9 @@ def test_default_layers_skip_the_stage_feeding_global_pooling(tiny_cnn, make_ima
 def test_a_samples_mask_does_not_depend_on_its_batch(device, tiny_cnn, make_images, arch):
     """A sample's mask is the same alone or inside a batch of 8 different images (eval-mode
     BatchNorm; per-image normalisation and quantile)."""
-    model = (tiny_cnn if arch == "tiny" else seeded_resnet18("cpu")).to(device)
+    # In training mode, as inside a training loop: the pass itself must switch to eval
+    # (BatchNorm with running statistics), or samples would see each other.
+    model = (tiny_cnn if arch == "tiny" else seeded_resnet18("cpu")).to(device).train()
     # amp off: bf16 autocast (the CUDA default) rounds differently per batch shape.
     settings = {"inhibition.ratio": 1.0, "inhibition.quantile": 0.6, "runtime.amp": "off"}
     enhancer = LateralInhibition(model, settings, input_size=(64, 64))
@@ -297,3 +299,4 @@ def test_a_samples_mask_does_not_depend_on_its_batch(device, tiny_cnn, make_imag
         assert flipped <= 0.002, flipped
         torch.testing.assert_close(alone.enhanced[0], together.enhanced[i], rtol=0, atol=flipped and 10.0 or 1e-5)
     assert together.masks.flatten(1).mean(1).sub(0.4).abs().max() < 0.02
+    assert model.training

@@ -4,7 +4,7 @@ Each file belongs to exactly one shard, decided by a salted blake2b hash of its 
 path, so membership depends neither on listing order nor on timing, and is uncorrelated
 with the enhancement selection (``inhibition.selection_score``: unsalted, seeded). Under
 ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) rank R of W is shard R/W, and with
-``--shard I/N`` as well it is shard I*W+R of N*W. A shard writes its outputs and its own
+``--shard I/N`` as well it is shard I+N*R of N*W (a split of shard I/N). A shard writes its outputs and its own
 manifest part, ``DST/latinhib-manifest.part-<I>-of-<N>.jsonl``; :func:`merge` folds the
 parts into ``DST/latinhib-manifest.jsonl`` (rank 0 does it once every rank is done; after
 separate shard jobs, ``latinhib merge DST`` does). A shard reads the main manifest and every
@@ -52,6 +52,7 @@ __all__ = [
     "read_previous",
     "setup",
     "shard_of",
+    "split",
 ]
 
 #: Salt of the shard hash; any value other than the selection hash's (none) would do.
@@ -245,6 +246,9 @@ class Context:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    #: rank 0 merges the parts at the end: torchrun without --shard (with --shard, other
+    #: shard jobs may still be writing theirs; `latinhib merge` runs once they are done).
+    merge_at_end: bool = False
     _bar: Optional[_RankBar] = None
 
     @property
@@ -304,7 +308,7 @@ class Context:
         seconds = torch.tensor([summary.seconds], dtype=torch.float64, device=self._collective_device())
         dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
         summary.seconds = float(seconds.item())
-        if self.rank == 0:
+        if self.rank == 0 and self.merge_at_end:
             merge(dst, order)
         dist.barrier()  # nobody exits before rank 0 has merged
         # torchrun stops the other workers as soon as one exits non-zero (a failed file):
@@ -353,6 +357,16 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value not in (None, "") else default
 
 
+def split(shard: Optional[Shard], rank: int, world_size: int) -> Shard:
+    """Rank ``rank``'s share of ``shard`` (of the whole job when None).
+
+    I + N*R of N*W: hash % N == I still, so the ranks split exactly shard I/N, and a later
+    ``--shard I/N`` run alone covers the same files."""
+    if shard is None:
+        return Shard(rank, world_size)
+    return Shard(shard.index + shard.count * rank, shard.count * world_size)
+
+
 def is_primary() -> bool:
     """Whether this process prints the job's summary: rank 0 under torchrun, else always."""
     return _env_int("RANK", 0) == 0
@@ -375,7 +389,5 @@ def setup(shard: Optional[Shard], device_name: str) -> Context:
 
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    rank_shard = Shard(rank, world_size)
-    if shard is not None:
-        rank_shard = Shard(shard.index * world_size + rank, shard.count * world_size)
-    return Context(shard=rank_shard, distributed=True, rank=rank, world_size=world_size, device=device)
+    return Context(shard=split(shard, rank, world_size), distributed=True, rank=rank, world_size=world_size, device=device,
+                   merge_at_end=shard is None)

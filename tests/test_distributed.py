@@ -19,7 +19,7 @@ from PIL import Image
 
 from latinhib.cli import main
 from latinhib.data import list_folder
-from latinhib.distributed import Shard, listing_key, parse_shard, shard_of
+from latinhib.distributed import Shard, listing_key, parse_shard, shard_of, split
 from latinhib.inhibition import selection_score
 
 ARCH = "mobilenet_v3_small"
@@ -129,6 +129,15 @@ def test_shard_hash_partitions_and_is_independent_of_the_selection():
         assert abs(len(mine) / len(paths) - 1 / 3) < 0.03
         # the selection (r = 0.5) is as frequent inside a shard as overall: uncorrelated hashes
         assert abs(np.mean([selection_score(0, p) < 0.5 for p in mine]) - 0.5) < 0.05
+
+
+def test_torchrun_ranks_split_exactly_the_shard_given():
+    paths = [f"d{i % 5}/f{i}.png" for i in range(600)]
+    for rel in paths:
+        assert split(None, shard_of(rel, 4), 4).owns(rel)
+        for index in range(3):
+            owners = [rank for rank in range(2) if split(Shard(index, 3), rank, 2).owns(rel)]
+            assert len(owners) == (1 if Shard(index, 3).owns(rel) else 0)
 
 
 def test_parse_shard():

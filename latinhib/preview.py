@@ -235,10 +235,14 @@ class _Session:
         return classes[index] if classes and 0 <= index < len(classes) else str(index)
 
 
-def _settings(config: Config) -> str:
+def _settings(config: Config, varied: Optional[str] = None) -> str:
+    """The settings that shape the pictures, leaving out the one a grid varies."""
     s, b = config.inhibition, config.blur
-    return (f"q={s.quantile:g}  filter={s.filter}  sigma={s.sigma:g}  k={s.kernel_size}  blur={b.sigma:g}"
-            + (f"  feather={b.feather:g}" if b.feather else ""))
+    shown = {"q": f"{s.quantile:g}", "filter": s.filter, "sigma": f"{s.sigma:g}", "k": str(s.kernel_size),
+             "blur": f"{b.sigma:g}"}
+    if b.feather:
+        shown["feather"] = f"{b.feather:g}"
+    return "  ".join(f"{name}={value}" for name, value in shown.items() if name != varied)
 
 
 def contact_table(
@@ -355,7 +359,7 @@ def grid_table(
     rows = [Row("importance (bright = kept)", heats), Row("mask (white = kept sharp)", masks),
             Row("enhanced", enhanced)]
     caption = (f"latinhib preview --grid {grid}  |  {display(item.rel)}  |  predicted: {predicted}  |  "
-               f"{session.loaded.description}  |  {_settings(config)}")
+               f"{session.loaded.description}  |  {_settings(config, GRID_LABELS[key])}")
     return Table(caption, columns, rows)
 
 

@@ -98,6 +98,12 @@ def test_sheet_size_follows_n_and_columns(src, checkpoint, tmp_path):
     top = MARGIN + line + GAP + 2 * line + GAP
     for n, size in sizes.items():
         assert size == (width, top + n * (line + cell) + (n - 1) * GAP + MARGIN)
+    # Rows are one pitch apart, each picture centred in its cell below its label line.
+    boxes = render(table, cell).boxes
+    for r, row in enumerate(boxes):
+        for x0, y0, x1, y1 in row:
+            cell_top = top + r * (line + cell + GAP) + line
+            assert cell_top <= y0 and y1 <= cell_top + cell and abs((y0 + y1) / 2 - (cell_top + cell / 2)) <= 1
     # The same table drawn bigger grows by the boxes and nothing else.
     big, small = render(table, 2 * cell).image.size, render(table, cell).image.size
     assert (big[0] - small[0], big[1] - small[1]) == (5 * cell + layers * (cell // 2), 3 * cell)

@@ -1,0 +1,111 @@
+"""The experiment's own reference enhancers: the oracle and the Grad-CAM threshold.
+
+Both produce a keep-sharp mask per image and then do exactly what latinhib's output step
+does (SPEC step 8): ``out = mask * image + (1 - mask) * GaussianBlur(image)``, on a
+fraction r of the images. The oracle's mask is the true foreground (the upper bound of any
+mask-based enhancer); Grad-CAM's is the pretrain checkpoint's Grad-CAM map thresholded at
+its per-image q-quantile, the same q latinhib uses. Grad-CAM is written out here (hooks,
+weights = spatial mean of the gradients, ReLU of the weighted sum; Selvaraju et al. 2017, as
+pytorch-grad-cam computes it) so the experiment needs no extra package.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+from torch.nn import functional as F
+
+from scripts.experiment.train import normalise
+
+
+def selected(name: str, ratio: float, seed: int = 0) -> bool:
+    """Whether image ``name`` is enhanced: a stable hash of (seed, name) below ``ratio``."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < ratio
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur with reflect padding; (N, C, H, W) float -> same shape."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = images.shape[1]
+    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    horizontal = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+    vertical = kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
+    blurred = F.conv2d(padded, horizontal, groups=channels)
+    return F.conv2d(blurred, vertical, groups=channels)
+
+
+def blend(images: torch.Tensor, masks: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Keep ``images`` (uint8, (N, 3, H, W)) where ``masks`` (N, H, W) is 1, blur elsewhere."""
+    pixels = images.float()
+    blurred = gaussian_blur(pixels, sigma)
+    weight = masks.float().unsqueeze(1)
+    mixed = weight * pixels + (1 - weight) * blurred
+    return mixed.round().clamp(0, 255).to(torch.uint8)
+
+
+def enhance(images: torch.Tensor, masks: torch.Tensor, names: list[str], ratio: float,
+            sigma: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blur outside ``masks`` for the selected fraction ``ratio`` of images.
+
+    Returns (images, which) with ``which`` the boolean (N,) selection.
+    """
+    which = torch.tensor([selected(name, ratio, seed) for name in names], dtype=torch.bool)
+    output = images.clone()
+    if which.any():
+        output[which] = blend(images[which], masks[which], sigma)
+    return output, which
+
+
+def quantile_mask(maps: torch.Tensor, quantile: float) -> torch.Tensor:
+    """1 where a (N, H, W) map exceeds its own per-image q-quantile; all 1 for a flat map."""
+    flat = maps.flatten(1)
+    threshold = torch.quantile(flat, quantile, dim=1, keepdim=True)
+    mask = (flat > threshold).view_as(maps)
+    constant = (flat.amax(1) - flat.amin(1)) <= 1e-12 * flat.abs().amax(1).clamp_min(1e-30)
+    mask[constant] = True
+    return mask
+
+
+def gradcam_maps(model: torch.nn.Module, images: torch.Tensor, layer: str,
+                 labels: torch.Tensor | None = None, batch_size: int = 128) -> torch.Tensor:
+    """Grad-CAM of ``layer`` at the input size, (N, H, W), for the top-1 class or ``labels``."""
+    module = model.get_submodule(layer)
+    model.eval().requires_grad_(False)
+    maps = []
+    captured = {}
+
+    def keep(_module, _inputs, output):
+        captured["activation"] = output
+
+    handle = module.register_forward_hook(keep)
+    try:
+        for start in range(0, len(images), batch_size):
+            inputs = normalise(images[start: start + batch_size]).requires_grad_(True)
+            logits = model(inputs)
+            target = logits.argmax(1) if labels is None else labels[start: start + batch_size]
+            score = logits.gather(1, target[:, None]).sum()
+            activation = captured["activation"]
+            gradient, = torch.autograd.grad(score, activation)
+            weights = gradient.mean(dim=(2, 3), keepdim=True)
+            cam = F.relu((weights * activation).sum(1, keepdim=True))
+            cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            maps.append(cam[:, 0].detach())
+    finally:
+        handle.remove()
+    return torch.cat(maps)
+
+
+def mask_scores(kept: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """Mean per-image precision, recall and IoU of the kept-sharp region vs the foreground."""
+    kept, truth = kept.flatten(1).bool(), truth.flatten(1).bool()
+    inter = (kept & truth).sum(1).float()
+    precision = inter / kept.sum(1).clamp_min(1)
+    recall = inter / truth.sum(1).clamp_min(1)
+    iou = inter / (kept | truth).sum(1).clamp_min(1)
+    return {"precision": float(precision.mean()), "recall": float(recall.mean()),
+            "iou": float(iou.mean())}

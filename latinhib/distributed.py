@@ -333,7 +333,9 @@ class Context:
                 dist.destroy_process_group()
 
     def _collective_device(self) -> torch.device:
-        return self.device if self.device.type == "cuda" else torch.device("cpu")
+        import torch.distributed as dist
+
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
     def _sum(self, values: List[int]) -> List[int]:
         import torch.distributed as dist
@@ -375,7 +377,8 @@ def is_primary() -> bool:
 def setup(shard: Optional[Shard], device_name: str) -> Context:
     """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), pick the device
     (``cuda:LOCAL_RANK`` when ``device_name`` is auto/cuda and CUDA is there) and, when
-    WORLD_SIZE > 1, initialise the process group: nccl on CUDA, gloo on CPU."""
+    WORLD_SIZE > 1, initialise the process group: nccl when each rank has its own GPU, else
+    gloo."""
     world_size = _env_int("WORLD_SIZE", 1)
     if world_size <= 1:
         return Context(shard=shard, device=resolve_device(device_name))
@@ -388,6 +391,10 @@ def setup(shard: Optional[Shard], device_name: str) -> Context:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # nccl needs one GPU per rank on a machine; more ranks than GPUs share them over
+        # gloo (the group only carries a few counters).
+        one_gpu_each = (device_name in ("auto", "cuda") and device.type == "cuda"
+                        and _env_int("LOCAL_WORLD_SIZE", 1) <= torch.cuda.device_count())
+        dist.init_process_group(backend="nccl" if one_gpu_each else "gloo")
     return Context(shard=split(shard, rank, world_size), distributed=True, rank=rank, world_size=world_size, device=device,
                    merge_at_end=shard is None)

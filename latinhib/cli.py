@@ -207,7 +207,10 @@ def merge(dst: Path, as_json: bool, quiet: bool) -> None:
     """
     from .distributed import merge as merge_parts
 
-    result = merge_parts(dst)
+    try:
+        result = merge_parts(dst)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     if not quiet:
         for shard in result.missing:
             click.echo(f"latinhib: warning: no manifest part for shard {shard} (not run, or merged earlier)",

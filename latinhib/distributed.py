@@ -180,6 +180,8 @@ def merge(dst: Path, order: Optional[Sequence[str]] = None) -> MergeResult:
     parts. Safe to repeat; a part written later by a rerun is folded in by the next merge."""
     dst = Path(dst)
     parts = part_paths(dst)
+    if not parts and not (dst / MANIFEST_NAME).is_file():
+        raise ValueError(f"DST {str(dst)!r}: no {MANIFEST_NAME} and no manifest parts to merge")
     entries = read_previous(dst, None)
     keys = list(order) if order is not None else sorted(entries, key=listing_key)
     seen = set(keys)

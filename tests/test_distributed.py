@@ -149,6 +149,13 @@ def test_parse_shard():
     assert result.exit_code == 2 and "--shard: '3/3' is not allowed" in result.output
 
 
+def test_merge_refuses_a_folder_without_manifests(tmp_path):
+    result = invoke("merge", tmp_path)
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: DST '{tmp_path}': no latinhib-manifest.jsonl and no manifest parts to merge"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_listing_key_reproduces_the_folder_listing(tmp_path):
     for rel in ("b.jpg", "a/z.jpg", "a/b/c.jpg", "a-b.jpg", "a/a.jpg", "A/x.png", "a.b/c.jpg", "a/b.jpg"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from .data import Decoded, DecodeError, Item, PathError, decode, display, list_f
 from .inhibition import is_constant, respond, selection_score
 from .models import LoadedModel, load_model, resolve_device
 from .pipeline import _class_labels, _importance, enhance_pixels
-from .writer import atomic_write, heat_colors, heatmap_image
+from .writer import atomic_write, heat_colors, heatmap_image, tensor_bytes
 
 __all__ = ["GRID_KEYS", "Column", "PreviewError", "Row", "Sheet", "Table", "contact_table", "grid_table",
            "load_font", "parse_grid", "preview", "render"]
@@ -120,9 +120,9 @@ def _pil(rgb: torch.Tensor) -> Image.Image:
     """(3, H, W) or (H, W) uint8 -> a PIL image (RGB or L)."""
     rgb = rgb.detach().cpu().contiguous()
     if rgb.ndim == 2:
-        return Image.frombytes("L", (rgb.shape[1], rgb.shape[0]), bytes(rgb.view(-1).untyped_storage()))
+        return Image.frombytes("L", (rgb.shape[1], rgb.shape[0]), tensor_bytes(rgb))
     hwc = rgb.permute(1, 2, 0).contiguous()
-    return Image.frombytes("RGB", (rgb.shape[2], rgb.shape[1]), bytes(hwc.view(-1).untyped_storage()))
+    return Image.frombytes("RGB", (rgb.shape[2], rgb.shape[1]), tensor_bytes(hwc))
 
 
 def _as_rgb(pixels: torch.Tensor, decoded: Decoded) -> Image.Image:
@@ -432,13 +432,13 @@ def preview(
     """Make the contact sheet (or, with ``grid``, the settings grid) and write it to
     ``output`` (format from its extension) atomically."""
     output = Path(output)
+    fmt = Image.registered_extensions().get(output.suffix.lower())
+    if fmt is None:
+        raise PreviewError(f"-o {display(str(output))!r}: unknown image extension; use .png or .jpg")
     if grid:
         table = grid_table(config, Path(src), grid, files=files, log=log)
     else:
         table = contact_table(config, Path(src), count=count, files=files, log=log)
     sheet = render(table, cell)
-    fmt = Image.registered_extensions().get(output.suffix.lower())
-    if fmt is None:
-        raise PreviewError(f"-o {display(str(output))!r}: unknown image extension; use .png or .jpg")
     atomic_write(output, lambda tmp: sheet.image.save(tmp, format=fmt, **({"quality": 92} if fmt == "JPEG" else {})))
     return sheet

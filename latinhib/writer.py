@@ -5,6 +5,7 @@ final name: rename is atomic on POSIX file systems.
 """
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import os
@@ -79,6 +80,16 @@ def copy_file(src: Path, dst: Path) -> None:
     atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bytes of a CPU tensor, in its (contiguous) element order.
+
+    Not ``bytes(tensor.untyped_storage())``: that iterates the storage one element at a
+    time in Python, ~3 s for one 600x400 RGB image (it was 95% of ``enhance``'s time);
+    this is a single memcpy (~0.1 ms), with no numpy needed."""
+    tensor = tensor.contiguous()
+    return ctypes.string_at(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+
+
 def to_pil(pixels: torch.Tensor, decoded: Decoded) -> Image.Image:
     """(C, H, W) integer pixels in the decoded image's working mode -> a PIL image in the
     mode to write (alpha kept; CMYK JPEGs written as CMYK; 16-bit stays 16-bit)."""
@@ -88,7 +99,7 @@ def to_pil(pixels: torch.Tensor, decoded: Decoded) -> Image.Image:
     if decoded.max_value == 65535:
         return Image.frombytes("I;16", (w, h), _int16_bytes(hwc))
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
-    image = Image.frombytes(mode, (w, h), bytes(hwc.to(torch.uint8).view(-1).untyped_storage()))
+    image = Image.frombytes(mode, (w, h), tensor_bytes(hwc.to(torch.uint8)))
     if decoded.mode == "CMYK":
         image = image.convert("CMYK")
     return image
@@ -98,7 +109,7 @@ def _int16_bytes(hwc: torch.Tensor) -> bytes:
     values = hwc.to(torch.int32).clamp(0, 65535).view(-1)
     # little-endian uint16 without numpy: low byte, high byte interleaved.
     pairs = torch.stack([values & 0xFF, values >> 8], dim=1).to(torch.uint8)
-    return bytes(pairs.contiguous().view(-1).untyped_storage())
+    return tensor_bytes(pairs)
 
 
 def encode(image: Image.Image, fmt: str, info: Dict[str, Any], jpeg_quality: int) -> bytes:
@@ -132,7 +143,7 @@ def save_mask(mask: torch.Tensor, path: Path) -> None:
     """A (H, W) mask in [0, 1] as a one-channel PNG, 255 = kept sharp, 0 = inhibited."""
     values = (mask.float() * 255.0).round_().clamp_(0, 255).to(torch.uint8).contiguous()
     h, w = values.shape
-    image = Image.frombytes("L", (w, h), bytes(values.view(-1).untyped_storage()))
+    image = Image.frombytes("L", (w, h), tensor_bytes(values))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     data = buffer.getvalue()
@@ -166,7 +177,7 @@ def heatmap_image(importance: torch.Tensor, size: Tuple[int, int]) -> Image.Imag
         importance = F.interpolate(importance.float()[None, None], size=tuple(size), mode="bilinear",
                                    align_corners=False)[0, 0]
     rgb = heat_colors(importance).cpu().permute(1, 2, 0).contiguous()
-    return Image.frombytes("RGB", (size[1], size[0]), bytes(rgb.view(-1).untyped_storage()))
+    return Image.frombytes("RGB", (size[1], size[0]), tensor_bytes(rgb))
 
 
 def save_heatmap(importance: torch.Tensor, size: Tuple[int, int], path: Path) -> None:

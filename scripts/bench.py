@@ -1,0 +1,314 @@
+#!/usr/bin/env python
+"""Throughput of ``latinhib enhance`` against its floor and against pytorch-grad-cam.
+
+One run, same machine, model, layers (``latinhib.importance.default_layers``), batch size
+and images (a generated folder of ~ImageNet-sized JPEGs, 500x375 with a few other sizes
+mixed in). Each row runs in its own subprocess, so its peak RSS is its own:
+
+1. ``floor``: the model's forward + one ``torch.autograd.grad`` to the captured
+   activations of the default layers, on tensors already in memory at the input size
+   (same AMP and channels_last as latinhib). No implementation of the method can beat it.
+2. ``enhance r=1``: ``latinhib.pipeline.run`` end to end (list, decode, resize, importance,
+   inhibition, blur at full size, encode, write), every image enhanced.
+3. ``enhance r=0.3``: the same, 30% enhanced, the rest copied byte for byte.
+4. ``grad-cam r=1``: what a user would otherwise write with pytorch-grad-cam (``pip install
+   grad-cam``, the ``bench`` extra): GradCAM on the same layers over a DataLoader,
+   thresholded at the same quantile, the background blurred with OpenCV, files written.
+   Given the very same model object (channels_last, eval) as latinhib.
+
+Usage::
+
+    python scripts/bench.py --arch resnet18                  # CPU, 2 cores: ~2-4 min
+    python scripts/bench.py --arch mobilenet_v2
+    python scripts/bench.py --device cuda --arch resnet50 --batch-size 128 --quick
+
+Prints a table of images/s, ratios, peak RSS (and peak GPU memory on CUDA). Numbers are
+only comparable within one run; check ``uptime``: other processes on the machine skew them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROWS = ("floor", "r1", "r03", "gradcam")
+SIZES = [(500, 375)] * 6 + [(375, 500), (640, 480), (500, 333), (800, 600)]
+
+
+def make_images(folder: Path, count: int, seed: int = 0) -> None:
+    """``count`` JPEGs (quality 90) in two class folders: smooth shapes plus a little
+    noise, so decode/encode cost is that of a photo rather than of white noise."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        w, h = SIZES[i % len(SIZES)]
+        small = rng.uniform(0, 255, size=(12, 16, 3)).astype(np.uint8)
+        image = Image.fromarray(small).resize((w, h), Image.BICUBIC)
+        pixels = np.asarray(image, dtype=np.int16) + rng.normal(0, 6, size=(h, w, 3)).astype(np.int16)
+        out = folder / f"class{i % 2}" / f"img{i:05d}.jpg"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(out, quality=90)
+
+
+def _config(args, ratio: float):
+    from latinhib.config import load_config
+
+    return load_config(overrides={
+        "model.arch": args.arch,
+        "model.weights": args.weights,
+        "model.target": "pred",
+        "inhibition.ratio": ratio,
+        "runtime.device": args.device,
+        "runtime.batch_size": args.batch_size,
+        "runtime.workers": args.workers,
+        "output.overwrite": True,
+    })
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def row_floor(args, src: Path) -> dict:
+    """Forward + one autograd.grad to the default layers' activations, inputs in memory."""
+    import torch
+
+    from latinhib.api import amp_dtype
+    from latinhib.importance import default_layers, frozen_eval, resolve_layers
+    from latinhib.models import load_model, resolve_device
+
+    config = _config(args, 1.0)
+    device = resolve_device(config.runtime.device)
+    loaded = load_model(config.model, device)
+    model = loaded.model
+    layers = default_layers(model, loaded.input_size)
+    captured = []
+
+    def hook(module, inputs, output):
+        # The first captured layer starts the graph (parameters are frozen); later ones
+        # are already part of it. latinhib's capture also clones: the floor does not.
+        if not output.requires_grad:
+            output = output.detach().requires_grad_(True)
+        captured.append(output)
+        return output
+
+    handles = [m.register_forward_hook(hook) for _, m in resolve_layers(model, layers)]
+    b = args.batch_size
+    x = torch.randn(b, 3, *loaded.input_size, device=device).contiguous(memory_format=torch.channels_last)
+    dtype = amp_dtype(config.runtime.amp, device)
+
+    def step():
+        captured.clear()
+        with frozen_eval(model), torch.enable_grad():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = model(x)
+            grads = torch.autograd.grad(logits, captured, grad_outputs=torch.ones_like(logits) / logits.shape[1])
+        return grads
+
+    for _ in range(2):
+        step()
+    _sync(device)
+    batches = max(1, args.images // b)
+    start = time.perf_counter()
+    for _ in range(batches):
+        step()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    for h in handles:
+        h.remove()
+    return {"images": batches * b, "seconds": seconds, "layers": layers}
+
+
+def row_enhance(args, src: Path, ratio: float) -> dict:
+    from latinhib.pipeline import run
+
+    config = _config(args, ratio)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        # Warm-up on a few images (imports, allocator, kernels), untimed.
+        warm_src = Path(tmp) / "warm"
+        for path in sorted(src.rglob("*.jpg"))[: args.batch_size]:
+            (warm_src / path.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, warm_src / path.parent.name / path.name)
+        run(_config(args, 1.0), warm_src, Path(tmp) / "warm-out", quiet=True)
+        start = time.perf_counter()
+        summary = run(config, src, Path(tmp) / "out", quiet=True)
+        seconds = time.perf_counter() - start
+    done = summary.enhanced + summary.copied + summary.unchanged
+    return {"images": done, "seconds": seconds, "enhanced": summary.enhanced, "failed": summary.failed}
+
+
+def row_gradcam(args, src: Path) -> dict:
+    """What a user writes with pytorch-grad-cam: GradCAM on the same layers, threshold at
+    the same quantile, blur the background with OpenCV, write the files."""
+    import cv2
+    import numpy as np
+    import torch
+    from PIL import Image
+    from pytorch_grad_cam import GradCAM
+    from torch.utils.data import DataLoader, Dataset
+
+    from latinhib.importance import default_layers, resolve_layers
+    from latinhib.models import load_model, resolve_device
+
+    config = _config(args, 1.0)
+    device = resolve_device(config.runtime.device)
+    loaded = load_model(config.model, device)
+    model = loaded.model
+    for p in model.parameters():  # grad-cam backpropagates into the weights as usual
+        p.requires_grad_(True)
+    layers = [m for _, m in resolve_layers(model, default_layers(model, loaded.input_size))]
+    h, w = loaded.input_size
+    mean = np.array(loaded.mean, dtype=np.float32)
+    std = np.array(loaded.std, dtype=np.float32)
+    files = sorted(src.rglob("*.jpg"))
+    q, blur = config.inhibition.quantile, config.blur.sigma
+
+    class Images(Dataset):
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, i):
+            rgb = np.asarray(Image.open(files[i]).convert("RGB"))
+            x = (cv2.resize(rgb, (w, h)).astype(np.float32) / 255.0 - mean) / std
+            return torch.from_numpy(x.transpose(2, 0, 1).copy()), i
+
+    def collate(batch):
+        return torch.stack([x for x, _ in batch]), [i for _, i in batch]
+
+    loader = DataLoader(Images(), batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate,
+                        pin_memory=device.type == "cuda")
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp, GradCAM(model=model, target_layers=layers) as cam:
+        out_root = Path(tmp)
+
+        def process(x, index, write=True):
+            maps = cam(input_tensor=x.to(device), targets=None)  # (N, h, w) numpy in [0, 1]
+            for m, i in zip(maps, index):
+                image = cv2.imread(str(files[i]))  # BGR, full size
+                m = cv2.resize(m, (image.shape[1], image.shape[0]))
+                keep = (m > np.quantile(m, q))[..., None]
+                sigma = blur * min(image.shape[:2]) / min(h, w)
+                out = np.where(keep, image, cv2.GaussianBlur(image, (0, 0), sigma))
+                if write:
+                    target = out_root / files[i].relative_to(src)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    cv2.imwrite(str(target), out, [cv2.IMWRITE_JPEG_QUALITY, config.output.jpeg_quality])
+
+        first = next(iter(DataLoader(Images(), batch_size=args.batch_size, collate_fn=collate)))
+        process(*first, write=False)  # warm-up, untimed
+        _sync(device)
+        start = time.perf_counter()
+        done = 0
+        for x, index in loader:
+            process(x, index)
+            done += len(index)
+        _sync(device)
+        seconds = time.perf_counter() - start
+    return {"images": done, "seconds": seconds}
+
+
+def run_row(args) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    src = Path(args.src)
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    if args.row == "floor":
+        result = row_floor(args, src)
+    elif args.row == "r1":
+        result = row_enhance(args, src, 1.0)
+    elif args.row == "r03":
+        result = row_enhance(args, src, 0.3)
+    else:
+        result = row_gradcam(args, src)
+    result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["workers_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if args.device.startswith("cuda"):
+        result["gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    print("BENCH-RESULT " + json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--weights", default=None, help="torchvision weights (default: random; speed does not care)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 2 on CPU, 8 on CUDA)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--images", type=int, default=None, help="images in the folder (default 96 CPU, 1024 CUDA)")
+    parser.add_argument("--quick", action="store_true", help="fewer images (48 CPU, 512 CUDA)")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    parser.add_argument("--src", default=None, help="use this image folder instead of generating one")
+    parser.add_argument("--tmp", default=None, help="folder for temporary files")
+    parser.add_argument("--row", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    cuda = args.device.startswith("cuda")
+    if args.workers is None:
+        args.workers = 8 if cuda else 2
+    if args.images is None:
+        args.images = (512 if cuda else 48) if args.quick else (1024 if cuda else 96)
+    if args.row:
+        run_row(args)
+        return
+
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        parser.error(f"--rows: unknown {sorted(unknown)}; choose from {ROWS}")
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        src = Path(args.src) if args.src else Path(tmp) / "images"
+        if not args.src:
+            make_images(src, args.images)
+        args.images = len(list(src.rglob("*.jpg")))
+        load = os.getloadavg()[0]
+        print(f"# {args.arch} on {args.device}, batch {args.batch_size}, {args.images} JPEGs, workers {args.workers}, "
+              f"threads {args.threads or 'default'}, cpus {os.cpu_count()}, load {load:.2f}", flush=True)
+        results = {}
+        for row in rows:
+            cmd = [sys.executable, __file__, "--row", row, "--src", str(src)] + [
+                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                if k in ("arch", "device", "batch_size", "workers", "threads", "images", "tmp") and v is not None
+            ] + ([f"--weights={args.weights}"] if args.weights else [])
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH-RESULT ")]
+            if proc.returncode or not lines:
+                print(f"# row {row} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
+                continue
+            result = json.loads(lines[-1][len("BENCH-RESULT "):])
+            result["ips"] = result["images"] / result["seconds"]
+            results[row] = result
+            print(f"# {row}: {json.dumps(result)}", flush=True)
+    names = {"floor": "floor (fwd + grad to layers)", "r1": "latinhib enhance r=1", "r03": "latinhib enhance r=0.3",
+             "gradcam": "grad-cam peer r=1"}
+    floor = results.get("floor", {}).get("ips")
+    r1 = results.get("r1", {}).get("ips")
+    print(f"\n{'row':32} {'img/s':>8} {'x floor':>8} {'x r=1':>7} {'peak RSS MB':>12}" + (" peak GPU MB" if cuda else ""))
+    for row, result in results.items():
+        ips = result["ips"]
+        rss = max(result["rss_mb"], result.get("workers_rss_mb", 0))
+        line = (f"{names[row]:32} {ips:8.1f} {ips / floor if floor else float('nan'):8.2f} "
+                f"{ips / r1 if r1 else float('nan'):7.2f} {rss:12.0f}")
+        if cuda:
+            line += f" {result.get('gpu_mb', 0):11.0f}"
+        print(line)
+    if r1 and "gradcam" in results:
+        print(f"latinhib r=1 / grad-cam: {r1 / results['gradcam']['ips']:.2f}x")
+    print(f"layers: {results.get('floor', {}).get('layers')}; load at end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

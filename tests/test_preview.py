@@ -200,6 +200,11 @@ def test_bad_grid_is_a_usage_error(src, checkpoint, tmp_path, grid, message):
     assert not out.exists()
 
 
+def test_unknown_output_extension_is_refused_before_any_work(src, tmp_path):
+    result = invoke("preview", src, "-o", tmp_path / "sheet.txt", "--checkpoint", tmp_path / "missing.pth")
+    assert result.exit_code == 2 and "-o" in result.output and "unknown image extension" in result.output
+
+
 def test_sample_is_seeded(src, checkpoint):
     def labels(seed):
         table = contact_table(config_for(checkpoint, **{"inhibition.seed": seed}), src, count=2)

@@ -5,17 +5,20 @@ Makes a folder of generated JPEGs (224-ish pixels), then for each process count 
 real CLI (`python -m latinhib enhance` for 1, `torchrun --standalone --nproc-per-node N -m
 latinhib enhance` otherwise) into a fresh DST with ratio 1 (every image through the model),
 workers 0 and runtime.threads=1, and prints images/s from the wall time of the whole command
-(start-up and model loading included) and from the job's own `seconds`. The best of
+(start-up and model loading included) and from the job's own `seconds`, and the CPU seconds
+per image over all processes (load-independent: equal CPU per image means N processes give
+N times the throughput when N cores are free). The best of
 --repeats runs is reported. The machine's load (uptime) is printed before and after: on a
 shared machine, other jobs take cores from the processes measured here.
 
-    .venv/bin/python scripts/bench_scaling.py --images 48 --arch resnet18 --procs 1 2
+    .venv/bin/python scripts/bench_scaling.py --images 48 --more 96 --arch resnet18 --procs 1 2
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -54,44 +57,66 @@ def run_once(procs: int, src: Path, dst: Path, args) -> dict:
         torchrun = str(Path(sys.executable).with_name("torchrun"))
         command = [torchrun, "--standalone", f"--nproc-per-node={procs}", "-m", "latinhib", *common]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of every process of the command (torchrun's workers included): unlike
+    # wall time, this does not depend on what else the shared machine is running.
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     summary = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
-    return {"wall": wall, "job": summary["seconds"], "images": summary["enhanced"] + summary["unchanged"]}
+    return {"wall": wall, "job": summary["seconds"], "cpu": cpu,
+            "images": summary["enhanced"] + summary["unchanged"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--more", type=int, default=0,
+                        help="Also run on this many more images and report the marginal cost per image, "
+                             "which leaves out start-up (imports, model loading) (0 = off).")
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="latinhib-bench-"))
+    sizes = [args.images] + ([args.images + args.more] if args.more else [])
     try:
-        make_folder(work / "src", args.images)
-        print(f"{args.images} JPEGs 200-260 px, {args.arch} (random weights), ratio 1, workers 0, 1 thread per process")
+        for size in sizes:
+            make_folder(work / f"src-{size}", size)
+        print(f"JPEGs 200-260 px, {args.arch} (random weights), ratio 1, workers 0, 1 thread per process, "
+              f"best of {args.repeats}")
         print(f"load average before: {load()}  (cores: {os.cpu_count()})")
         results = {}
         for procs in args.procs:
-            best = None
-            for repeat in range(args.repeats):
-                dst = work / f"dst-{procs}-{repeat}"
-                result = run_once(procs, work / "src", dst, args)
-                assert result["images"] == args.images, result
-                best = result if best is None or result["wall"] < best["wall"] else best
-            results[procs] = best
-            print(f"{procs} process(es): {args.images / best['wall']:6.2f} images/s end to end ({best['wall']:.1f} s), "
-                  f"{args.images / best['job']:6.2f} images/s in the job ({best['job']:.1f} s)")
-        if 1 in results:
-            for procs, result in results.items():
-                if procs != 1:
-                    print(f"speed-up {procs} vs 1: {results[1]['wall'] / result['wall']:.2f}x end to end, "
-                          f"{results[1]['job'] / result['job']:.2f}x in the job")
+            for size in sizes:
+                best = None
+                for repeat in range(args.repeats):
+                    result = run_once(procs, work / f"src-{size}", work / f"dst-{procs}-{size}-{repeat}", args)
+                    assert result["images"] == size, result
+                    best = result if best is None or result["wall"] < best["wall"] else best
+                results[procs, size] = best
+                print(f"{procs} process(es), {size} images: {size / best['wall']:6.2f} images/s end to end "
+                      f"({best['wall']:.1f} s), {size / best['job']:6.2f} images/s in the job ({best['job']:.1f} s), "
+                      f"{best['cpu'] / size:.3f} CPU s per image", flush=True)
+            if args.more:
+                small, large = results[procs, sizes[0]], results[procs, sizes[1]]
+                print(f"{procs} process(es), marginal ({args.more} more images): "
+                      f"{args.more / (large['wall'] - small['wall']):6.2f} images/s, "
+                      f"{(large['cpu'] - small['cpu']) / args.more:.3f} CPU s per image", flush=True)
+        for procs in args.procs:
+            if procs != 1 and 1 in args.procs:
+                one, many = results[1, sizes[-1]], results[procs, sizes[-1]]
+                line = (f"speed-up {procs} vs 1 ({sizes[-1]} images): {one['wall'] / many['wall']:.2f}x end to end, "
+                        f"{one['job'] / many['job']:.2f}x in the job")
+                if args.more:
+                    marginal = [(results[p, sizes[1]]["wall"] - results[p, sizes[0]]["wall"]) for p in (1, procs)]
+                    line += f", {marginal[0] / marginal[1]:.2f}x marginal"
+                print(line)
         print(f"load average after: {load()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

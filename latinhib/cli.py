@@ -137,7 +137,7 @@ def enhance(src: Path, dst: Path, config_file, sets, files_from, follow_symlinks
     Example:
       latinhib enhance data/train data/train-li --ratio 0.3 -q 0.5 --save-masks masks/
     """
-    from .distributed import is_primary
+    from .distributed import is_distributed, is_primary
     from .pipeline import Interrupted, JobError, run
 
     shard = values.pop("shard", None)
@@ -148,6 +148,10 @@ def enhance(src: Path, dst: Path, config_file, sets, files_from, follow_symlinks
             sys.stdout.write(f"{path}\0")
         elif print_outputs:
             sys.stdout.write(f"{path}\n")
+        if shard is not None or is_distributed():
+            # torchrun ranks and shards share one stdout: one write per path (atomic on a
+            # pipe up to 4 KiB) keeps their lines whole.
+            sys.stdout.flush()
 
     try:
         summary = run(

@@ -43,6 +43,7 @@ __all__ = [
     "Context",
     "MergeResult",
     "Shard",
+    "is_distributed",
     "is_primary",
     "listing_key",
     "merge",
@@ -369,6 +370,11 @@ def split(shard: Optional[Shard], rank: int, world_size: int) -> Shard:
     if shard is None:
         return Shard(rank, world_size)
     return Shard(shard.index + shard.count * rank, shard.count * world_size)
+
+
+def is_distributed() -> bool:
+    """Whether torchrun started this process as one of several (WORLD_SIZE > 1)."""
+    return _env_int("WORLD_SIZE", 1) > 1
 
 
 def is_primary() -> bool:

@@ -297,6 +297,8 @@ def run(
     if config.runtime.threads:
         torch.set_num_threads(config.runtime.threads)
     # torchrun rank / --shard I/N: which files are ours, which device (cuda:LOCAL_RANK).
+    # Other ranks/shards may be writing into DST right now: any cleanup of stale temporary
+    # files there must be guarded by ctx.owns_all_temp_files.
     ctx = distributed.setup(shard, config.runtime.device)
     device = ctx.device
     loaded = load_model(config.model, device)

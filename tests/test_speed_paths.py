@@ -1,0 +1,161 @@
+"""The fast paths give what the straightforward implementation gives, bit for bit.
+
+Guarded here: ``writer.tensor_bytes`` (one memcpy instead of ``bytes(storage)``), the
+hard-mask select in ``inhibition.inhibit`` (instead of ``blend``'s arithmetic), the
+one-thread section around steps 4-5 in the API (``api.single_thread``), the writer
+threads' one-thread torch (``pipeline._writer_init``), and the whole ``enhance`` output
+against a reference written the plain way (decode, importance, scale the map, threshold,
+blur, ``blend``, round) from the same model.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+
+from latinhib.api import LateralInhibition, single_thread
+from latinhib.config import load_config
+from latinhib.data import decode
+from latinhib.filters import downsampled_gaussian_blur
+from latinhib.importance import importance_maps
+from latinhib.inhibition import blend, combine_maps, inhibit, make_mask, quantile_threshold
+from latinhib.models import load_model
+from latinhib.pipeline import _writer_init, run
+from latinhib.writer import tensor_bytes
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.float32])
+def test_tensor_bytes_equals_storage_bytes(dtype):
+    values = torch.arange(2 * 5 * 7, dtype=torch.int64).remainder(251).to(dtype).view(2, 5, 7)
+    for tensor in (values, values.permute(1, 2, 0), values[:, 1:4, ::2]):
+        plain = bytes(tensor.contiguous().view(-1).untyped_storage())
+        assert tensor_bytes(tensor) == plain
+
+
+def _inputs(seed: int, n: int = 3, size=(37, 53)):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(n, 3, *size, generator=g)
+    combined = torch.rand(n, 24, 24, generator=g)
+    combined[0, :12] = 0.5  # ties at the threshold
+    threshold = torch.tensor([0.5, 0.3, 0.7])[:n]
+    valid = torch.tensor([True, False, True])[:n]
+    return image, combined, threshold, valid
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("sigma", [1.5, 7.0])
+def test_hard_mask_select_equals_blend(seed, sigma):
+    image, combined, threshold, valid = _inputs(seed)
+    out, mask = inhibit(image, combined, threshold, valid, blur_sigma=sigma)
+    scaled = F.interpolate(combined[:, None], size=image.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    reference_mask = make_mask(scaled, threshold, valid)
+    reference = blend(image, reference_mask, downsampled_gaussian_blur(image, sigma))
+    assert torch.equal(mask, reference_mask)
+    assert torch.equal(out, reference)
+    assert torch.equal(out[1], image[1])  # not valid: unchanged
+
+
+def test_feathered_mask_still_blends():
+    image, combined, threshold, valid = _inputs(5)
+    out, mask = inhibit(image, combined, threshold, valid, blur_sigma=3.0, feather_sigma=2.0)
+    assert torch.equal(out, blend(image, mask, downsampled_gaussian_blur(image, 3.0)))
+
+
+def test_single_thread_restores_the_count_and_changes_no_bits():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(0)
+        maps = [torch.rand(5, 28, 28, generator=g), torch.rand(5, 14, 14, generator=g), torch.rand(5, 7, 7, generator=g)]
+        combined, valid = combine_maps(maps, (224, 224))
+        threshold = quantile_threshold(combined, 0.5)
+        with pytest.raises(RuntimeError):
+            with single_thread(torch.device("cpu")):
+                assert torch.get_num_threads() == 1
+                fast, fast_valid = combine_maps(maps, (224, 224))
+                fast_threshold = quantile_threshold(fast, 0.5)
+                raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+        assert torch.equal(fast, combined) and torch.equal(fast_valid, valid)
+        assert torch.equal(fast_threshold, threshold)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_writer_threads_use_one_thread_and_leave_the_main_thread_alone():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with ThreadPoolExecutor(max_workers=2, initializer=_writer_init) as pool:
+            counts = list(pool.map(lambda _: torch.get_num_threads(), range(4)))
+        assert counts == [1, 1, 1, 1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_api_importance_equals_the_plain_steps():
+    from conftest import build_tiny_cnn
+
+    model = build_tiny_cnn()
+    enhancer = LateralInhibition(model, {"model.layers": ["features.2", "features.3"]}, input_size=(64, 64))
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    imp = enhancer.importance(images)
+    maps = importance_maps(model, images, ["features.2", "features.3"])
+    s = enhancer.settings
+    combined, valid = combine_maps(maps.maps, (64, 64), kind=s.filter, kernel_size=s.kernel_size, sigma=s.sigma)
+    assert torch.equal(imp.combined, combined) and torch.equal(imp.valid, valid)
+    assert torch.equal(imp.threshold, quantile_threshold(combined, s.quantile))
+
+
+@pytest.fixture(scope="module")
+def tiny_job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("speed")
+    torch.manual_seed(0)
+    model = torchvision.models.get_model("mobilenet_v3_small", num_classes=3)
+    checkpoint = root / "tiny.pth"
+    torch.save(model.state_dict(), checkpoint)
+    rng = np.random.default_rng(0)
+    src = root / "src"
+    src.mkdir()
+    for i, (w, h) in enumerate([(90, 70), (64, 64), (50, 120), (133, 81)]):
+        yy, xx = np.mgrid[0:h, 0:w]
+        blob = ((yy - h * 0.4) ** 2 + (xx - w * 0.6) ** 2 < (min(w, h) * 0.3) ** 2)[..., None]
+        pixels = np.where(blob, rng.integers(0, 255, 3), rng.integers(0, 255, (h, w, 3)) * 0.6).astype(np.uint8)
+        Image.fromarray(pixels).save(src / f"img{i}.png")
+    config = load_config(overrides={
+        "model.arch": "mobilenet_v3_small", "model.weights": None, "model.checkpoint": str(checkpoint),
+        "model.input_size": 64, "model.target": "pred", "inhibition.ratio": 1.0,
+        "runtime.device": "cpu", "runtime.workers": 0, "runtime.batch_size": 4,
+    })
+    return config, src, root
+
+
+def test_enhance_output_equals_the_plain_reference(tiny_job):
+    config, src, root = tiny_job
+    dst = root / "dst"
+    summary = run(config, src, dst, quiet=True)
+    assert summary.enhanced == 4 and summary.failed == 0
+    loaded = load_model(config.model, torch.device("cpu"))
+    files = sorted(src.glob("*.png"))
+    decoded = [decode(p, loaded.input_size, loaded.mean, loaded.std) for p in files]
+    inputs = torch.stack([d.model_input for d in decoded]).contiguous(memory_format=torch.channels_last)
+    imp = LateralInhibition(loaded.model, config, input_size=loaded.input_size).importance(inputs)
+    for i, (path, d) in enumerate(zip(files, decoded)):
+        color = d.pixels[None].float() / 255.0
+        h, w = color.shape[-2:]
+        scaled = F.interpolate(imp.combined[i : i + 1, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        mask = make_mask(scaled, imp.threshold[i : i + 1], imp.valid[i : i + 1])
+        sigma = config.blur.sigma * min(h, w) / min(loaded.input_size)
+        out = blend(color, mask, downsampled_gaussian_blur(color, sigma))
+        expected = (out[0] * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        written = np.asarray(Image.open(dst / path.name).convert("RGB"))
+        assert np.array_equal(written, expected), path.name
+        assert not np.array_equal(written, np.asarray(Image.open(path).convert("RGB")))

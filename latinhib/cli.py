@@ -8,6 +8,7 @@ progress and messages go to stderr.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -144,10 +145,10 @@ def enhance(src: Path, dst: Path, config_file, sets, files_from, follow_symlinks
     config = build_config(config_file, sets, values)
 
     def emit(path: Path) -> None:
-        if print0:
-            sys.stdout.write(f"{path}\0")
-        elif print_outputs:
-            sys.stdout.write(f"{path}\n")
+        # Bytes, not text: a file name that is not valid UTF-8 comes out as the same bytes
+        # it has on disk (xargs can open it), where a text write would raise.
+        sys.stdout.flush()
+        sys.stdout.buffer.write(os.fsencode(path) + (b"\0" if print0 else b"\n"))
         if shard is not None or is_distributed():
             # torchrun ranks and shards share one stdout: one write per path (atomic on a
             # pipe up to 4 KiB) keeps their lines whole.
@@ -167,6 +168,9 @@ def enhance(src: Path, dst: Path, config_file, sets, files_from, follow_symlinks
         )
     except (JobError, ConfigError, CheckpointError) as exc:
         raise BadInput(str(exc)) from None
+    except KeyboardInterrupt:  # before the first file (loading the model, listing SRC)
+        click.echo("latinhib: interrupted before any file was processed", err=True)
+        sys.exit(130)
     except Interrupted as exc:
         summary = exc.summary
         done = summary.enhanced + summary.copied + summary.unchanged + summary.already_done

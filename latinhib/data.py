@@ -20,6 +20,7 @@ __all__ = [
     "Decoded",
     "DecodeError",
     "Item",
+    "NotEnhanceable",
     "PathError",
     "decode",
     "display",
@@ -37,6 +38,13 @@ class DecodeError(Exception):
 
 class PathError(ValueError):
     """A path given to the job is not allowed (outside SRC, missing SRC, ...)."""
+
+
+class NotEnhanceable(DecodeError):
+    """A readable image latinhib does not enhance (an animation): the pipeline copies it
+    byte for byte with status ``unchanged`` and this message as the note, instead of
+    failing the file. Enhancing only the first frame would silently drop the animation;
+    copying keeps DST a complete mirror of SRC."""
 
 
 def display(text: str) -> str:
@@ -107,11 +115,13 @@ def list_folder(src: Path, *, follow_symlinks: bool = False, exclude: Sequence[P
     return items
 
 
-def list_files_from(src: Path, lines: Iterable[str]) -> List[Item]:
+def list_files_from(src: Path, lines: Iterable[str], *, follow_symlinks: bool = False) -> List[Item]:
     """Items from a list of paths (``--files-from``): relative to ``src``, or absolute
-    inside it. A path outside ``src`` (``..``, another folder) raises :class:`PathError`
-    naming it, before anything is written."""
+    inside it. A path outside ``src`` (``..``, another folder), or one that resolves
+    through a symlink to outside ``src`` without ``follow_symlinks``, raises
+    :class:`PathError` naming it, before anything is written."""
     root = Path(os.path.abspath(src))
+    root_real = os.path.realpath(src)
     items: List[Item] = []
     seen = set()
     for number, line in enumerate(lines, 1):
@@ -127,6 +137,9 @@ def list_files_from(src: Path, lines: Iterable[str]) -> List[Item]:
             raise PathError(f"--files-from line {number}: {display(text)!r} is outside SRC {display(str(src))!r}") from None
         if not rel.parts or rel.parts[0] == "..":
             raise PathError(f"--files-from line {number}: {display(text)!r} is outside SRC {display(str(src))!r}")
+        if not follow_symlinks and os.path.exists(path) and not _inside(root_real, path):
+            raise PathError(f"--files-from line {number}: {display(text)!r} is a symlink to outside SRC "
+                            f"{display(str(src))!r}; pass --follow-symlinks to follow it")
         if rel.as_posix() in seen:
             continue
         seen.add(rel.as_posix())
@@ -180,6 +193,13 @@ def _work_image(image: Image.Image) -> Tuple[Image.Image, str, int]:
     return image.convert("RGB"), "RGB", 255
 
 
+def _is_empty(path: Path) -> bool:
+    try:
+        return os.stat(path).st_size == 0
+    except OSError:
+        return False
+
+
 def decode(
     path: Path,
     input_size: Tuple[int, int],
@@ -194,7 +214,8 @@ def decode(
                 fmt = opened.format or "PNG"
                 frames = getattr(opened, "n_frames", 1)
                 if frames > 1 and fmt not in ("TIFF", "MPO"):
-                    raise DecodeError(f"animated {fmt} with {frames} frames is not supported")
+                    raise NotEnhanceable(f"animated {fmt} with {frames} frames: copied unchanged "
+                                         f"(only still images are enhanced)")
                 info = {k: opened.info[k] for k in ("icc_profile", "dpi") if k in opened.info}
                 image = ImageOps.exif_transpose(opened)
                 image.load()
@@ -211,6 +232,8 @@ def decode(
     except OSError as exc:
         if exc.errno == 40:  # ELOOP
             raise DecodeError("symlink loop") from None
+        if _is_empty(path):  # Pillow's "cannot identify image file" hides the real cause
+            raise DecodeError("empty file (0 bytes)") from None
         raise DecodeError(f"cannot decode: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises SyntaxError, struct.error, ValueError...
         raise DecodeError(f"cannot decode: {type(exc).__name__}: {exc}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import distributed
 from .api import Importance, LateralInhibition
 from .config import Config, ConfigError, to_yaml
-from .data import Decoded, DecodeError, Item, PathError, decode, display, list_files_from, list_folder
+from .data import Decoded, DecodeError, Item, NotEnhanceable, PathError, decode, display, list_files_from, list_folder
 from .inhibition import inhibit, selection_score
 from .models import LoadedModel, load_model, resolve_device
 from .writer import (
@@ -36,6 +37,7 @@ from .writer import (
     mask_path,
     output_path,
     read_manifest,
+    remove_stale_temps,
     save_heatmap,
     save_image,
     save_mask,
@@ -113,13 +115,19 @@ class _Decoding(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> Tuple[int, Optional[Decoded], Optional[str]]:
+    def __getitem__(self, index: int) -> Tuple[int, Optional[Decoded], Optional[DecodeError]]:
         try:
             return index, decode(self.items[index].path, self.input_size, self.mean, self.std), None
         except DecodeError as exc:
-            return index, None, str(exc)
+            return index, None, exc
         except MemoryError:
-            return index, None, "out of memory while decoding"
+            return index, None, DecodeError("out of memory while decoding")
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: decoding workers ignore it (no traceback per
+    worker) and the main process alone stops the job; the DataLoader then ends them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _as_list(batch):
@@ -272,6 +280,12 @@ def _copy(item: Item, dst: Path) -> Dict[str, Any]:
     return _entry(item, False, "copied")
 
 
+def _copy_unchanged(item: Item, dst: Path, note: str) -> Dict[str, Any]:
+    """A selected file latinhib cannot enhance but that is a good image (an animation)."""
+    copy_file(item.path, output_path(dst, item.rel))
+    return _entry(item, True, "unchanged", error=note)
+
+
 def run(
     config: Config,
     src: Path,
@@ -305,7 +319,7 @@ def run(
     enhancer = LateralInhibition(loaded.model, config, input_size=loaded.input_size)
     exclude = [Path(p) for p in (config.output.save_masks, config.output.save_heatmaps) if p]
     try:
-        items = list_files_from(src, files_from) if files_from is not None else list_folder(
+        items = list_files_from(src, files_from, follow_symlinks=follow_symlinks) if files_from is not None else list_folder(
             src, follow_symlinks=follow_symlinks, exclude=exclude
         )
     except PathError as exc:
@@ -321,6 +335,9 @@ def run(
     _check_previous_config(dst, config)
 
     dst.mkdir(parents=True, exist_ok=True)
+    if ctx.owns_all_temp_files:  # a killed run's hidden temporary files
+        for folder in (dst, *exclude):
+            remove_stale_temps(folder)
     atomic_write(dst / CONFIG_NAME, lambda tmp: tmp.write_text(to_yaml(config), encoding="utf-8"))
     manifest_path = ctx.manifest_path(dst)  # a shard writes its own part
     previous = {} if config.output.overwrite else ctx.previous(dst)
@@ -351,7 +368,10 @@ def run(
         entries[entry["path"]] = entry
 
     finisher = _Finisher(config, loaded, dst, device)
-    threads = max(2, min(4, os.cpu_count() or 2))
+    # On a GPU the CPU side (PIL encode, which releases the GIL) is the bottleneck: give
+    # the writers half the cores; on a CPU the model needs the cores, so 2-4 threads.
+    cores = os.cpu_count() or 2
+    threads = max(2, min(16, cores // 2)) if device.type == "cuda" else max(2, min(4, cores))
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="latinhib-writer", initializer=_writer_init)
     pending: Deque[Tuple[Item, Future]] = collections.deque()
     limit = max(2 * config.runtime.batch_size, 8)
@@ -397,12 +417,16 @@ def run(
                 num_workers=config.runtime.workers,
                 collate_fn=_as_list,
                 prefetch_factor=2 if config.runtime.workers else None,
+                worker_init_fn=_ignore_sigint if config.runtime.workers else None,
             )
             for batch in loader:
                 decoded_ok = [(i, d) for i, d, err in batch if d is not None]
                 failed = [(i, err) for i, d, err in batch if d is None]
+                for i, err in [(i, err) for i, err in failed if isinstance(err, NotEnhanceable)]:
+                    pending.append((to_enhance[i], pool.submit(_copy_unchanged, to_enhance[i], dst, str(err))))
+                failed = [(i, err) for i, err in failed if not isinstance(err, NotEnhanceable)]
                 if failed:
-                    bad = [(_entry(to_enhance[i], True, "failed", error=err), to_enhance[i]) for i, err in failed]
+                    bad = [(_entry(to_enhance[i], True, "failed", error=str(err)), to_enhance[i]) for i, err in failed]
                     manifest.write(e for e, _ in bad)
                     for entry, item in bad:
                         record(entry, item)

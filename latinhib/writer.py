@@ -9,6 +9,7 @@ import ctypes
 import io
 import json
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = [
     "mask_path",
     "output_path",
     "read_manifest",
+    "remove_stale_temps",
     "heat_colors",
     "save_heatmap",
     "save_image",
@@ -73,6 +75,38 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete the temporary files (``.name.latinhib-<pid>-<tid>.tmp``) that a killed job
+    left under ``folder``; returns how many. They never carry a final name, so this is
+    tidying, not correctness. Files of a live process (this one, or another latinhib still
+    writing here) are left alone. Only for runs that own the whole folder (not shards)."""
+    pattern = re.compile(r"^\..+" + re.escape(TEMP_MARK) + r"(\d+)-\d+\.tmp$")
+    removed = 0
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            match = pattern.match(name)
+            if match is None or _alive(int(match.group(1))):
+                continue
+            try:
+                os.unlink(os.path.join(dirpath, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def copy_file(src: Path, dst: Path) -> None:

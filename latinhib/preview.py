@@ -31,7 +31,7 @@ from .pipeline import _class_labels, _importance, enhance_pixels
 from .writer import atomic_write, heat_colors, heatmap_image, tensor_bytes
 
 __all__ = ["GRID_KEYS", "Column", "PreviewError", "Row", "Sheet", "Table", "contact_table", "grid_table",
-           "load_font", "parse_grid", "preview", "render"]
+           "load_font", "parse_grid", "preview", "render", "sample"]
 
 #: ``--grid`` names -> config keys.
 GRID_KEYS = {
@@ -179,6 +179,13 @@ def _response_picture(layer_maps: Sequence[torch.Tensor], config: Config, input_
     return picture.resize((size[1], size[0]), Image.BILINEAR)
 
 
+def sample(images: Sequence[Item], count: int, seed: int) -> List[Item]:
+    """``count`` of ``images`` drawn with ``seed`` (``inhibition.seed``, so a sheet is
+    reproducible), in listing order."""
+    picked = random.Random(seed).sample(range(len(images)), min(count, len(images)))
+    return [images[i] for i in sorted(picked)]
+
+
 class _Session:
     """The model, the importance pass and the per-image pixels, shared by both sheets."""
 
@@ -206,13 +213,8 @@ class _Session:
                               "the model's classes (set model.classes, or use target auto/pred/entropy)")
 
     def sample(self, count: int, chosen: bool) -> List[Item]:
-        """``--files`` as given, else ``count`` images drawn with ``inhibition.seed`` (so the
-        sheet is reproducible), in listing order."""
-        if chosen:
-            return list(self.images)
-        picked = random.Random(self.config.inhibition.seed).sample(range(len(self.images)),
-                                                                   min(count, len(self.images)))
-        return [self.images[i] for i in sorted(picked)]
+        """``--files`` as given, else a seeded sample of ``count`` images."""
+        return list(self.images) if chosen else sample(self.images, count, self.config.inhibition.seed)
 
     def decode(self, items: Sequence[Item], log: Callable[[str], None]) -> List[Tuple[Item, Decoded]]:
         decoded = []

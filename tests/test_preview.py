@@ -17,7 +17,8 @@ from PIL import Image, ImageDraw, ImageFont
 from latinhib import preview as preview_module
 from latinhib.cli import main
 from latinhib.config import load_config
-from latinhib.preview import GAP, MARGIN, Column, Row, Table, contact_table, grid_table, load_font, render
+from latinhib.data import Item, list_folder
+from latinhib.preview import GAP, MARGIN, Column, Row, Table, contact_table, grid_table, load_font, render, sample
 from latinhib.writer import HEAT_STOPS, heat_colors
 
 ARCH = "mobilenet_v3_small"
@@ -206,13 +207,16 @@ def test_unknown_output_extension_is_refused_before_any_work(src, tmp_path):
 
 
 def test_sample_is_seeded(src, checkpoint):
-    def labels(seed):
-        table = contact_table(config_for(checkpoint, **{"inhibition.seed": seed}), src, count=2)
-        return [row.label.split(" ")[0] for row in table.rows]
-
-    first = labels(0)
-    assert len(first) == 2 and first == sorted(first) and labels(0) == first
-    assert {tuple(labels(seed)) for seed in range(1, 6)} != {tuple(first)}
+    images = [Item(Path(f"{i:02d}.png"), f"{i:02d}.png", None) for i in range(30)]
+    first = sample(images, 5, seed=0)
+    assert len(first) == 5 and first == sorted(first, key=lambda item: item.rel)
+    assert all(sample(images, 5, seed=0) == first for _ in range(5))
+    assert len({tuple(item.rel for item in sample(images, 5, seed)) for seed in range(1, 6)} | {tuple(i.rel for i in first)}) > 1
+    assert sample(images[:3], 8, seed=0) == images[:3]
+    # The sheet uses it with inhibition.seed.
+    table = contact_table(config_for(checkpoint, **{"inhibition.seed": 3}), src, count=2)
+    expected = sample([i for i in list_folder(src) if i.is_image], 2, seed=3)
+    assert [row.label.split(" ")[0] for row in table.rows] == [item.rel for item in expected]
 
 
 @pytest.mark.parametrize("old_pillow", [False, True])

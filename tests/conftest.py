@@ -63,12 +63,6 @@ def build_tiny_cnn(seed: int = 0, num_classes: int = 10) -> TinyCNN:
 
 
 @pytest.fixture
-def tiny_cnn_factory() -> Callable[..., TinyCNN]:
-    """Call with an optional seed to get a fresh TinyCNN."""
-    return build_tiny_cnn
-
-
-@pytest.fixture
 def tiny_cnn() -> TinyCNN:
     return build_tiny_cnn()
 

@@ -10,42 +10,27 @@ pytorch-grad-cam computes it) so the experiment needs no extra package.
 """
 from __future__ import annotations
 
-import hashlib
-import math
-
 import torch
 from torch.nn import functional as F
 
+from latinhib.filters import downsampled_gaussian_blur
+from latinhib.inhibition import blend, selection_score
 from scripts.experiment.train import normalise
 
 
 def selected(name: str, ratio: float, seed: int = 0) -> bool:
-    """Whether image ``name`` is enhanced: a stable hash of (seed, name) below ``ratio``."""
-    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < ratio
+    """Whether image ``name`` (its relative path) is enhanced: latinhib's own selection hash,
+    so the references enhance exactly the files ``latinhib enhance`` enhances."""
+    return selection_score(seed, name) < ratio
 
 
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with reflect padding; (N, C, H, W) float -> same shape."""
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
-    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    horizontal = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
-    vertical = kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
-    blurred = F.conv2d(padded, horizontal, groups=channels)
-    return F.conv2d(blurred, vertical, groups=channels)
-
-
-def blend(images: torch.Tensor, masks: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Keep ``images`` (uint8, (N, 3, H, W)) where ``masks`` (N, H, W) is 1, blur elsewhere."""
-    pixels = images.float()
-    blurred = gaussian_blur(pixels, sigma)
-    weight = masks.float().unsqueeze(1)
-    mixed = weight * pixels + (1 - weight) * blurred
-    return mixed.round().clamp(0, 255).to(torch.uint8)
+def blend_images(images: torch.Tensor, masks: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Keep ``images`` (uint8, (N, 3, H, W)) where ``masks`` (N, H, W) is 1, blur elsewhere,
+    with latinhib's own blur and blend (SPEC step 8), so only the mask differs."""
+    pixels = images.float() / 255.0
+    blurred = downsampled_gaussian_blur(pixels, sigma)
+    mixed = blend(pixels, masks.to(pixels.dtype), blurred)
+    return (mixed * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
 def enhance(images: torch.Tensor, masks: torch.Tensor, names: list[str], ratio: float,
@@ -57,7 +42,7 @@ def enhance(images: torch.Tensor, masks: torch.Tensor, names: list[str], ratio: 
     which = torch.tensor([selected(name, ratio, seed) for name in names], dtype=torch.bool)
     output = images.clone()
     if which.any():
-        output[which] = blend(images[which], masks[which], sigma)
+        output[which] = blend_images(images[which], masks[which], sigma)
     return output, which
 
 

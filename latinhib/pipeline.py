@@ -12,6 +12,7 @@ import collections
 import os
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -124,10 +125,51 @@ class _Decoding(Dataset):
             return index, None, DecodeError("out of memory while decoding")
 
 
+class _StopRequest:
+    """Ctrl-C (SIGINT) as a request: the first one is acted on at the next safe point (after
+    the model pass in flight, between batches, where no DataLoader iterator is half built),
+    where :meth:`check` raises KeyboardInterrupt; a second one interrupts at once. Only
+    installed from the main thread (``signal`` allows no other); the previous handler is
+    put back by :meth:`restore`."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
 def _ignore_sigint(worker_id: int) -> None:
     """Ctrl-C reaches the whole process group: decoding workers ignore it (no traceback per
-    worker) and the main process alone stops the job; the DataLoader then ends them."""
+    worker) and the main process alone stops the job; the DataLoader then ends them.
+
+    A main process interrupted while it fetches a decoded tensor's file descriptor resets
+    the connection to the worker's ``multiprocessing.resource_sharer`` thread, which then
+    prints a ConnectionResetError traceback through ``sys.excepthook``: in a worker, such
+    errors only mean that the main process has stopped (and says so itself), so they are
+    not printed."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    default_hook = sys.excepthook
+
+    def hook(kind, value, traceback) -> None:
+        if not issubclass(kind, (ConnectionError, EOFError)):
+            default_hook(kind, value, traceback)
+
+    sys.excepthook = hook
 
 
 def _as_list(batch):
@@ -406,10 +448,12 @@ def run(
             record(entry, item)
 
     to_enhance_set = set(to_enhance)
+    stop = _StopRequest()
     try:
         for item in to_copy:
             pending.append((item, pool.submit(_copy, item, dst)))
             drain(limit)
+            stop.check()
         if to_enhance:
             loader = DataLoader(
                 _Decoding(to_enhance, loaded),
@@ -420,6 +464,7 @@ def run(
                 worker_init_fn=_ignore_sigint if config.runtime.workers else None,
             )
             for batch in loader:
+                stop.check()  # Ctrl-C: the batch just decoded is discarded, none is half done
                 decoded_ok = [(i, d) for i, d, err in batch if d is not None]
                 failed = [(i, err) for i, d, err in batch if d is None]
                 for i, err in [(i, err) for i, err in failed if isinstance(err, NotEnhanceable)]:
@@ -452,6 +497,8 @@ def run(
         _close(manifest, manifest_path, items, entries, bar)
         summary.seconds = time.perf_counter() - started
         return ctx.finish(summary, dst, [item.rel for item in all_items])
+    finally:
+        stop.restore()
     pool.shutdown(wait=True)
     _close(manifest, manifest_path, items, entries, bar)
     summary.seconds = time.perf_counter() - started

@@ -102,6 +102,10 @@ def test_kill_9_at_random_points_then_rerun_finishes_the_same_job(src, tmp_path,
         check_no_partial_file(dst, masks)
         assert not (dst / "latinhib-manifest.jsonl").exists() or final_files(dst)
     assert killed >= 2, "the job finished before it could be killed: make it longer"
+    # what a kill during a write leaves (its pid is gone): the rerun removes it
+    (masks / "ants").mkdir(parents=True, exist_ok=True)
+    for stale in (dst / "ants" / ".001.jpg.latinhib-999999-1.tmp", masks / "ants" / ".001.jpg.png.latinhib-999999-1.tmp"):
+        stale.write_bytes(b"half a file")
     proc = subprocess.run(argv, capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
 

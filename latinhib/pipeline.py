@@ -9,6 +9,7 @@ model. Queues are bounded, so memory does not grow with the number of images.
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import signal
 import sys
@@ -318,7 +319,15 @@ class _Finisher:
 
 
 def _copy(item: Item, dst: Path) -> Dict[str, Any]:
-    copy_file(item.path, output_path(dst, item.rel))
+    try:
+        copy_file(item.path, output_path(dst, item.rel))
+    except OSError as exc:
+        if exc.filename is None or os.fsdecode(exc.filename) != str(item.path):
+            raise  # the write failed: reported as "cannot write: ..."
+        # The source could not be read: the same causes decode() names.
+        cause = {errno.ENOENT: "no such file (a broken symlink?)", errno.ELOOP: "symlink loop",
+                 errno.EACCES: "permission denied"}.get(exc.errno, f"cannot read: {exc.strerror}")
+        return _entry(item, False, "failed", error=cause)
     return _entry(item, False, "copied")
 
 

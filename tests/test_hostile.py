@@ -288,3 +288,19 @@ def test_files_from_stdin_and_print_outputs_in_a_pipe(tmp_path, checkpoint):
     assert sorted(proc.stdout.splitlines()) == sorted(os.fsencode(dst / p) for p in ("a/1.png", "3.png", NON_UTF8))
     assert proc.stderr == b""
     assert not (dst / "a" / "2.jpg").exists()
+
+
+def test_unselected_files_are_copied_undecoded_and_unreadable_ones_named(corpus, tmp_path, checkpoint):
+    """ratio 0: nothing is decoded, so a corrupt but readable file is copied byte for byte
+    (it is not latinhib's to judge); a file that cannot even be read fails with its cause."""
+    dst = tmp_path / "dst"
+    result = CliRunner().invoke(main, ["enhance", str(corpus), str(dst),
+                                       *args(checkpoint, "--workers", "0", "--ratio", "0")])
+    assert result.exit_code == 1
+    assert sorted(result.stderr.splitlines()) == [
+        "latinhib: broken.jpg: no such file (a broken symlink?)",
+        "latinhib: loop_a.jpg: symlink loop",
+        "latinhib: loop_b.jpg: symlink loop",
+    ]
+    for name in ("zero.jpg", "truncated.jpg", "text.jpg", "bomb.png", "anim.webp"):
+        assert (dst / name).read_bytes() == (corpus / name).read_bytes()

@@ -5,6 +5,7 @@ error bars for the protocol, one for mask IoU per setting, and a strip of exampl
 """
 from __future__ import annotations
 
+import os
 import platform
 import time
 from pathlib import Path
@@ -15,14 +16,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 COLOURS = {
     "baseline": (120, 120, 120), "oracle": (44, 160, 44), "latinhib-log": (31, 119, 180),
-    "gradcam": (255, 127, 14), "latinhib-gaussian": (148, 103, 189), "latinhib-none": (140, 86, 75),
+    "gradcam": (255, 127, 14), "blur-all": (214, 39, 40), "latinhib-gaussian": (148, 103, 189), "latinhib-none": (140, 86, 75),
 }
 LABELS = {
     "baseline": "baseline (no enhancement)", "oracle": "oracle (true background blurred)",
     "latinhib-log": "latinhib, Mexican hat (log)", "gradcam": "Grad-CAM threshold",
+    "blur-all": "blur the whole image (q = 1)",
     "latinhib-gaussian": "latinhib, plain Gaussian", "latinhib-none": "latinhib, no filter",
 }
-ORDER = ["baseline", "oracle", "latinhib-log", "gradcam", "latinhib-gaussian", "latinhib-none"]
+ORDER = ["baseline", "oracle", "latinhib-log", "gradcam", "blur-all", "latinhib-gaussian", "latinhib-none"]
 TESTS = ["test/original", "test/only_fg", "test/mixed_same", "test/mixed_rand", "bg_gap"]
 
 
@@ -178,9 +180,7 @@ def write_report(state: dict, info: dict, results: Path, work: Path) -> None:
         return f"{100 * (stats(state, method, 'test/mixed_rand')[0] - base_mean) / gain:.0f}%" if gain else "-"
 
     def diff(a: str, b: str, key: str = "test/mixed_rand") -> str:
-        (ma, sa, na), (mb, sb, nb) = stats(state, a, key), stats(state, b, key)
-        se = (sa**2 / na + sb**2 / nb) ** 0.5
-        return f"{100 * (ma - mb):+.1f} points (standard error {100 * se:.1f})"
+        return difference(state, a, b, key)
 
     protocol_table = table(
         ["enhancer", "original", "only_fg", "mixed_same", "mixed_rand", "BG-gap", "share of oracle's mixed_rand gain"],
@@ -229,14 +229,17 @@ def write_report(state: dict, info: dict, results: Path, work: Path) -> None:
     text = f"""# Results: does lateral-inhibition enhancement make a classifier rely less on backgrounds?
 
 Everything on this page, numbers and figures, is written by one command, run from the
-repository root on a fresh clone:
+repository root of a fresh clone after the project's install (README), on a CPU:
 
     .venv/bin/python -m scripts.experiment.run
 
 (`--work DIR` holds the data and intermediate results, default `out/experiment`; a rerun
-resumes; delete the folder to start over). Last run: {time.strftime('%Y-%m-%d')}, {platform.machine()}
-CPU, 2 cores shared with other jobs, torch {torch.__version__}, {minutes:.0f} minutes of wall time
-for the whole run (`latinhib enhance` itself: {cli['seconds']:.0f} s for {cli['total']} files).
+resumes where it stopped; delete the folder to start over). It needs the Debian package
+`dataset-fashion-mnist` (or `FASHION_MNIST=DIR` pointing at the four idx .gz files) and
+nothing beyond the project's dependencies. Last run: {time.strftime('%Y-%m-%d')}, {platform.machine()},
+{os.cpu_count()} CPU cores shared with other jobs (load average ~5-8), 1 torch thread, trainings
+on {state.get('train_device', 'cpu')}, torch {torch.__version__}: {minutes:.0f} minutes of wall time for the whole run
+(`latinhib enhance` itself: {cli['seconds']:.0f} s for {cli['total']} files, {cli['enhanced']} enhanced).
 
 ## The benchmark
 
@@ -344,6 +347,12 @@ Chosen: q = {settings['q']}, r = {settings['r']}, blur σ = {settings['blur']} (
     results.write_text(text + conclusions(state, settings, chosen, rows) + "\n")
 
 
+def difference(state: dict, a: str, b: str, key: str = "test/mixed_rand") -> str:
+    (ma, sa, na), (mb, sb, nb) = stats(state, a, key), stats(state, b, key)
+    se = (sa**2 / na + sb**2 / nb) ** 0.5
+    return f"{100 * (ma - mb):+.1f} points (standard error {100 * se:.1f})"
+
+
 def verdict(state: dict, a: str, b: str, key: str = "test/mixed_rand") -> str:
     """'clearly better', 'clearly worse' or 'not distinguishable' (2 standard errors)."""
     (ma, sa, na), (mb, sb, nb) = stats(state, a, key), stats(state, b, key)
@@ -368,6 +377,9 @@ def conclusions(state: dict, settings: dict, chosen: dict, rows: list[dict]) -> 
   the baseline, and recovers the share of the oracle's gain given in the table above.
 - **Against Grad-CAM** (same checkpoint, same q, same files, same blur): latinhib is
   {verdict(state, 'latinhib-log', 'gradcam')} the Grad-CAM threshold on mixed_rand.
+- **Against blurring the whole image** (q = 1, same files, same blur: no importance map at
+  all): latinhib is {verdict(state, 'latinhib-log', 'blur-all')} it on mixed_rand
+  ({difference(state, 'latinhib-log', 'blur-all')}).
 - **What does the inhibitory surround add?** Downstream, the Mexican hat is
   {verdict(state, 'latinhib-log', 'latinhib-gaussian')} a plain Gaussian of the same σ, and
   {verdict(state, 'latinhib-log', 'latinhib-none')} no filter at all. In mask IoU on val (best σ, k

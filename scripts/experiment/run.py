@@ -217,8 +217,12 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    state["train_device"] = args.train_device
+
+    already = state.get("elapsed_s", 0.0)  # wall time of earlier, resumed runs
 
     def save() -> None:
+        state["elapsed_s"] = already + time.time() - started
         state_path.write_text(json.dumps(state, indent=1))
 
     # 1. data and the pretrain checkpoint
@@ -282,7 +286,10 @@ def main() -> None:
     # One setting at a time around q 0.8, r 0.75, blur 3 (a full grid does not fit the CPU
     # budget). Blur sigmas below ~2 px leave the 4-8 px background textures readable.
     grid = [("oracle", MASK_Q, 0.75, 3.0)]
-    grid += [("latinhib", q, 0.75, 3.0) for q in (0.7, 0.8, 0.9)]
+    grid += [("latinhib", q, 0.75, 3.0) for q in (0.7, 0.8, 0.9, 0.95)]
+    # Control: q = 1 blurs the whole selected image. If the importance map is worth
+    # anything, keeping its top part sharp has to beat this.
+    grid += [("blur-all", 1.0, 0.75, 3.0)]
     grid += [("latinhib", 0.8, r, 3.0) for r in (0.5, 1.0)]
     grid += [("latinhib", 0.8, 0.75, 6.0)]
     for method, q, r, blur in grid:
@@ -290,6 +297,8 @@ def main() -> None:
             continue
         if method == "oracle":
             masks = train.masks
+        elif method == "blur-all":
+            masks = torch.zeros_like(train.masks)
         else:
             if train_maps is None:
                 train_maps = layer_maps(pretrained, train, chosen["target"])
@@ -335,9 +344,12 @@ def main() -> None:
                                       settings["blur"])[0]
     enhanced_sets["gradcam"] = enhance(train.images, gradcam_masks, train.names, settings["r"],
                                        settings["blur"])[0]
+    enhanced_sets["blur-all"] = enhance(train.images, torch.zeros_like(train.masks), train.names,
+                                        settings["r"], settings["blur"])[0]
     enhanced_sets["baseline"] = train.images
     state.setdefault("protocol", {})
-    order = ["baseline", "oracle", "latinhib-log", "gradcam", "latinhib-gaussian", "latinhib-none"]
+    order = ["baseline", "oracle", "latinhib-log", "gradcam", "blur-all", "latinhib-gaussian",
+             "latinhib-none"]
     for method, seed in itertools.product(order, SEEDS):
         key = f"{method}/{seed}"
         if key in state["protocol"]:
@@ -346,7 +358,6 @@ def main() -> None:
         state["protocol"][key] = evaluate(model, splits, eval_names)
         log(f"{key}: {state['protocol'][key]}")
         save()
-    state["elapsed_s"] = time.time() - started + state.get("elapsed_before_s", 0.0)
     save()
 
     # 5. report

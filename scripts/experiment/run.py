@@ -194,6 +194,36 @@ def cli_outputs(dst: Path, masks_dir: Path, train: Split, classes: list[str]):
     return images, masks, which, enhanced
 
 
+def mask_gallery(model, val: Split, settings: dict, gradcam_layer: str, path: Path) -> None:
+    """Masks of a few val images: true mask, latinhib at the chosen settings and at q 0.7,
+    the three filters, Grad-CAM. White = kept sharp."""
+    from PIL import Image, ImageDraw
+
+    picks = torch.arange(0, len(val.images), max(1, len(val.images) // 8))[:8]
+    subset = Split.__new__(Split)
+    subset.images, subset.labels = val.images[picks], val.labels[picks]
+    subset.masks, subset.names = val.masks[picks], [val.names[i] for i in picks]
+    maps = layer_maps(model, subset, settings["target"])
+    layers, sigma, k = settings["layers"], settings["sigma"], settings["k"]
+    rows = [("image", subset.images.permute(0, 2, 3, 1)), ("true mask", subset.masks)]
+    rows.append((f"log q={settings['q']}", latinhib_masks(maps, layers, "log", sigma, k, settings["q"])))
+    for kind in ("log", "gaussian", "none"):
+        rows.append((f"{kind} q={MASK_Q}", latinhib_masks(maps, layers, kind, sigma, k, MASK_Q)))
+    cams = gradcam_maps(model, subset.images, gradcam_layer)
+    rows.append((f"Grad-CAM q={MASK_Q}", quantile_mask(cams, MASK_Q)))
+    tile, label_w = 96, 120
+    canvas = Image.new("RGB", (label_w + tile * len(picks), tile * len(rows)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, tensor) in enumerate(rows):
+        draw.text((4, r * tile + tile // 2 - 6), label, fill="black")
+        for c in range(len(picks)):
+            array = tensor[c].numpy()
+            array = (array * 255).astype(np.uint8) if array.dtype == bool else array.astype(np.uint8)
+            canvas.paste(Image.fromarray(array).convert("RGB").resize((tile, tile), Image.NEAREST),
+                         (label_w + c * tile, r * tile))
+    canvas.save(path)
+
+
 def mean_std(values) -> tuple[float, float]:
     array = np.asarray(values, dtype=np.float64)
     return float(array.mean()), float(array.std(ddof=1) if len(array) > 1 else 0.0)
@@ -362,6 +392,7 @@ def main() -> None:
 
     # 5. report
     from scripts.experiment.report import write_report
+    mask_gallery(pretrained, val, settings, gradcam_layer, args.results.parent / "results-masks.png")
     write_report(state, info, args.results, work)
     log(f"done in {time.time() - started:.0f} s; wrote {args.results}")
 

@@ -142,11 +142,17 @@ def row_enhance(args, src: Path, ratio: float) -> dict:
             (warm_src / path.parent.name).mkdir(parents=True, exist_ok=True)
             shutil.copy(path, warm_src / path.parent.name / path.name)
         run(_config(args, 1.0), warm_src, Path(tmp) / "warm-out", quiet=True)
+        written = []
         start = time.perf_counter()
-        summary = run(config, src, Path(tmp) / "out", quiet=True)
+        summary = run(config, src, Path(tmp) / "out", quiet=True, on_output=lambda _: written.append(time.perf_counter()))
         seconds = time.perf_counter() - start
     done = summary.enhanced + summary.copied + summary.unchanged
-    return {"images": done, "seconds": seconds, "enhanced": summary.enhanced, "failed": summary.failed}
+    # Steady state: the images written after the first batch's, over the time they took
+    # (leaves out the one-off start: model build, layer probe, worker start, first decode).
+    k = min(args.batch_size, len(written) - 1)
+    steady = (len(written) - k) / (written[-1] - written[k - 1]) if k > 0 and written[-1] > written[k - 1] else None
+    return {"images": done, "seconds": seconds, "enhanced": summary.enhanced, "failed": summary.failed,
+            "startup_s": written[0] - start if written else None, "steady_ips": steady}
 
 
 def row_gradcam(args, src: Path) -> dict:
@@ -296,7 +302,8 @@ def main() -> None:
              "gradcam": "grad-cam peer r=1"}
     floor = results.get("floor", {}).get("ips")
     r1 = results.get("r1", {}).get("ips")
-    print(f"\n{'row':32} {'img/s':>8} {'x floor':>8} {'x r=1':>7} {'peak RSS MB':>12}" + (" peak GPU MB" if cuda else ""))
+    print(f"\n{'row':32} {'img/s':>8} {'x floor':>8} {'x r=1':>7} {'peak RSS MB':>12}" + (" peak GPU MB" if cuda else "")
+          + "  steady img/s (x floor)")
     for row, result in results.items():
         ips = result["ips"]
         rss = max(result["rss_mb"], result.get("workers_rss_mb", 0))
@@ -304,10 +311,16 @@ def main() -> None:
                 f"{ips / r1 if r1 else float('nan'):7.2f} {rss:12.0f}")
         if cuda:
             line += f" {result.get('gpu_mb', 0):11.0f}"
+        if result.get("steady_ips"):
+            line += f"  {result['steady_ips']:.1f} ({result['steady_ips'] / floor if floor else float('nan'):.2f})"
         print(line)
     if r1 and "gradcam" in results:
         print(f"latinhib r=1 / grad-cam: {r1 / results['gradcam']['ips']:.2f}x")
-    print(f"layers: {results.get('floor', {}).get('layers')}; load at end {os.getloadavg()[0]:.2f}")
+    starts = {row: round(r["startup_s"], 2) for row, r in results.items() if r.get("startup_s") is not None}
+    print(f"layers: {results.get('floor', {}).get('layers')}; seconds to first output: {starts}; "
+          f"load at end {os.getloadavg()[0]:.2f}")
+    print("img/s = images / whole run (enhance rows: model build and worker start included); steady = after the "
+          "first batch's outputs")
 
 
 if __name__ == "__main__":

@@ -159,3 +159,17 @@ def test_enhance_output_equals_the_plain_reference(tiny_job):
         written = np.asarray(Image.open(dst / path.name).convert("RGB"))
         assert np.array_equal(written, expected), path.name
         assert not np.array_equal(written, np.asarray(Image.open(path).convert("RGB")))
+
+
+@pytest.mark.parametrize("shape,sigma", [((1, 3, 375, 500), 6.7), ((2, 3, 101, 67), 13.0), ((1, 1, 90, 70), 9.5)])
+def test_downsampled_blur_channels_last_upsample_changes_no_bits(shape, sigma):
+    import math
+
+    from latinhib.filters import gaussian_blur
+
+    image = torch.rand(*shape, generator=torch.Generator().manual_seed(3))
+    factor = int(sigma // 3.0) + 1
+    small = F.avg_pool2d(image, factor, stride=factor, ceil_mode=True, count_include_pad=False)
+    small = gaussian_blur(small, math.sqrt(max(sigma**2 - (factor**2 - 1) / 12.0, 0.25)) / factor)
+    plain = F.interpolate(small, scale_factor=factor, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+    assert torch.equal(downsampled_gaussian_blur(image, sigma), plain[..., : shape[2], : shape[3]])

@@ -557,8 +557,10 @@ def _close(manifest: Manifest, path: Path, items: Sequence[Item], entries: Dict[
     manifest.close()
     if bar is not None:
         bar.close()
-    Manifest.compact(path, [item.rel for item in items] + [k for k in entries if k not in {i.rel for i in items}],
-                     entries)
+    listed = [item.rel for item in items]
+    known = set(listed)
+    # Entries of files outside this listing (an earlier --files-from subset) are kept.
+    Manifest.compact(path, listed + [rel for rel in entries if rel not in known], entries)
 
 
 def _describe(exc: BaseException) -> str:

@@ -51,7 +51,8 @@ def bar_chart(path: Path, title: str, panels: list[tuple[str, list[tuple[str, fl
               ymax: float = 1.0) -> None:
     """Side-by-side panels of bars (name, value, error); values in [0, ymax]."""
     panel_w, height, top, bottom, left = 420, 360, 50, 40, 50
-    image = Image.new("RGB", (panel_w * len(panels) + 20, height + 150), "white")
+    legend_h = 22 * len({name for _, bars in panels for name, _, _ in bars}) + 20
+    image = Image.new("RGB", (panel_w * len(panels) + 20, height + legend_h), "white")
     draw = ImageDraw.Draw(image)
     draw.text((10, 8), title, fill="black", font=font(18))
     plot_h = height - top - bottom

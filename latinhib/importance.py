@@ -252,9 +252,9 @@ def importance_maps(
 def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: int = 3) -> List[str]:
     """Default layers: the last block at each of strides 8, 16 and 32 (SPEC step 2).
 
-    Found by one probe forward on zeros: a "block" is a module whose parent is an
-    ``nn.Sequential`` or the model itself (ResNet's ``layer2``, ``layer4.0``; MobileNet's
-    ``features.6``). Blocks whose output *is* the final feature map (the stage feeding
+    Found by one probe forward on zeros: a "block" is a child of the model itself or of an
+    ``nn.Sequential`` that is a block (ResNet's ``layer2``, ``layer4.0``; MobileNet's
+    ``features.6``; never ``layer4.0.downsample.1``). Blocks whose output *is* the final feature map (the stage feeding
     global pooling, which has a spatially constant gradient) are left out, and so are
     strides 4 and finer, whose gradient maps carry edge and checkerboard noise rather than
     object evidence. For torchvision ResNets this gives ``layer2, layer3, layer4.0``; for
@@ -262,14 +262,14 @@ def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: i
     """
     if isinstance(model, torch.jit.ScriptModule):
         return [INPUT_LAYER]
-    parents = {"": model}
     blocks: Dict[str, nn.Module] = {}
-    for name, module in model.named_modules():
-        for child_name, child in module.named_children():
-            full = f"{name}.{child_name}" if name else child_name
-            if module is model or isinstance(module, nn.Sequential):
-                blocks[full] = child
-            parents[full] = module
+    for name, module in model.named_modules():  # parents come before their children
+        # Only a chain of Sequentials from the root leads to blocks: a Sequential *inside*
+        # a block (ResNet's ``layer4.0.downsample``, MobileNet's ``features.7.conv``) is
+        # that block's internals, not a stage.
+        if module is model or (isinstance(module, nn.Sequential) and name in blocks):
+            for child_name, child in module.named_children():
+                blocks[f"{name}.{child_name}" if name else child_name] = child
     records: List[Tuple[str, Tuple[int, int], int]] = []
     # Every recorded output stays referenced until the probe is over: a freed output's
     # memory can be reused for a later one (the final feature map included), and then

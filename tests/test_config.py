@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from latinhib.config import Config, ConfigError, load_config, parse_override, to_yaml
+from latinhib.config import Config, ConfigError, InhibitionConfig, load_config, parse_override, to_yaml
 
 
 def write(tmp_path, text: str):
@@ -15,7 +15,7 @@ def write(tmp_path, text: str):
 def test_defaults():
     config = load_config()
     assert config == Config()
-    assert config.inhibition.quantile == 0.5 and config.inhibition.kernel_size == 7
+    assert config.inhibition.quantile == 0.5 and config.inhibition.kernel_size == 13 and config.inhibition.ratio == 0.75
     assert config.model.target == "auto" and config.inhibition.filter == "log"
 
 
@@ -25,7 +25,7 @@ def test_overrides_beat_yaml_beat_defaults(tmp_path):
     assert config.inhibition.quantile == 0.2  # override beats YAML
     assert config.inhibition.sigma == 3.0  # YAML beats default
     assert config.blur.sigma == 6.0
-    assert config.inhibition.ratio == 0.5  # default where neither says
+    assert config.inhibition.ratio == InhibitionConfig().ratio  # default where neither says
     config = load_config(path, [parse_override("runtime.batch_size=4"), parse_override("model.layers=[a, b]")])
     assert config.runtime.batch_size == 4 and config.model.layers == ("a", "b")
 

@@ -5,6 +5,7 @@ workers; every failure becomes a :class:`DecodeError` naming the cause, never a 
 """
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -230,7 +231,7 @@ def decode(
     except PermissionError:
         raise DecodeError("permission denied") from None
     except OSError as exc:
-        if exc.errno == 40:  # ELOOP
+        if exc.errno == errno.ELOOP:
             raise DecodeError("symlink loop") from None
         if _is_empty(path):  # Pillow's "cannot identify image file" hides the real cause
             raise DecodeError("empty file (0 bytes)") from None

@@ -297,7 +297,7 @@ def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: i
     finally:
         for handle in handles:
             handle.remove()
-    del alive
+    alive.clear()
     spatial = [r for r in records if r[1][0] * r[1][1] > 1]
     if not spatial:
         raise ValueError("model.layers: could not find any spatial layer; set model.layers explicitly")

@@ -13,7 +13,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .filters import downsampled_gaussian_blur, gaussian_blur, gaussian_filter, log_filter
+from .filters import downsampled_gaussian_blur, gaussian_filter, log_filter
 
 __all__ = [
     "FILTERS",

@@ -172,6 +172,8 @@ def _load_file(path: Path, trust: bool) -> Any:
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {str(path)!r}: not a PyTorch checkpoint: {str(exc).splitlines()[0]}") from None
+    except (ImportError, AttributeError) as exc:  # a trusted pickle naming code that is not importable here
+        raise CheckpointError(f"checkpoint {str(path)!r}: cannot be unpickled: {exc}") from None
 
 
 def _load_state(model: nn.Module, state: Dict[str, torch.Tensor], path: Path) -> None:
@@ -239,7 +241,13 @@ def load_model(cfg: ModelConfig, device: torch.device) -> LoadedModel:
                 if head_weight is not None and head_weight.shape[0] != head[1]:
                     # The checkpoint's own head says how many classes it was trained on.
                     kwargs["num_classes"] = int(head_weight.shape[0])
-                    model = builder(**kwargs)
+                    try:
+                        model = builder(**kwargs)
+                    except TypeError as exc:
+                        raise ConfigError(
+                            f"model.kwargs: the checkpoint has {kwargs['num_classes']} classes but {cfg.arch!r} "
+                            f"takes no num_classes ({exc}); set model.kwargs to build a matching model"
+                        ) from None
             _load_state(model, state, path)
             description = f"{cfg.arch} with {path}"
     else:

@@ -29,16 +29,14 @@ from .api import Importance, LateralInhibition
 from .config import Config, ConfigError, to_yaml
 from .data import Decoded, DecodeError, Item, NotEnhanceable, PathError, decode, display, list_files_from, list_folder
 from .inhibition import inhibit, selection_score
-from .models import LoadedModel, load_model, resolve_device
+from .models import LoadedModel, load_model
 from .writer import (
     CONFIG_NAME,
-    MANIFEST_NAME,
     Manifest,
     atomic_write,
     copy_file,
     mask_path,
     output_path,
-    read_manifest,
     remove_stale_temps,
     save_heatmap,
     save_image,
@@ -135,14 +133,19 @@ class _StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.ignoring = False
         self.previous = None
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
+        if self.requested and not self.ignoring:
             raise KeyboardInterrupt
         self.requested = True
+
+    def ignore(self) -> None:
+        """From here on Ctrl-C only marks the request (the cleanup must run to its end)."""
+        self.ignoring = True
 
     def check(self) -> None:
         if self.requested:
@@ -177,7 +180,7 @@ def _as_list(batch):
     return batch
 
 
-def check_paths(src: Path, dst: Path, files_from: bool) -> None:
+def check_paths(src: Path, dst: Path) -> None:
     """Refuse a missing SRC, DST == SRC and DST inside SRC, before anything is written."""
     if not src.exists():
         raise JobError(f"SRC {display(str(src))!r}: no such directory")
@@ -201,7 +204,10 @@ def _check_previous_config(dst: Path, config: Config) -> None:
     try:
         previous = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
-        return
+        previous = None
+    if not isinstance(previous, dict) or not all(isinstance(previous.get(s) or {}, dict) for s in RESULT_SECTIONS):
+        raise JobError(f"DST {display(str(dst))!r}: {CONFIG_NAME} is unreadable or not a latinhib config; "
+                       f"use --overwrite to redo DST, or another DST")
     current = config.to_dict()
     for section in RESULT_SECTIONS:
         for key, value in current[section].items():
@@ -358,7 +364,7 @@ def run(
     """
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
-    check_paths(src, dst, files_from is not None)
+    check_paths(src, dst)
     if config.runtime.threads:
         torch.set_num_threads(config.runtime.threads)
     # torchrun rank / --shard I/N: which files are ours, which device (cuda:LOCAL_RANK).
@@ -385,18 +391,23 @@ def run(
     all_items, items = items, ctx.select(items)
     _check_previous_config(dst, config)
 
-    dst.mkdir(parents=True, exist_ok=True)
-    if ctx.owns_all_temp_files:  # a killed run's hidden temporary files
-        for folder in (dst, *exclude):
-            remove_stale_temps(folder)
-    atomic_write(dst / CONFIG_NAME, lambda tmp: tmp.write_text(to_yaml(config), encoding="utf-8"))
     manifest_path = ctx.manifest_path(dst)  # a shard writes its own part
-    previous = {} if config.output.overwrite else ctx.previous(dst)
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+        if ctx.owns_all_temp_files:  # a killed run's hidden temporary files
+            for folder in (dst, *exclude):
+                remove_stale_temps(folder)
+        atomic_write(dst / CONFIG_NAME, lambda tmp: tmp.write_text(to_yaml(config), encoding="utf-8"))
+        manifest = Manifest(manifest_path)
+    except OSError as exc:
+        where = display(os.fsdecode(exc.filename)) if exc.filename else display(str(dst))
+        raise JobError(f"DST {display(str(dst))!r}: cannot write {where!r}: {exc.strerror or exc}") from None
+    # Entries of files outside this listing are kept; --overwrite only redoes the listed ones.
+    previous = ctx.previous(dst)
     summary = Summary(dst=str(dst), total=len(items), device=str(device))
     summary.target = "label" if labels is not None else ("pred" if config.model.target == "auto" else config.model.target)
 
     entries: Dict[str, Dict[str, Any]] = dict(previous)
-    manifest = Manifest(manifest_path)
     ratio, seed = config.inhibition.ratio, config.inhibition.seed
     to_copy: List[Item] = []
     to_enhance: List[Item] = []
@@ -406,7 +417,8 @@ def run(
         if not item.is_image:
             fresh.append(_entry(item, False, "skipped", error=f"not an image extension ({Path(item.rel).suffix or 'none'})"))
             continue
-        if old is not None and old.get("status") in DONE and output_path(dst, item.rel).exists():
+        if (not config.output.overwrite and old is not None and old.get("status") in DONE
+                and output_path(dst, item.rel).exists()):
             summary.already_done += 1
             continue
         if selection_score(seed, item.rel) < ratio:
@@ -436,8 +448,6 @@ def run(
             message = f"latinhib: {display(item.rel)}: {entry['error']}"
             summary.failures.append(message)
             bar.write(message, file=sys.stderr) if bar is not None else log(message)
-            if strict:
-                raise StrictStop(message)
         elif on_output is not None:
             on_output(output_path(dst, item.rel))
         if bar is not None:
@@ -452,9 +462,14 @@ def run(
             except Exception as exc:  # noqa: BLE001 - one file's failure, reported with its name
                 entry = _entry(item, item in to_enhance_set, "failed", error=_describe(exc))
             done.append((entry, item))
+        record_all(done)
+
+    def record_all(done: List[Tuple[Dict[str, Any], Item]]) -> None:
         manifest.write(e for e, _ in done)
         for entry, item in done:
             record(entry, item)
+        if strict and summary.failed:  # --strict: stop after recording the whole group
+            raise StrictStop(summary.failures[0])
 
     to_enhance_set = set(to_enhance)
     stop = _StopRequest()
@@ -480,10 +495,8 @@ def run(
                     pending.append((to_enhance[i], pool.submit(_copy_unchanged, to_enhance[i], dst, str(err))))
                 failed = [(i, err) for i, err in failed if not isinstance(err, NotEnhanceable)]
                 if failed:
-                    bad = [(_entry(to_enhance[i], True, "failed", error=str(err)), to_enhance[i]) for i, err in failed]
-                    manifest.write(e for e, _ in bad)
-                    for entry, item in bad:
-                        record(entry, item)
+                    record_all([(_entry(to_enhance[i], True, "failed", error=str(err)), to_enhance[i])
+                                for i, err in failed])
                 if not decoded_ok:
                     continue
                 imp = _importance(enhancer, decoded_ok, to_enhance, labels, device)
@@ -492,25 +505,23 @@ def run(
                 drain(limit)
         drain(0)
     except KeyboardInterrupt:
-        # Writes in flight finish (each is atomic); nothing else starts.
+        summary.interrupted = True
+    except StrictStop:
+        pass
+    finally:
+        # Every way out (done, Ctrl-C, --strict, an error in the model pass or a full disk)
+        # ends here: a second Ctrl-C cannot cut the cleanup short, writes in flight finish
+        # (each is atomic) and are recorded, nothing new starts, the manifest is compacted.
+        stop.ignore()
         for _, future in pending:
             future.cancel()
         pool.shutdown(wait=True)
         _finish_pending(pending, manifest, record)
-        summary.interrupted = True
         _close(manifest, manifest_path, items, entries, bar)
-        summary.seconds = time.perf_counter() - started
-        raise Interrupted(summary) from None
-    except StrictStop:
-        pool.shutdown(wait=True, cancel_futures=True)
-        _close(manifest, manifest_path, items, entries, bar)
-        summary.seconds = time.perf_counter() - started
-        return ctx.finish(summary, dst, [item.rel for item in all_items])
-    finally:
         stop.restore()
-    pool.shutdown(wait=True)
-    _close(manifest, manifest_path, items, entries, bar)
-    summary.seconds = time.perf_counter() - started
+        summary.seconds = time.perf_counter() - started
+    if summary.interrupted:
+        raise Interrupted(summary)
     # torchrun: job-wide counts on every rank, rank 0 merges the manifest parts.
     return ctx.finish(summary, dst, [item.rel for item in all_items])
 
@@ -547,10 +558,7 @@ def _finish_pending(pending, manifest: Manifest, record) -> None:
             continue
     manifest.write(e for e, _ in done)
     for entry, item in done:
-        try:
-            record(entry, item)
-        except StrictStop:
-            pass
+        record(entry, item)
 
 
 def _close(manifest: Manifest, path: Path, items: Sequence[Item], entries: Dict[str, Dict[str, Any]], bar) -> None:

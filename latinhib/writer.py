@@ -13,7 +13,7 @@ import re
 import shutil
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import torch
 import torch.nn.functional as F

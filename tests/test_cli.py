@@ -5,7 +5,6 @@ gets the documented exit code and one-line error."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -303,3 +302,22 @@ def test_label_target_uses_folder_classes(src, tmp_path, checkpoint):
     assert {e["target"] for e in manifest(tmp_path / "dst") if e["status"] == "enhanced"} == {"label"}
     result = invoke("enhance", src, tmp_path / "dst2", *base_args(checkpoint), "--target", "label")
     assert result.exit_code == 2 and "model.target: 'label' needs" in result.output
+
+
+def test_unwritable_dst_is_one_line(src, tmp_path, checkpoint):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    result = invoke("enhance", src, blocker / "sub", *base_args(checkpoint))
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert line.startswith(f"Error: DST '{blocker / 'sub'}': cannot write") and len(line.splitlines()) == 1
+
+
+def test_foreign_config_in_dst_is_refused(src, tmp_path, checkpoint):
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "latinhib-config.yaml").write_text("- not\n- a config\n")
+    result = invoke("enhance", src, dst, *base_args(checkpoint))
+    assert result.exit_code == 2
+    assert "latinhib-config.yaml is unreadable or not a latinhib config" in result.output
+    assert invoke("enhance", src, dst, *base_args(checkpoint), "--overwrite").exit_code == 0

@@ -194,6 +194,19 @@ def _work_image(image: Image.Image) -> Tuple[Image.Image, str, int]:
     return image.convert("RGB"), "RGB", 255
 
 
+#: Why a file could not be opened, by errno: shared by decoding and by byte-for-byte copies.
+READ_ERRORS = {
+    errno.ENOENT: "no such file (a broken symlink?)",
+    errno.ELOOP: "symlink loop",
+    errno.EACCES: "permission denied",
+}
+
+
+def read_error(exc: OSError) -> str:
+    """The one-line cause of an OSError raised while opening an input file."""
+    return READ_ERRORS.get(exc.errno, f"cannot read: {exc.strerror or exc}")
+
+
 def _is_empty(path: Path) -> bool:
     try:
         return os.stat(path).st_size == 0
@@ -226,13 +239,9 @@ def decode(
         raise
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"refused as a decompression bomb: {exc}") from None
-    except FileNotFoundError:
-        raise DecodeError("no such file (a broken symlink?)") from None
-    except PermissionError:
-        raise DecodeError("permission denied") from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise DecodeError("symlink loop") from None
+        if exc.errno in READ_ERRORS:
+            raise DecodeError(read_error(exc)) from None
         if _is_empty(path):  # Pillow's "cannot identify image file" hides the real cause
             raise DecodeError("empty file (0 bytes)") from None
         raise DecodeError(f"cannot decode: {exc}") from None

@@ -9,7 +9,6 @@ model. Queues are bounded, so memory does not grow with the number of images.
 from __future__ import annotations
 
 import collections
-import errno
 import os
 import signal
 import sys
@@ -27,7 +26,18 @@ from torch.utils.data import DataLoader, Dataset
 from . import distributed
 from .api import Importance, LateralInhibition
 from .config import Config, ConfigError, to_yaml
-from .data import Decoded, DecodeError, Item, NotEnhanceable, PathError, decode, display, list_files_from, list_folder
+from .data import (
+    Decoded,
+    DecodeError,
+    Item,
+    NotEnhanceable,
+    PathError,
+    decode,
+    display,
+    list_files_from,
+    list_folder,
+    read_error,
+)
 from .inhibition import inhibit, selection_score
 from .models import LoadedModel, load_model
 from .writer import (
@@ -45,7 +55,7 @@ from .writer import (
 
 __all__ = ["JobError", "Interrupted", "Summary", "run", "STATUSES"]
 
-STATUSES = ("enhanced", "copied", "unchanged", "skipped", "failed")
+STATUSES = distributed.STATUSES
 #: Config sections that change outputs; a rerun into the same DST must match them.
 RESULT_SECTIONS = ("model", "inhibition", "blur")
 DONE = ("enhanced", "copied", "unchanged")
@@ -331,9 +341,7 @@ def _copy(item: Item, dst: Path) -> Dict[str, Any]:
         if exc.filename is None or os.fsdecode(exc.filename) != str(item.path):
             raise  # the write failed: reported as "cannot write: ..."
         # The source could not be read: the same causes decode() names.
-        cause = {errno.ENOENT: "no such file (a broken symlink?)", errno.ELOOP: "symlink loop",
-                 errno.EACCES: "permission denied"}.get(exc.errno, f"cannot read: {exc.strerror}")
-        return _entry(item, False, "failed", error=cause)
+        return _entry(item, False, "failed", error=read_error(exc))
     return _entry(item, False, "copied")
 
 

@@ -85,8 +85,10 @@ def row_floor(args, src: Path) -> dict:
     """Forward + one autograd.grad to the default layers' activations, inputs in memory."""
     import torch
 
+    from bench_core import floor_step  # the same floor as scripts/bench_core.py
+
     from latinhib.api import amp_dtype
-    from latinhib.importance import default_layers, frozen_eval, resolve_layers
+    from latinhib.importance import default_layers
     from latinhib.models import load_model, resolve_device
 
     config = _config(args, 1.0)
@@ -94,28 +96,9 @@ def row_floor(args, src: Path) -> dict:
     loaded = load_model(config.model, device)
     model = loaded.model
     layers = default_layers(model, loaded.input_size)
-    captured = []
-
-    def hook(module, inputs, output):
-        # The first captured layer starts the graph (parameters are frozen); later ones
-        # are already part of it. latinhib's capture also clones: the floor does not.
-        if not output.requires_grad:
-            output = output.detach().requires_grad_(True)
-        captured.append(output)
-        return output
-
-    handles = [m.register_forward_hook(hook) for _, m in resolve_layers(model, layers)]
     b = args.batch_size
     x = torch.randn(b, 3, *loaded.input_size, device=device).contiguous(memory_format=torch.channels_last)
-    dtype = amp_dtype(config.runtime.amp, device)
-
-    def step():
-        captured.clear()
-        with frozen_eval(model), torch.enable_grad():
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = model(x)
-            grads = torch.autograd.grad(logits, captured, grad_outputs=torch.ones_like(logits) / logits.shape[1])
-        return grads
+    step = floor_step(model, x, layers, amp_dtype(config.runtime.amp, device))
 
     for _ in range(2):
         step()
@@ -126,8 +109,6 @@ def row_floor(args, src: Path) -> dict:
         step()
     _sync(device)
     seconds = time.perf_counter() - start
-    for h in handles:
-        h.remove()
     return {"images": batches * b, "seconds": seconds, "layers": layers}
 
 

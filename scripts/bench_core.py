@@ -20,7 +20,7 @@ import argparse
 import os
 import statistics
 import time
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -52,10 +52,15 @@ def median_seconds(steps: List[Callable[[], object]], device: torch.device, warm
     return [statistics.median(record) for record in times]
 
 
-def floor_step(model: nn.Module, images: torch.Tensor, layers: List[str]) -> Callable[[], object]:
+def floor_step(
+    model: nn.Module, images: torch.Tensor, layers: List[str], autocast_dtype: Optional[torch.dtype] = None
+) -> Callable[[], object]:
     """Plain forward + one autograd.grad to the captured activations (no clone: nothing
-    in-place follows these layers' outputs in resnet18 / mobilenet_v2)."""
+    in-place follows these layers' outputs in resnet18 / mobilenet_v2). The first captured
+    layer starts the graph (parameters are frozen); later ones are already part of it.
+    Also the floor row of scripts/bench.py."""
     modules = [model.get_submodule(name) for name in layers]
+    enabled = autocast_dtype is not None
 
     def step():
         captured = []
@@ -69,7 +74,8 @@ def floor_step(model: nn.Module, images: torch.Tensor, layers: List[str]) -> Cal
         handles = [m.register_forward_hook(hook) for m in modules]
         try:
             with frozen_eval(model), torch.enable_grad():
-                logits = model(images)
+                with torch.autocast(images.device.type, dtype=autocast_dtype, enabled=enabled):
+                    logits = model(images)
                 return torch.autograd.grad(logits, captured, grad_outputs=torch.ones_like(logits))
         finally:
             for handle in handles:

@@ -238,8 +238,9 @@ repository root of a fresh clone after the project's install (README), on a CPU:
 resumes where it stopped; delete the folder to start over). It needs the Debian package
 `dataset-fashion-mnist` (or `FASHION_MNIST=DIR` pointing at the four idx .gz files) and
 nothing beyond the project's dependencies. Last run: {time.strftime('%Y-%m-%d')}, {platform.machine()},
-{os.cpu_count()} CPU cores shared with other jobs (load average ~5-8), 1 torch thread, trainings
-on {state.get('train_device', 'cpu')}, torch {torch.__version__}: {minutes:.0f} minutes of wall time for the whole run, summed over resumed runs
+{os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f} at the end), 1 torch thread, trainings
+on {state.get('train_device', 'cpu')}, torch {torch.__version__}: {minutes:.0f} minutes of wall time for the whole run
+(summed over resumed runs, if any)
 (`latinhib enhance` itself: {cli['seconds']:.0f} s for {cli['total']} files, {cli['enhanced']} enhanced).
 
 ## The benchmark

@@ -250,6 +250,19 @@ def _class_labels(items: Sequence[Item], classes: Optional[List[str]]) -> Option
     return mapping
 
 
+def resolve_labels(items: Sequence[Item], config: Config, classes: Optional[List[str]]) -> Optional[Dict[str, int]]:
+    """The folder labels the loss uses (``target: auto``/``label``), or None for ``pred``/
+    ``entropy``; ``target: label`` without a mapping is a :class:`ConfigError`. Shared by
+    ``enhance`` and ``preview`` so both pick the same target."""
+    labels = _class_labels(items, classes) if config.model.target in ("auto", "label") else None
+    if config.model.target == "label" and labels is None:
+        raise ConfigError(
+            "model.target: 'label' needs every image in a class folder whose name is one of the model's classes "
+            "(set model.classes, or use target auto/pred/entropy)"
+        )
+    return labels
+
+
 def _entry(item: Item, selected: bool, status: str, **values: Any) -> Dict[str, Any]:
     entry = {
         "path": item.rel,
@@ -389,12 +402,7 @@ def run(
         )
     except PathError as exc:
         raise JobError(str(exc)) from None
-    labels = _class_labels(items, loaded.classes) if config.model.target in ("auto", "label") else None
-    if config.model.target == "label" and labels is None:
-        raise ConfigError(
-            "model.target: 'label' needs every image in a class folder whose name is one of the model's classes "
-            "(set model.classes, or use target auto/pred/entropy)"
-        )
+    labels = resolve_labels(items, config, loaded.classes)
     # Labels above are decided on the whole listing, so every shard picks the same target.
     all_items, items = items, ctx.select(items)
     _check_previous_config(dst, config)

@@ -23,11 +23,11 @@ import yaml
 from PIL import Image, ImageDraw, ImageFont
 
 from .api import Importance, LateralInhibition
-from .config import Config, ConfigError, load_config
+from .config import Config, load_config
 from .data import Decoded, DecodeError, Item, PathError, decode, display, list_files_from, list_folder
 from .inhibition import is_constant, respond, selection_score
 from .models import LoadedModel, load_model, resolve_device
-from .pipeline import _class_labels, _importance, enhance_pixels
+from .pipeline import _importance, enhance_pixels, resolve_labels
 from .writer import atomic_write, heat_colors, heatmap_image, tensor_bytes
 
 __all__ = ["GRID_KEYS", "Column", "PreviewError", "Row", "Sheet", "Table", "contact_table", "grid_table",
@@ -206,11 +206,7 @@ class _Session:
             raise PreviewError(f"SRC {display(str(src))!r}: no images found")
         self.loaded: LoadedModel = load_model(config.model, self.device)
         # Labels over the same listing `enhance` would see, so the target is the same.
-        self.labels = _class_labels(self.images, self.loaded.classes) \
-            if config.model.target in ("auto", "label") else None
-        if config.model.target == "label" and self.labels is None:
-            raise ConfigError("model.target: 'label' needs every image in a class folder whose name is one of "
-                              "the model's classes (set model.classes, or use target auto/pred/entropy)")
+        self.labels = resolve_labels(self.images, config, self.loaded.classes)
 
     def sample(self, count: int, chosen: bool) -> List[Item]:
         """``--files`` as given, else a seeded sample of ``count`` images."""

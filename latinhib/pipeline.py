@@ -40,6 +40,7 @@ from .data import (
 )
 from .inhibition import inhibit, selection_score
 from .models import LoadedModel, load_model
+from .streams import ModelStreams
 from .writer import (
     CONFIG_NAME,
     Manifest,
@@ -488,6 +489,15 @@ def run(
             raise StrictStop(summary.failures[0])
 
     to_enhance_set = set(to_enhance)
+    streams = ModelStreams(enhancer, device, config.runtime.batch_size)
+    passes: Deque[Tuple[List[Tuple[int, Decoded]], Future]] = collections.deque()
+
+    def finish(chunk: List[Tuple[int, Decoded]], model_pass: Future) -> None:
+        imp = model_pass.result()
+        for position, (i, decoded) in enumerate(chunk):
+            pending.append((to_enhance[i], pool.submit(finisher, to_enhance[i], decoded, imp, position)))
+        drain(limit)
+
     stop = _StopRequest()
     try:
         for item in to_copy:
@@ -515,10 +525,13 @@ def run(
                                 for i, err in failed])
                 if not decoded_ok:
                     continue
-                imp = _importance(enhancer, decoded_ok, to_enhance, labels, device)
-                for position, (i, decoded) in enumerate(decoded_ok):
-                    pending.append((to_enhance[i], pool.submit(finisher, to_enhance[i], decoded, imp, position)))
-                drain(limit)
+                for chunk in streams.split(decoded_ok):
+                    passes.append((chunk, streams.submit(_importance, chunk, to_enhance, labels, device)))
+                # Each stream keeps one chunk queued behind the one it runs.
+                while len(passes) > streams.count:
+                    finish(*passes.popleft())
+            while passes:
+                finish(*passes.popleft())
         drain(0)
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -529,6 +542,7 @@ def run(
         # ends here: a second Ctrl-C cannot cut the cleanup short, writes in flight finish
         # (each is atomic) and are recorded, nothing new starts, the manifest is compacted.
         stop.ignore()
+        streams.shutdown()  # model passes in flight end; their images are redone next run
         for _, future in pending:
             future.cancel()
         pool.shutdown(wait=True)

@@ -173,3 +173,53 @@ def test_downsampled_blur_channels_last_upsample_changes_no_bits(shape, sigma):
     small = gaussian_blur(small, math.sqrt(max(sigma**2 - (factor**2 - 1) / 12.0, 0.25)) / factor)
     plain = F.interpolate(small, scale_factor=factor, mode="bilinear", align_corners=False, recompute_scale_factor=False)
     assert torch.equal(downsampled_gaussian_blur(image, sigma), plain[..., : shape[2], : shape[3]])
+
+
+def test_model_streams_split_and_own_their_model():
+    from latinhib.streams import ModelStreams, stream_count
+
+    assert stream_count(torch.device("cpu"), 2, 16) == 2
+    assert stream_count(torch.device("cpu"), 2, 4) == 1  # chunks under MIN_CHUNK images
+    assert stream_count(torch.device("cpu"), 1, 16) == 1
+    assert stream_count(torch.device("cpu"), 64, 64) == 4
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        owner = torch.nn.Linear(2, 2)
+        streams = ModelStreams(owner, torch.device("cpu"), 16)
+        assert streams.count == 2 and streams.threads_per_stream == 1
+        assert streams.split(list(range(7))) == [[0, 1, 2, 3], [4, 5, 6]]
+        assert streams.split([1]) == [[1]] and streams.split([]) == []
+        barrier = threading.Barrier(2)
+
+        def probe(model, _):
+            barrier.wait(timeout=10)  # both streams run at once
+            return id(model), torch.get_num_threads(), threading.current_thread().name
+
+        seen = [f.result() for f in [streams.submit(probe, i) for i in range(2)]]
+        streams.shutdown()
+        assert len({s[0] for s in seen}) == 2 and id(owner) in {s[0] for s in seen}  # one model copy each
+        assert {s[1] for s in seen} == {1} and all(s[2].startswith("latinhib-model") for s in seen)
+        assert torch.get_num_threads() == 2  # the caller's count is untouched
+
+        with pytest.raises(ZeroDivisionError):  # a failing pass reaches the caller
+            ModelStreams(owner, torch.device("cpu"), 16).submit(lambda model: 1 / 0).result()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_enhance_on_two_streams_equals_one(tiny_job, tmp_path):
+    import dataclasses
+
+    config, src, _ = tiny_job
+    outputs = {}
+    for threads in (1, 2):
+        cfg = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, threads=threads, batch_size=8))
+        before = torch.get_num_threads()
+        try:
+            summary = run(cfg, src, tmp_path / str(threads), quiet=True)
+        finally:
+            torch.set_num_threads(before)
+        assert summary.enhanced == 4
+        outputs[threads] = {p.name: p.read_bytes() for p in sorted((tmp_path / str(threads)).glob("*.png"))}
+    assert outputs[1] == outputs[2]

@@ -6,14 +6,14 @@ Every function works on any device and floating dtype and never modifies its inp
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .kernels import check_sigma, default_kernel_size, gaussian_kernel1d, log_kernel2d
 
-__all__ = ["filter2d", "gaussian_blur", "log_filter", "pad_mode"]
+__all__ = ["blur_uint8", "downsampled_gaussian_blur", "filter2d", "gaussian_blur", "log_filter", "pad_mode"]
 
 
 def _check_image(image: torch.Tensor, name: str = "image") -> None:
@@ -130,3 +130,57 @@ def downsampled_gaussian_blur(image: torch.Tensor, sigma: float, max_sigma: floa
         recompute_scale_factor=False,
     )
     return upsampled[..., :h, :w]
+
+
+def blur_uint8(image: torch.Tensor, sigma: float, max_sigma: float = 3.0) -> torch.Tensor:
+    """Gaussian blur of 8-bit images (B, C, H, W) uint8, for writing files: uint8 out.
+
+    The same plan as :func:`downsampled_gaussian_blur`, with every full-size pass in
+    uint8, where torch has vectorised kernels for channels_last resizing (on this 2-core
+    CPU a 500x375 RGB image: 0.2 ms down and 0.16 ms up, against 1.0 and 1.4 ms for the
+    float passes). For ``sigma > max_sigma`` the image is shrunk by ``f`` (f =
+    floor(sigma / max_sigma) + 1) with antialiased bilinear resizing, blurred in float with
+    the sigma that makes the total match (shrinking and enlarging are tents of variance
+    f^2 / 6 each), rounded to uint8 and resized back bilinearly. Smaller sigmas blur at full size in float and
+    round. Results are within one grey level of blurring in float and rounding once.
+    """
+    _check_uint8(image)
+    check_sigma(sigma, "blur sigma")
+    h, w = image.shape[-2:]
+    factor = int(sigma // max_sigma) + 1
+    if factor == 1 or min(h, w) < 2 * factor:
+        return _round_uint8(gaussian_blur(image.float(), sigma))
+    small_size = (math.ceil(h / factor), math.ceil(w / factor))
+    image = image.contiguous(memory_format=torch.channels_last)
+    small = _resize_uint8(image, small_size, antialias=True)
+    # Per axis, as rounding the small size up makes the two scales differ on thin images.
+    # Shrinking and enlarging are each a tent of half-width `scale` (variance scale^2 / 6).
+    blurred = small.float()
+    for dim, scale in ((3, w / small_size[1]), (2, h / small_size[0])):
+        residual = math.sqrt(max(sigma**2 - scale**2 / 3.0, 0.25)) / scale
+        check_sigma(residual, "blur sigma")
+        size = default_kernel_size(residual)
+        weights = gaussian_kernel1d(size, residual, dtype=torch.float64).tolist()
+        blurred = _blur_axis(blurred, weights, dim)
+    small = _round_uint8(blurred).contiguous(memory_format=torch.channels_last)
+    return _resize_uint8(small, (h, w), antialias=False)
+
+
+def _resize_uint8(image: torch.Tensor, size: Tuple[int, int], antialias: bool) -> torch.Tensor:
+    """Bilinear resize of uint8 images: torch's uint8 kernels on CPU; on other devices in
+    float, rounded (uint8 resizing is a CPU speciality)."""
+    if image.device.type == "cpu":
+        return F.interpolate(image, size=size, mode="bilinear", antialias=antialias, align_corners=False)
+    resized = F.interpolate(image.float(), size=size, mode="bilinear", antialias=antialias, align_corners=False)
+    return _round_uint8(resized)
+
+
+def _check_uint8(image: torch.Tensor) -> None:
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"image should be a torch.Tensor. Got {type(image).__name__}")
+    if image.ndim != 4 or image.dtype != torch.uint8:
+        raise ValueError(f"image should be (B, C, H, W) uint8. Got {image.dtype} {tuple(image.shape)}")
+
+
+def _round_uint8(values: torch.Tensor) -> torch.Tensor:
+    return values.round_().clamp_(0, 255).to(torch.uint8)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from latinhib.filters import (
+    blur_uint8,
     downsampled_gaussian_blur,
     filter2d,
     gaussian_blur,
@@ -195,3 +196,66 @@ def test_integer_images_and_even_kernels_are_rejected():
         filter2d(torch.zeros(1, 1, 8, 8), torch.ones(4, 3))
     with pytest.raises(ValueError, match="blur sigma.*Got 0"):
         gaussian_blur(torch.zeros(1, 1, 8, 8), 0)
+
+
+@pytest.mark.parametrize("size", [(150, 203), (144, 204), (97, 131)])
+@pytest.mark.parametrize("sigma", [3.5, 5.0, 8.0, 12.0])
+def test_uint8_blur_is_close_to_the_exact_blur(device, size, sigma):
+    """The 8-bit path against the exact float blur of the same 8-bit image, rounded:
+    within 4 grey levels away from the border (2 sigma) and 1.5 on average, the float
+    path's stated tolerance (0.025 and 0.012 on [-1, 1]) plus rounding."""
+    h, w = size
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    wave = (torch.sin(xs / 9) * torch.cos(ys / 13) + 1) * 127.5
+    noise = torch.rand(h, w, generator=torch.Generator().manual_seed(7)) * 255
+    image = torch.stack([wave, noise, wave.flip(1)])[None].round().to(torch.uint8).to(device)
+    fast = blur_uint8(image, sigma)
+    assert fast.dtype == torch.uint8 and fast.shape == image.shape
+    exact = gaussian_blur(image.float(), sigma).round()
+    error = (fast.float() - exact).abs()
+    margin = int(2 * sigma)
+    assert error[..., margin:-margin, margin:-margin].max().item() <= 4
+    assert error.mean().item() <= 1.5
+
+
+@pytest.mark.parametrize("sigma", [0.5, 2.0, 7.0, 40.0])
+@pytest.mark.parametrize("size", [(61, 90), (2, 9), (1, 1)])
+def test_uint8_blur_keeps_constants_and_small_sigma_is_exact(device, sigma, size):
+    image = torch.full((1, 3, *size), 201, dtype=torch.uint8, device=device)
+    image[:, 1] = 0
+    image[:, 2] = 255
+    assert torch.equal(blur_uint8(image, sigma), image)
+    photo = torch.randint(0, 256, (2, 3, *size), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    photo = photo.to(device)
+    before = photo.clone()
+    out = blur_uint8(photo, sigma)
+    assert torch.equal(photo, before)  # the input is never modified
+    if sigma <= 3.0 or min(size) < 2 * (int(sigma // 3.0) + 1):  # blurred at full size, rounded once
+        assert torch.equal(out, gaussian_blur(photo.float(), sigma).round().clamp(0, 255).to(torch.uint8))
+
+
+def test_uint8_blur_rejects_other_dtypes():
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\) uint8. Got torch.float32"):
+        blur_uint8(torch.zeros(1, 3, 8, 8), 1.0)
+    with pytest.raises(ValueError, match="blur sigma.*Got 0"):
+        blur_uint8(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), 0)
+
+
+def _edge_width(image: torch.Tensor) -> float:
+    """The standard deviation of a blurred vertical step edge's derivative (= sigma)."""
+    row = image[0, 0, image.shape[2] // 2].double()
+    slope = row[1:] - row[:-1]
+    x = torch.arange(len(slope), dtype=torch.float64)
+    mean = (x * slope).sum() / slope.sum()
+    return math.sqrt(float(((x - mean) ** 2 * slope).sum() / slope.sum()))
+
+
+@pytest.mark.parametrize("sigma", [3.5, 6.7, 12.0, 40.0])
+@pytest.mark.parametrize("height", [32, 300])
+def test_uint8_blur_has_the_configured_width(sigma, height):
+    """A step edge blurred by the 8-bit path is as wide as under the exact blur (within
+    3%), also on a thin image, where the shrunk size rounds up far more on one axis."""
+    edge = torch.zeros(1, 1, height, 1201, dtype=torch.uint8)
+    edge[..., 600:] = 255
+    exact = _edge_width(gaussian_blur(edge.float(), sigma))
+    assert _edge_width(blur_uint8(edge, sigma).float()) == pytest.approx(exact, rel=0.03)

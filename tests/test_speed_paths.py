@@ -5,7 +5,7 @@ hard-mask select in ``inhibition.inhibit`` (instead of ``blend``'s arithmetic), 
 one-thread section around steps 4-5 in the API (``api.single_thread``), the writer
 threads' one-thread torch (``pipeline._writer_init``), and the whole ``enhance`` output
 against a reference written the plain way (decode, importance, scale the map, threshold,
-blur, ``blend``, round) from the same model.
+8-bit blur, ``blend`` in float, round) from the same model.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from PIL import Image
 from latinhib.api import LateralInhibition, single_thread
 from latinhib.config import load_config
 from latinhib.data import decode
-from latinhib.filters import downsampled_gaussian_blur
+from latinhib.filters import blur_uint8, downsampled_gaussian_blur
 from latinhib.importance import importance_maps
 from latinhib.inhibition import blend, combine_maps, inhibit, make_mask, quantile_threshold
 from latinhib.models import load_model
@@ -149,13 +149,14 @@ def test_enhance_output_equals_the_plain_reference(tiny_job):
     inputs = torch.stack([d.model_input for d in decoded]).contiguous(memory_format=torch.channels_last)
     imp = LateralInhibition(loaded.model, config, input_size=loaded.input_size).importance(inputs)
     for i, (path, d) in enumerate(zip(files, decoded)):
-        color = d.pixels[None].float() / 255.0
+        color = d.pixels[None]
         h, w = color.shape[-2:]
         scaled = F.interpolate(imp.combined[i : i + 1, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
         mask = make_mask(scaled, imp.threshold[i : i + 1], imp.valid[i : i + 1])
         sigma = config.blur.sigma * min(h, w) / min(loaded.input_size)
-        out = blend(color, mask, downsampled_gaussian_blur(color, sigma))
-        expected = (out[0] * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        # The SPEC's blend in float arithmetic, on the 8-bit image and its 8-bit blur.
+        out = blend(color.float(), mask, blur_uint8(color, sigma).float())
+        expected = out[0].round().to(torch.uint8).permute(1, 2, 0).numpy()
         written = np.asarray(Image.open(dst / path.name).convert("RGB"))
         assert np.array_equal(written, expected), path.name
         assert not np.array_equal(written, np.asarray(Image.open(path).convert("RGB")))

@@ -72,7 +72,7 @@ def config_options(func):
         click.option("--seed", type=int, help="Seed of the per-file selection."),
         click.option("--device", help="auto, cpu, cuda or cuda:N."),
         click.option("--batch-size", type=int, help="Images per model pass."),
-        click.option("--workers", type=int, help="Decoding worker processes."),
+        click.option("--workers", type=int, help="Decoding workers (threads on a CPU, processes on CUDA)."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. blur.feather=2."),
     ]
     for option in reversed(options):

@@ -129,7 +129,7 @@ class RuntimeConfig:
     # images per model pass; 16 fits a CPU's cache (8-16 beat 32 per image on 2 cores),
     # raise it to 64-256 on a GPU.
     batch_size: int = 16
-    # decoding worker processes; 0 = decode in the main process.
+    # decoding workers: threads on a CPU, processes on CUDA; 0 = decode in the main thread.
     workers: int = 2
     # mixed precision for forward/backward: auto (bf16 on CUDA, off on CPU), off, bf16, fp16.
     amp: str = "auto"

@@ -3,7 +3,7 @@
 Guarded here: ``writer.tensor_bytes`` (one memcpy instead of ``bytes(storage)``), the
 hard-mask select in ``inhibition.inhibit`` (instead of ``blend``'s arithmetic), the
 one-thread section around steps 4-5 in the API (``api.single_thread``), the writer
-threads' one-thread torch (``pipeline._writer_init``), and the whole ``enhance`` output
+threads' one-thread torch (``pipeline._one_torch_thread``), and the whole ``enhance`` output
 against a reference written the plain way (decode, importance, scale the map, threshold,
 8-bit blur, ``blend`` in float, round) from the same model.
 """
@@ -27,7 +27,7 @@ from latinhib.filters import blur_uint8, downsampled_gaussian_blur
 from latinhib.importance import importance_maps
 from latinhib.inhibition import blend, combine_maps, inhibit, make_mask, quantile_threshold
 from latinhib.models import load_model
-from latinhib.pipeline import _writer_init, run
+from latinhib.pipeline import _one_torch_thread, run
 from latinhib.writer import tensor_bytes
 
 
@@ -93,7 +93,7 @@ def test_writer_threads_use_one_thread_and_leave_the_main_thread_alone():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with ThreadPoolExecutor(max_workers=2, initializer=_writer_init) as pool:
+        with ThreadPoolExecutor(max_workers=2, initializer=_one_torch_thread) as pool:
             counts = list(pool.map(lambda _: torch.get_num_threads(), range(4)))
         assert counts == [1, 1, 1, 1]
         assert torch.get_num_threads() == 2
@@ -224,3 +224,50 @@ def test_enhance_on_two_streams_equals_one(tiny_job, tmp_path):
         assert summary.enhanced == 4
         outputs[threads] = {p.name: p.read_bytes() for p in sorted((tmp_path / str(threads)).glob("*.png"))}
     assert outputs[1] == outputs[2]
+
+
+def test_decode_ahead_keeps_order_and_stays_two_batches_ahead():
+    from latinhib.pipeline import _decode_ahead, _decode_pool
+
+    class Recording:
+        def __init__(self, n):
+            self.n, self.requested, self.lock = n, [], threading.Lock()
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            with self.lock:
+                self.requested.append(i)
+            return i
+
+    for workers in (0, 3):
+        data = Recording(23)
+        pool = _decode_pool(workers)
+        assert (pool is None) == (workers == 0)
+        handed = 0
+        for batch in _decode_ahead(data, 5, pool):
+            assert batch == list(range(handed, handed + len(batch)))
+            handed += len(batch)
+            assert max(data.requested) < handed + 2 * 5  # never more than two batches ahead
+        assert handed == 23 and sorted(data.requested) == list(range(23))
+        if pool is not None:
+            pool.shutdown()
+
+
+def test_decoding_threads_and_worker_processes_write_the_same(tiny_job, tmp_path, monkeypatch):
+    """CPU jobs decode in threads, CUDA jobs in DataLoader worker processes: both give the
+    same files (the process path forced here on the CPU)."""
+    import dataclasses
+
+    import latinhib.pipeline as pipeline
+
+    config, src, _ = tiny_job
+    config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, workers=2))
+    outputs = {}
+    for threads in (True, False):
+        monkeypatch.setattr(pipeline, "_decode_in_threads", lambda device, threads=threads: threads)
+        summary = run(config, src, tmp_path / str(threads), quiet=True)
+        assert summary.enhanced == 4
+        outputs[threads] = {p.name: p.read_bytes() for p in sorted((tmp_path / str(threads)).glob("*.png"))}
+    assert outputs[True] == outputs[False] and len(outputs[True]) == 4

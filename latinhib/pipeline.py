@@ -10,6 +10,7 @@ does not grow with the number of images.
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import signal
 import sys
@@ -330,7 +331,8 @@ def enhance_pixels(
     file to file (:func:`enhance_uint8`); 16-bit images and feathered masks go through
     float (:func:`~latinhib.inhibition.inhibit`) and are rounded once at the end.
 
-    Returns (pixels (C, H, W) in the decoded dtype with alpha passed through, mask (1, H, W)).
+    Returns (pixels (C, H, W) in the decoded dtype with alpha passed through, mask (1, H, W):
+    bool on the 8-bit path, float in [0, 1] otherwise; :func:`kept_fraction` reads both).
     """
     pixels = decoded.pixels.to(device, non_blocking=True)
     channels = decoded.color_channels
@@ -366,7 +368,7 @@ def enhance_uint8(
     :func:`~latinhib.filters.blur_uint8`'s. The select is three bitwise passes
     (``b ^ ((a ^ b) & m)`` with m = 0xFF where kept), ~6x cheaper on CPU than
     ``torch.where`` with a mask broadcast over the channels. Returns (pixels (1, C, H, W)
-    uint8 in channels_last order, mask (1, H, W) float).
+    uint8 in channels_last order, mask (1, H, W) bool).
     """
     h, w = image.shape[-2:]
     if combined.shape[-2:] != (h, w):
@@ -378,7 +380,12 @@ def enhance_uint8(
     select = keep.to(torch.uint8).neg_()  # 255 where kept, 0 where blurred
     select = select[:, :, None].expand(h, w, image.shape[1]).permute(2, 0, 1)[None]
     out = torch.bitwise_xor(image, blurred).bitwise_and_(select).bitwise_xor_(blurred)
-    return out, keep[None].float()
+    return out, keep[None]
+
+
+def kept_fraction(mask: torch.Tensor) -> float:
+    """The share of an image kept sharp: the mean of a float mask, or of a bool one."""
+    return float(mask.sum()) / max(mask.numel(), 1)
 
 
 class _Finisher:
@@ -416,7 +423,7 @@ class _Finisher:
             item,
             True,
             "enhanced",
-            kept_fraction=round(float(mask.mean()), 6),
+            kept_fraction=round(kept_fraction(mask), 6),
             threshold=round(float(imp.threshold[index]), 6),
             **common,
         )
@@ -573,12 +580,18 @@ def run(
         drain(limit)
 
     decoders: Optional[ThreadPoolExecutor] = None
-    stop = _StopRequest()
-    try:
-        for item in to_copy:
+    uncopied = iter(to_copy)
+    batches = -(-len(to_enhance) // config.runtime.batch_size)
+    copies_per_batch = -(-len(to_copy) // batches) if batches else 0
+
+    def copy(count: int) -> None:
+        for item in itertools.islice(uncopied, count):
             pending.append((item, pool.submit(_copy, item, dst)))
             drain(limit)
             stop.check()
+
+    stop = _StopRequest()
+    try:
         if to_enhance:
             dataset = _Decoding(to_enhance, loaded)
             if _decode_in_threads(device):
@@ -603,15 +616,15 @@ def run(
                 if failed:
                     record_all([(_entry(to_enhance[i], True, "failed", error=str(err)), to_enhance[i])
                                 for i, err in failed])
-                if not decoded_ok:
-                    continue
                 for chunk in streams.split(decoded_ok):
                     passes.append((chunk, streams.submit(_importance, chunk, to_enhance, labels, device)))
+                copy(copies_per_batch)  # copies overlap the model passes instead of delaying the first
                 # Each stream keeps one chunk queued behind the one it runs.
                 while len(passes) > streams.count:
                     finish(*passes.popleft())
             while passes:
                 finish(*passes.popleft())
+        copy(len(to_copy))
         drain(0)
     except KeyboardInterrupt:
         summary.interrupted = True

@@ -27,7 +27,7 @@ from .config import Config, load_config
 from .data import Decoded, DecodeError, Item, PathError, decode, display, list_files_from, list_folder
 from .inhibition import is_constant, respond, selection_score
 from .models import LoadedModel, load_model, resolve_device
-from .pipeline import _importance, enhance_pixels, resolve_labels
+from .pipeline import _importance, enhance_pixels, kept_fraction, resolve_labels
 from .writer import atomic_write, heat_colors, heatmap_image, tensor_bytes
 
 __all__ = ["GRID_KEYS", "Column", "PreviewError", "Row", "Sheet", "Table", "contact_table", "grid_table",
@@ -282,7 +282,7 @@ def contact_table(
             ]
             selected = selection_score(config.inhibition.seed, item.rel) < config.inhibition.ratio
             label = (f"{display(item.rel)}  |  predicted: {session.class_name(int(imp.predicted[index]))}"
-                     f"  |  kept sharp: {float(mask.mean()):.0%}"
+                     f"  |  kept sharp: {kept_fraction(mask):.0%}"
                      f"  |  enhance r={config.inhibition.ratio:g}: {'enhanced' if selected else 'copied as is'}")
             if not bool(imp.valid[index]):
                 label += "  |  no spatial information: left unchanged"
@@ -352,7 +352,7 @@ def grid_table(
         heats.append(_heat_over(original, imp.combined[0].cpu()))
         masks.append(_mask_picture(mask[0]))
         enhanced.append(_as_rgb(pixels.cpu(), decoded))
-        columns.append(Column(f"{GRID_LABELS[key]}={value}\nkept sharp {float(mask.mean()):.0%}"))
+        columns.append(Column(f"{GRID_LABELS[key]}={value}\nkept sharp {kept_fraction(mask):.0%}"))
         predicted = session.class_name(int(imp.predicted[0]))
     rows = [Row("importance (bright = kept)", heats), Row("mask (white = kept sharp)", masks),
             Row("enhanced", enhanced)]

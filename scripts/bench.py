@@ -18,7 +18,7 @@ mixed in). Each row runs in its own subprocess, so its peak RSS is its own:
 
 Usage::
 
-    python scripts/bench.py --arch resnet18                  # CPU, 2 cores: ~2-4 min
+    python scripts/bench.py --arch resnet18                  # CPU, 2 cores: ~2 min
     python scripts/bench.py --arch mobilenet_v2
     python scripts/bench.py --device cuda --arch resnet50 --batch-size 128 --quick
 
@@ -236,8 +236,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 2 on CPU, 8 on CUDA)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    parser.add_argument("--images", type=int, default=None, help="images in the folder (default 160 CPU, 1024 CUDA)")
-    parser.add_argument("--quick", action="store_true", help="fewer images (48 CPU, 512 CUDA)")
+    parser.add_argument("--images", type=int, default=None, help="images in the folder (default 480 CPU, 1024 CUDA)")
+    parser.add_argument("--quick", action="store_true", help="fewer images (96 CPU, 512 CUDA)")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
     parser.add_argument("--src", default=None, help="use this image folder instead of generating one")
     parser.add_argument("--tmp", default=None, help="folder for temporary files")
@@ -247,7 +247,7 @@ def main() -> None:
     if args.workers is None:
         args.workers = 8 if cuda else 2
     if args.images is None:
-        args.images = (512 if cuda else 48) if args.quick else (1024 if cuda else 160)
+        args.images = (512 if cuda else 96) if args.quick else (1024 if cuda else 480)
     if args.row:
         run_row(args)
         return

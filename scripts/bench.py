@@ -21,6 +21,7 @@ Usage::
     python scripts/bench.py --arch resnet18                  # CPU, 2 cores: ~2 min
     python scripts/bench.py --arch mobilenet_v2
     python scripts/bench.py --device cuda --arch resnet50 --batch-size 128 --quick
+    python scripts/bench.py --arch resnet18 --repeats 3     # median of 3 alternating runs per row
 
 Prints a table of images/s, ratios, peak RSS (and peak GPU memory on CUDA). Numbers are
 only comparable within one run; check ``uptime``: other processes on the machine skew them.
@@ -238,6 +239,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--images", type=int, default=None, help="images in the folder (default 480 CPU, 1024 CUDA)")
     parser.add_argument("--quick", action="store_true", help="fewer images (96 CPU, 512 CUDA)")
+    parser.add_argument("--repeats", type=int, default=1, help="run every row this many times, alternating; "
+                        "report each row's median run")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
     parser.add_argument("--src", default=None, help="use this image folder instead of generating one")
     parser.add_argument("--tmp", default=None, help="folder for temporary files")
@@ -264,21 +267,24 @@ def main() -> None:
         load = os.getloadavg()[0]
         print(f"# {args.arch} on {args.device}, batch {args.batch_size}, {args.images} JPEGs, workers {args.workers}, "
               f"threads {args.threads or 'default'}, cpus {os.cpu_count()}, load {load:.2f}", flush=True)
-        results = {}
-        for row in rows:
-            cmd = [sys.executable, __file__, "--row", row, "--src", str(src)] + [
-                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                if k in ("arch", "device", "batch_size", "workers", "threads", "images", "tmp") and v is not None
-            ] + ([f"--weights={args.weights}"] if args.weights else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH-RESULT ")]
-            if proc.returncode or not lines:
-                print(f"# row {row} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
-                continue
-            result = json.loads(lines[-1][len("BENCH-RESULT "):])
-            result["ips"] = result["images"] / result["seconds"]
-            results[row] = result
-            print(f"# {row}: {json.dumps(result)}", flush=True)
+        runs: dict = {row: [] for row in rows}
+        for repeat in range(args.repeats):  # rows alternate, so a change in load hits them all
+            for row in rows:
+                cmd = [sys.executable, __file__, "--row", row, "--src", str(src)] + [
+                    f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                    if k in ("arch", "device", "batch_size", "workers", "threads", "images", "tmp") and v is not None
+                ] + ([f"--weights={args.weights}"] if args.weights else [])
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH-RESULT ")]
+                if proc.returncode or not lines:
+                    print(f"# row {row} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
+                    continue
+                result = json.loads(lines[-1][len("BENCH-RESULT "):])
+                result["ips"] = result["images"] / result["seconds"]
+                runs[row].append(result)
+                print(f"# {row} (run {repeat + 1}): {json.dumps(result)}", flush=True)
+        # Each row's median run (by img/s); its spread is printed below the table.
+        results = {row: sorted(r, key=lambda x: x["ips"])[len(r) // 2] for row, r in runs.items() if r}
     names = {"floor": "floor (fwd + grad to layers)", "r1": "latinhib enhance r=1", "r03": "latinhib enhance r=0.3",
              "gradcam": "grad-cam peer r=1"}
     floor = results.get("floor", {}).get("ips")
@@ -295,6 +301,9 @@ def main() -> None:
         if result.get("steady_ips"):
             line += f"  {result['steady_ips']:.1f} ({result['steady_ips'] / floor if floor else float('nan'):.2f})"
         print(line)
+    if args.repeats > 1:
+        print("img/s of every run: " + "; ".join(f"{row} " + ", ".join(f"{r['ips']:.1f}" for r in runs[row])
+                                               for row in results))
     if r1 and "gradcam" in results:
         print(f"latinhib r=1 / grad-cam: {r1 / results['gradcam']['ips']:.2f}x")
     starts = {row: round(r["startup_s"], 2) for row, r in results.items() if r.get("startup_s") is not None}

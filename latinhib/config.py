@@ -133,7 +133,7 @@ class RuntimeConfig:
     workers: int = 2
     # mixed precision for forward/backward: auto (bf16 on CUDA, off on CPU), off, bf16, fp16.
     amp: str = "auto"
-    # threads for torch on CPU; 0 = torch's default.
+    # threads for torch on CPU (shared by the model streams); 0 = torch's default.
     threads: int = 0
 
 

@@ -304,6 +304,12 @@ def main() -> None:
     if args.repeats > 1:
         print("img/s of every run: " + "; ".join(f"{row} " + ", ".join(f"{r['ips']:.1f}" for r in runs[row])
                                                for row in results))
+    if r1 and results.get("r03", {}).get("enhanced"):
+        r03 = results["r03"]
+        ceiling = r03["images"] / r03["enhanced"]
+        print(f"r=0.3 enhanced {r03['enhanced']} of {r03['images']} ({r03['enhanced'] / r03['images']:.1%}, the hash "
+              f"selection's draw): copies free and no start-up would make it {ceiling:.2f}x r=1; it ran at "
+              f"{r03['ips'] / r1:.2f}x ({r03['ips'] / r1 / ceiling:.0%} of that)")
     if r1 and "gradcam" in results:
         print(f"latinhib r=1 / grad-cam: {r1 / results['gradcam']['ips']:.2f}x")
     starts = {row: round(r["startup_s"], 2) for row, r in results.items() if r.get("startup_s") is not None}

@@ -373,7 +373,9 @@ def enhance_uint8(
     h, w = image.shape[-2:]
     if combined.shape[-2:] != (h, w):
         combined = F.interpolate(combined[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-    keep = (combined[0] > threshold[0]) | ~valid[0]
+    # A map without spatial information keeps every pixel: its threshold becomes -inf (one
+    # scalar op instead of a full-size OR; the map is never NaN).
+    keep = combined[0] > torch.where(valid[0], threshold[0], float("-inf"))
     if not image.is_contiguous(memory_format=torch.channels_last):
         image = image.contiguous(memory_format=torch.channels_last)
     blurred = blur_uint8(image, blur_sigma)
@@ -385,6 +387,8 @@ def enhance_uint8(
 
 def kept_fraction(mask: torch.Tensor) -> float:
     """The share of an image kept sharp: the mean of a float mask, or of a bool one."""
+    if mask.dtype == torch.bool:
+        return float(torch.count_nonzero(mask)) / max(mask.numel(), 1)
     return float(mask.sum()) / max(mask.numel(), 1)
 
 

@@ -271,3 +271,25 @@ def test_decoding_threads_and_worker_processes_write_the_same(tiny_job, tmp_path
         assert summary.enhanced == 4
         outputs[threads] = {p.name: p.read_bytes() for p in sorted((tmp_path / str(threads)).glob("*.png"))}
     assert outputs[True] == outputs[False] and len(outputs[True]) == 4
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_uint8_select_equals_the_float_blend(valid):
+    """enhance_uint8's bitwise select against blend() in float on the same 8-bit blur; an
+    image whose map has no spatial information comes back bit for bit."""
+    from latinhib.pipeline import enhance_uint8, kept_fraction
+
+    g = torch.Generator().manual_seed(4)
+    image = torch.randint(0, 256, (1, 61, 83, 3), generator=g, dtype=torch.uint8).permute(0, 3, 1, 2)
+    combined = torch.rand(1, 24, 24, generator=g)
+    threshold, flag = torch.tensor([0.5]), torch.tensor([valid])
+    out, mask = enhance_uint8(image, combined, threshold, flag, 5.0)
+    scaled = F.interpolate(combined[:, None], size=(61, 83), mode="bilinear", align_corners=False)[:, 0]
+    reference_mask = make_mask(scaled, threshold, flag)
+    reference = blend(image.float(), reference_mask, blur_uint8(image, 5.0).float()).round().to(torch.uint8)
+    assert torch.equal(mask.float(), reference_mask) and torch.equal(out, reference)
+    assert kept_fraction(mask) == pytest.approx(float(reference_mask.mean()))
+    if not valid:
+        assert torch.equal(out, image) and bool(mask.all())
+    else:
+        assert 0.2 < kept_fraction(mask) < 0.8

@@ -240,7 +240,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="images in the folder (default 480 CPU, 1024 CUDA)")
     parser.add_argument("--quick", action="store_true", help="fewer images (96 CPU, 512 CUDA)")
     parser.add_argument("--repeats", type=int, default=1, help="run every row this many times, alternating; "
-                        "report each row's median run")
+                        "report each row's median run (the machine's speed drifts)")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
     parser.add_argument("--src", default=None, help="use this image folder instead of generating one")
     parser.add_argument("--tmp", default=None, help="folder for temporary files")

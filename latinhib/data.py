@@ -5,12 +5,13 @@ workers; every failure becomes a :class:`DecodeError` naming the cause, never a 
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -214,16 +215,31 @@ def _is_empty(path: Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def bomb_warnings_ignored() -> Iterator[None]:
+    """Silence Pillow's DecompressionBombWarning (images above ``Image.MAX_IMAGE_PIXELS``;
+    above twice that Pillow refuses, and :func:`decode` reports it). It changes the
+    process's warning filters for the duration, which ``warnings.catch_warnings`` does not
+    do safely from several threads at once: enter it from one thread only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def decode(
     path: Path,
     input_size: Tuple[int, int],
     mean: Sequence[float],
     std: Sequence[float],
+    *,
+    quiet_bombs: bool = True,
 ) -> Decoded:
-    """Decode ``path`` for the pipeline; raises :class:`DecodeError` with the cause."""
+    """Decode ``path`` for the pipeline; raises :class:`DecodeError` with the cause.
+
+    ``quiet_bombs=False`` leaves the warning filters alone: for decoding threads, whose
+    job holds :func:`bomb_warnings_ignored` from its main thread."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with bomb_warnings_ignored() if quiet_bombs else contextlib.nullcontext():
             with Image.open(path) as opened:
                 fmt = opened.format or "PNG"
                 frames = getattr(opened, "n_frames", 1)

@@ -35,6 +35,7 @@ from .data import (
     Item,
     NotEnhanceable,
     PathError,
+    bomb_warnings_ignored,
     decode,
     display,
     list_files_from,
@@ -122,18 +123,20 @@ class _Decoding(Dataset):
     """Decodes selected files (in decoding threads on a CPU, DataLoader worker processes
     on CUDA); a failure is returned, not raised."""
 
-    def __init__(self, items: Sequence[Item], loaded: LoadedModel):
+    def __init__(self, items: Sequence[Item], loaded: LoadedModel, threads: bool = False):
         self.items = items
         self.input_size = loaded.input_size
         self.mean = loaded.mean
         self.std = loaded.std
+        self.threads = threads  # in threads the job's main thread silences bomb warnings
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> Tuple[int, Optional[Decoded], Optional[DecodeError]]:
         try:
-            return index, decode(self.items[index].path, self.input_size, self.mean, self.std), None
+            decoded = decode(self.items[index].path, self.input_size, self.mean, self.std, quiet_bombs=not self.threads)
+            return index, decoded, None
         except DecodeError as exc:
             return index, None, exc
         except MemoryError:
@@ -595,60 +598,61 @@ def run(
             stop.check()
 
     stop = _StopRequest()
-    try:
-        if to_enhance:
-            dataset = _Decoding(to_enhance, loaded)
-            if _decode_in_threads(device):
-                decoders = _decode_pool(config.runtime.workers)
-                loader: Iterable[list] = _decode_ahead(dataset, config.runtime.batch_size, decoders)
-            else:
-                loader = DataLoader(
-                    dataset,
-                    batch_size=config.runtime.batch_size,
-                    num_workers=config.runtime.workers,
-                    collate_fn=_as_list,
-                    prefetch_factor=2 if config.runtime.workers else None,
-                    worker_init_fn=_ignore_sigint if config.runtime.workers else None,
-                )
-            for batch in loader:
-                stop.check()  # Ctrl-C: the batch just decoded is discarded, none is half done
-                decoded_ok = [(i, d) for i, d, err in batch if d is not None]
-                failed = [(i, err) for i, d, err in batch if d is None]
-                for i, err in [(i, err) for i, err in failed if isinstance(err, NotEnhanceable)]:
-                    pending.append((to_enhance[i], pool.submit(_copy_unchanged, to_enhance[i], dst, str(err))))
-                failed = [(i, err) for i, err in failed if not isinstance(err, NotEnhanceable)]
-                if failed:
-                    record_all([(_entry(to_enhance[i], True, "failed", error=str(err)), to_enhance[i])
-                                for i, err in failed])
-                for chunk in streams.split(decoded_ok):
-                    passes.append((chunk, streams.submit(_importance, chunk, to_enhance, labels, device)))
-                copy(copies_per_batch)  # copies overlap the model passes instead of delaying the first
-                # Each stream keeps one chunk queued behind the one it runs.
-                while len(passes) > streams.count:
+    with bomb_warnings_ignored():  # for the decoding threads too, entered once here
+        try:
+            if to_enhance:
+                dataset = _Decoding(to_enhance, loaded, threads=_decode_in_threads(device))
+                if dataset.threads:
+                    decoders = _decode_pool(config.runtime.workers)
+                    loader: Iterable[list] = _decode_ahead(dataset, config.runtime.batch_size, decoders)
+                else:
+                    loader = DataLoader(
+                        dataset,
+                        batch_size=config.runtime.batch_size,
+                        num_workers=config.runtime.workers,
+                        collate_fn=_as_list,
+                        prefetch_factor=2 if config.runtime.workers else None,
+                        worker_init_fn=_ignore_sigint if config.runtime.workers else None,
+                    )
+                for batch in loader:
+                    stop.check()  # Ctrl-C: the batch just decoded is discarded, none is half done
+                    decoded_ok = [(i, d) for i, d, err in batch if d is not None]
+                    failed = [(i, err) for i, d, err in batch if d is None]
+                    for i, err in [(i, err) for i, err in failed if isinstance(err, NotEnhanceable)]:
+                        pending.append((to_enhance[i], pool.submit(_copy_unchanged, to_enhance[i], dst, str(err))))
+                    failed = [(i, err) for i, err in failed if not isinstance(err, NotEnhanceable)]
+                    if failed:
+                        record_all([(_entry(to_enhance[i], True, "failed", error=str(err)), to_enhance[i])
+                                    for i, err in failed])
+                    for chunk in streams.split(decoded_ok):
+                        passes.append((chunk, streams.submit(_importance, chunk, to_enhance, labels, device)))
+                    copy(copies_per_batch)  # copies overlap the model passes instead of delaying the first
+                    # Each stream keeps one chunk queued behind the one it runs.
+                    while len(passes) > streams.count:
+                        finish(*passes.popleft())
+                while passes:
                     finish(*passes.popleft())
-            while passes:
-                finish(*passes.popleft())
-        copy(len(to_copy))
-        drain(0)
-    except KeyboardInterrupt:
-        summary.interrupted = True
-    except StrictStop:
-        pass
-    finally:
-        # Every way out (done, Ctrl-C, --strict, an error in the model pass or a full disk)
-        # ends here: a second Ctrl-C cannot cut the cleanup short, writes in flight finish
-        # (each is atomic) and are recorded, nothing new starts, the manifest is compacted.
-        stop.ignore()
-        if decoders is not None:
-            decoders.shutdown(wait=True, cancel_futures=True)
-        streams.shutdown()  # model passes in flight end; their images are redone next run
-        for _, future in pending:
-            future.cancel()
-        pool.shutdown(wait=True)
-        _finish_pending(pending, manifest, record)
-        _close(manifest, manifest_path, items, entries, bar)
-        stop.restore()
-        summary.seconds = time.perf_counter() - started
+            copy(len(to_copy))
+            drain(0)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        except StrictStop:
+            pass
+        finally:
+            # Every way out (done, Ctrl-C, --strict, an error in the model pass or a full disk)
+            # ends here: a second Ctrl-C cannot cut the cleanup short, writes in flight finish
+            # (each is atomic) and are recorded, nothing new starts, the manifest is compacted.
+            stop.ignore()
+            if decoders is not None:
+                decoders.shutdown(wait=True, cancel_futures=True)
+            streams.shutdown()  # model passes in flight end; their images are redone next run
+            for _, future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
+            _finish_pending(pending, manifest, record)
+            _close(manifest, manifest_path, items, entries, bar)
+            stop.restore()
+            summary.seconds = time.perf_counter() - started
     if summary.interrupted:
         raise Interrupted(summary)
     # torchrun: job-wide counts on every rank, rank 0 merges the manifest parts.
@@ -656,8 +660,8 @@ def run(
 
 
 def _one_torch_thread() -> None:
-    """Writer (and decoding) threads run torch on one thread each (OpenMP's thread count is per calling
-    thread, so the model pass in the main thread keeps all of them). Left at the default,
+    """Writer and decoding threads run torch on one thread each (OpenMP's thread count is
+    per calling thread, so the model streams keep theirs). Left at the default,
     2-4 writers each fork an OpenMP team per element-wise op of the blur and fight the
     model for the cores: measured on 2 cores, the full-size blur of a 600x400 image went
     from ~5 ms on one thread to 140-380 ms, and ``enhance`` ran at 0.3 img/s against a

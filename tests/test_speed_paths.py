@@ -293,3 +293,21 @@ def test_uint8_select_equals_the_float_blend(valid):
         assert torch.equal(out, image) and bool(mask.all())
     else:
         assert 0.2 < kept_fraction(mask) < 0.8
+
+
+def test_decoding_threads_leave_the_warning_filters_alone(tiny_job, tmp_path, monkeypatch, recwarn):
+    """Pillow's decompression-bomb warning is silenced once, by the job's main thread:
+    ``warnings.catch_warnings`` entered from several decoding threads at once could leave
+    the process's filters changed. Here every image but one is over a lowered limit."""
+    import dataclasses
+    import warnings
+
+    config, src, _ = tiny_job
+    config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, workers=3, batch_size=4))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5400)  # 6000-10773 px images warn, none refused
+    before = list(warnings.filters)
+    for attempt in range(3):
+        summary = run(config, src, tmp_path / str(attempt), quiet=True)
+        assert summary.enhanced == 4 and summary.failed == 0
+    assert warnings.filters == before
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]

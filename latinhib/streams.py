@@ -17,6 +17,7 @@ the GPU is one device and its work is already asynchronous.
 from __future__ import annotations
 
 import copy
+import io
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +25,7 @@ from typing import Any, Callable, List, Optional, Sequence, TypeVar
 
 import torch
 
-__all__ = ["ModelStreams", "stream_count"]
+__all__ = ["ModelStreams", "clone", "stream_count"]
 
 T = TypeVar("T")
 
@@ -42,12 +43,27 @@ def stream_count(device: torch.device, threads: int, batch_size: int) -> int:
     return max(1, min(threads, MAX_STREAMS, batch_size // MIN_CHUNK))
 
 
+def clone(owner: Any) -> Any:
+    """A deep copy of ``owner`` with modules of its own. TorchScript modules among its
+    attributes are copied by a save/load round trip: ``copy.deepcopy`` gives a scripted
+    model whose parameters are no longer leaves, so a frozen pass cannot freeze them."""
+    memo = {}
+    for value in getattr(owner, "__dict__", {}).values():
+        if isinstance(value, torch.jit.ScriptModule):
+            buffer = io.BytesIO()
+            torch.jit.save(value, buffer)
+            buffer.seek(0)
+            memo[id(value)] = torch.jit.load(buffer, map_location="cpu")
+    return copy.deepcopy(owner, memo)
+
+
 class ModelStreams:
     """Runs ``fn(model_owner, chunk, ...)`` for chunks of a batch on ``count`` streams.
 
     ``owner`` is the object holding the model (a :class:`~latinhib.api.LateralInhibition`);
-    streams other than the first get a deep copy, because a pass changes its model's
-    state while it runs (hooks, eval mode, frozen parameters).
+    streams other than the first get a copy (:func:`clone`), because a pass changes its
+    model's state while it runs (hooks, eval mode, frozen parameters). Streams are CPU-only,
+    so copies live on the CPU.
     """
 
     def __init__(self, owner: Any, device: torch.device, batch_size: int):
@@ -60,7 +76,7 @@ class ModelStreams:
             owners: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
             owners.put(owner)
             for _ in range(self.count - 1):
-                owners.put(copy.deepcopy(owner))
+                owners.put(clone(owner))
             local = threading.local()
             self._local = local
             per_stream = self.threads_per_stream

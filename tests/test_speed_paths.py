@@ -311,3 +311,36 @@ def test_decoding_threads_leave_the_warning_filters_alone(tiny_job, tmp_path, mo
         assert summary.enhanced == 4 and summary.failed == 0
     assert warnings.filters == before
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+@pytest.mark.parametrize("scripted", [False, True])
+def test_every_stream_runs_the_model_pass_on_its_own_copy(scripted):
+    """Each stream's copy gives the original's maps; a TorchScript model is copied by a
+    save/load round trip (its deepcopy has non-leaf parameters, which frozen_eval rejects)."""
+    from conftest import build_tiny_cnn
+
+    from latinhib.streams import ModelStreams, clone
+
+    model = build_tiny_cnn()
+    if scripted:
+        model = torch.jit.script(model)
+    layers = ["input"] if scripted else ["features.2", "features.3"]
+    enhancer = LateralInhibition(model, {"model.layers": layers, "model.target": "pred"}, input_size=(64, 64))
+    images = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    expected = enhancer.importance(images).combined
+    copied = clone(enhancer)
+    assert copied.model is not enhancer.model
+    assert torch.equal(copied.importance(images).combined, expected)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        streams = ModelStreams(enhancer, torch.device("cpu"), 8)
+        assert streams.count == 2
+        chunks = streams.split(list(range(8)))
+        futures = [streams.submit(lambda owner, idx: owner.importance(images[idx]).combined, c) for c in chunks]
+        results = [f.result() for f in futures]
+        streams.shutdown()
+    finally:
+        torch.set_num_threads(before)
+    for chunk, result in zip(chunks, results):
+        torch.testing.assert_close(result, expected[chunk], rtol=0, atol=1e-6)

@@ -141,8 +141,10 @@ def blur_uint8(image: torch.Tensor, sigma: float, max_sigma: float = 3.0) -> tor
     float passes). For ``sigma > max_sigma`` the image is shrunk by ``f`` (f =
     floor(sigma / max_sigma) + 1) with antialiased bilinear resizing, blurred in float with
     the sigma that makes the total match (shrinking and enlarging are tents of variance
-    f^2 / 6 each), rounded to uint8 and resized back bilinearly. Smaller sigmas blur at full size in float and
-    round. Results are within one grey level of blurring in float and rounding once.
+    f^2 / 6 each), rounded to uint8 and resized back bilinearly; a step edge comes out as
+    wide as under the exact blur (within 3%). Against the exact float blur, rounded: under
+    1.5 grey levels on average and at most 4 away from the border (tests/test_filters.py).
+    Smaller sigmas blur at full size in float and round once.
     """
     _check_uint8(image)
     check_sigma(sigma, "blur sigma")

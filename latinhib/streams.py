@@ -20,6 +20,7 @@ import copy
 import io
 import queue
 import threading
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, List, Optional, Sequence, TypeVar
 
@@ -51,9 +52,11 @@ def clone(owner: Any) -> Any:
     for value in getattr(owner, "__dict__", {}).values():
         if isinstance(value, torch.jit.ScriptModule):
             buffer = io.BytesIO()
-            torch.jit.save(value, buffer)
-            buffer.seek(0)
-            memo[id(value)] = torch.jit.load(buffer, map_location="cpu")
+            with warnings.catch_warnings():  # called from one thread, like models.py's load
+                warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated"
+                torch.jit.save(value, buffer)
+                buffer.seek(0)
+                memo[id(value)] = torch.jit.load(buffer, map_location="cpu")
     return copy.deepcopy(owner, memo)
 
 

@@ -313,6 +313,7 @@ def test_decoding_threads_leave_the_warning_filters_alone(tiny_job, tmp_path, mo
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 @pytest.mark.parametrize("scripted", [False, True])
 def test_every_stream_runs_the_model_pass_on_its_own_copy(scripted):
     """Each stream's copy gives the original's maps; a TorchScript model is copied by a

@@ -75,10 +75,15 @@ def gaussian_blur(image: torch.Tensor, sigma: float, kernel_size: Optional[int] 
     """
     _check_image(image)
     check_sigma(sigma, "blur sigma")
+    return _gaussian_axis(_gaussian_axis(image, sigma, 3, kernel_size), sigma, 2, kernel_size)
+
+
+def _gaussian_axis(image: torch.Tensor, sigma: float, dim: int, kernel_size: Optional[int] = None) -> torch.Tensor:
+    """The 1-D Gaussian of ``sigma`` along ``dim`` (2 or 3), reflect padded."""
     size = default_kernel_size(sigma) if kernel_size is None else kernel_size
     # Python floats: the weights travel to the device as scalars, no host sync per tap.
     weights: List[float] = gaussian_kernel1d(size, sigma, dtype=torch.float64).tolist()
-    return _blur_axis(_blur_axis(image, weights, 3), weights, 2)
+    return _blur_axis(image, weights, dim)
 
 
 def log_filter(maps: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
@@ -160,10 +165,7 @@ def blur_uint8(image: torch.Tensor, sigma: float, max_sigma: float = 3.0) -> tor
     blurred = small.float()
     for dim, scale in ((3, w / small_size[1]), (2, h / small_size[0])):
         residual = math.sqrt(max(sigma**2 - scale**2 / 3.0, 0.25)) / scale
-        check_sigma(residual, "blur sigma")
-        size = default_kernel_size(residual)
-        weights = gaussian_kernel1d(size, residual, dtype=torch.float64).tolist()
-        blurred = _blur_axis(blurred, weights, dim)
+        blurred = _gaussian_axis(blurred, residual, dim)
     small = _round_uint8(blurred).contiguous(memory_format=torch.channels_last)
     return _resize_uint8(small, (h, w), antialias=False)
 

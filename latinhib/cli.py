@@ -72,7 +72,7 @@ def config_options(func):
         click.option("--seed", type=int, help="Seed of the per-file selection."),
         click.option("--device", help="auto, cpu, cuda or cuda:N."),
         click.option("--batch-size", type=int, help="Images per model pass."),
-        click.option("--workers", type=int, help="Decoding workers (threads on a CPU, processes on CUDA)."),
+        click.option("--workers", type=int, help="Decoding workers (processes on CUDA; on a CPU, threads when the model streams have several threads)."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. blur.feather=2."),
     ]
     for option in reversed(options):
@@ -138,9 +138,11 @@ def enhance(src: Path, dst: Path, config_file, sets, files_from, follow_symlinks
     Example:
       latinhib enhance data/train data/train-li --ratio 0.3 -q 0.5 --save-masks masks/
     """
+    from .allocator import keep_large_blocks
     from .distributed import is_distributed, is_primary
     from .pipeline import Interrupted, JobError, run
 
+    keep_large_blocks()  # no page faults on each batch's fresh activations (allocator.py)
     shard = values.pop("shard", None)
     config = build_config(config_file, sets, values)
 

@@ -129,7 +129,9 @@ class RuntimeConfig:
     # images per model pass; 16 fits a CPU's cache (8-16 beat 32 per image on 2 cores),
     # raise it to 64-256 on a GPU.
     batch_size: int = 16
-    # decoding workers: threads on a CPU, processes on CUDA; 0 = decode in the main thread.
+    # decoding workers: processes on CUDA, threads on a CPU whose model streams have several
+    # threads each; 0 = decode in the main thread. Unused where each core runs its own
+    # one-thread stream (it decodes its own images).
     workers: int = 2
     # mixed precision for forward/backward: auto (bf16 on CUDA, off on CPU), off, bf16, fp16.
     amp: str = "auto"

@@ -11,6 +11,10 @@ changed): end to end 25.0 -> 30.9 img/s, CPU time per image 75.6 -> 62.0 ms. Two
 one thread also run the bare model pass a little faster than one of two threads (resnet18
 batch 8+8: 49 img/s against 47; mobilenet_v2: 70 against 64).
 
+When every stream has one thread (one per core), ``latinhib enhance`` also decodes and
+writes each chunk's images on its stream (``pipeline._run_chunk``), so each core runs one
+thread and nothing else competes for it.
+
 On CUDA (or with one core) there is a single stream, run inline by the calling thread:
 the GPU is one device and its work is already asynchronous.
 """

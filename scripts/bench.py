@@ -209,6 +209,11 @@ def row_gradcam(args, src: Path) -> dict:
 def run_row(args) -> None:
     import torch
 
+    from latinhib.allocator import keep_large_blocks
+
+    # As `latinhib enhance` does, for every row alike: without it each batch's activations
+    # land on freshly mapped pages, and the floor alone varied 55-88 img/s between runs.
+    keep_large_blocks()
     if args.threads:
         torch.set_num_threads(args.threads)
     src = Path(args.src)

@@ -130,11 +130,15 @@ def test_kill_9_at_random_points_then_rerun_finishes_the_same_job(src, tmp_path,
         assert differing < 0.005, (rel, differing)
 
 
-def test_ctrl_c_stops_cleanly_and_says_how_to_resume(src, tmp_path, checkpoint, reference):
+@pytest.mark.parametrize("batch_size", ["2", "8"])
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(src, tmp_path, checkpoint, reference, batch_size):
     dst, masks = tmp_path / "dst", tmp_path / "masks"
     # workers 2: Ctrl-C reaches the whole process group, decoding workers included.
-    argv = command(src, dst, masks, checkpoint)
+    # Two threads: batch 2 decodes and writes in their own threads, batch 8 runs each
+    # chunk start to end on one of two one-thread streams (pipeline._run_chunk).
+    argv = command(src, dst, masks, checkpoint, "--set", "runtime.threads=2")
     argv[argv.index("--workers") + 1] = "2"
+    argv[argv.index("--batch-size") + 1] = batch_size
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 120
     while proc.poll() is None and manifest_lines(dst) < 20 and time.monotonic() < deadline:

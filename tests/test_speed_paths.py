@@ -345,3 +345,99 @@ def test_every_stream_runs_the_model_pass_on_its_own_copy(scripted):
         torch.set_num_threads(before)
     for chunk, result in zip(chunks, results):
         torch.testing.assert_close(result, expected[chunk], rtol=0, atol=1e-6)
+
+
+def _threads_and_batch(config, threads: int, batch_size: int):
+    import dataclasses
+
+    return dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, threads=threads, batch_size=batch_size))
+
+
+@pytest.mark.parametrize("threads,batch_size,whole_core", [(2, 8, True), (1, 4, True), (2, 4, False)])
+def test_which_cpu_jobs_run_each_chunk_start_to_end_on_its_stream(tiny_job, tmp_path, monkeypatch,
+                                                                  threads, batch_size, whole_core):
+    """One-thread streams (one per core) decode, pass and write their own chunks; a stream
+    of several threads leaves decoding and writing to their own threads. Both write the
+    same files."""
+    import latinhib.pipeline as pipeline
+
+    config, src, _ = tiny_job
+    chunks = []
+    original = pipeline._run_chunk
+    monkeypatch.setattr(pipeline, "_run_chunk", lambda *a: (chunks.append(list(a[1])), original(*a))[1])
+    before = torch.get_num_threads()
+    try:
+        summary = run(_threads_and_batch(config, threads, batch_size), src, tmp_path / "out", quiet=True)
+    finally:
+        torch.set_num_threads(before)
+    assert summary.enhanced == 4 and summary.failed == 0
+    if whole_core:
+        assert sorted(i for c in chunks for i in c) == [0, 1, 2, 3]
+        assert len(chunks) == (2 if threads == 2 else 1)
+    else:
+        assert chunks == []
+    reference = run(_threads_and_batch(config, 1, 4), src, tmp_path / "reference", quiet=True)
+    assert reference.enhanced == 4
+    for path in sorted((tmp_path / "reference").glob("*.png")):
+        assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+@pytest.mark.parametrize("threads,batch_size", [(2, 8), (2, 4)])
+def test_a_failing_model_pass_stops_the_job_and_leaves_no_partial_file(tiny_job, tmp_path, monkeypatch,
+                                                                         threads, batch_size):
+    """On both CPU paths the model pass's error reaches the caller (it would fail every
+    file alike), after the files in flight are written or dropped whole."""
+    import latinhib.pipeline as pipeline
+
+    config, src, _ = tiny_job
+
+    def failing(*args):
+        raise RuntimeError("boom: out of memory")
+
+    monkeypatch.setattr(pipeline, "_importance", failing)
+    dst = tmp_path / "out"
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            run(_threads_and_batch(config, threads, batch_size), src, dst, quiet=True)
+    finally:
+        torch.set_num_threads(before)
+    assert not list(dst.glob("*.png")) and not list(dst.glob(".*"))
+    assert (dst / "latinhib-manifest.jsonl").read_text() == ""
+
+
+def test_run_chunk_settles_every_file_and_skips_cancelled_ones(tiny_job, tmp_path):
+    """Each file's future gets its entry or its error; a file the job cancelled before the
+    chunk started is not touched; an error outside one file's steps fails the rest."""
+    from concurrent.futures import Future
+
+    from latinhib.data import list_folder
+    from latinhib.pipeline import _Decoding, _Finisher, _PassFailed, _run_chunk
+
+    config, src, _ = tiny_job
+    loaded = load_model(config.model, torch.device("cpu"))
+    enhancer = LateralInhibition(loaded.model, config, input_size=loaded.input_size)
+    items = list_folder(src)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    items = items[:2] + list_folder(tmp_path)[:1] + items[2:]
+    dataset = _Decoding(items, loaded, threads=True)
+    dst = tmp_path / "out"
+    finisher = _Finisher(config, loaded, dst, torch.device("cpu"))
+    futures = [Future() for _ in items]
+    assert futures[3].cancel()
+    _run_chunk(enhancer, range(5), futures, dataset, finisher, None, torch.device("cpu"))
+    assert futures[3].cancelled() and not (dst / items[3].rel).exists()
+    statuses = [futures[k].result()["status"] for k in (0, 1, 2, 4)]
+    assert statuses == ["enhanced", "enhanced", "failed", "enhanced"]
+    assert "cannot decode" in futures[2].result()["error"]
+
+    class Exploding(_Decoding):
+        def __getitem__(self, index):
+            if index == 1:
+                raise ValueError("decoder bug")
+            return super().__getitem__(index)
+
+    futures = [Future() for _ in range(3)]
+    _run_chunk(enhancer, range(3), futures, Exploding(items, loaded, threads=True), finisher, None, torch.device("cpu"))
+    assert all(isinstance(f.exception(timeout=0), _PassFailed) for f in futures)
+    assert "decoder bug" in str(futures[0].exception(timeout=0))

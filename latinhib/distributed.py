@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -270,6 +270,18 @@ class Context:
         if self.shard is None:
             return list(items)
         return [item for item in items if self.shard.owns(item.rel)]
+
+    def same_lines(self, lines: Iterable[str]) -> Iterable[str]:
+        """``--files-from``'s lines as rank 0 reads them. Under torchrun every rank
+        inherits the same stdin: ranks reading one pipe at once would each get a part of
+        it (even half lines), so only rank 0 reads and the others receive its list."""
+        if not self.distributed:
+            return lines
+        import torch.distributed as dist
+
+        box = [list(lines) if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0, device=self._collective_device())
+        return box[0]
 
     def manifest_path(self, dst: Path) -> Path:
         """The main manifest, or this shard's part."""

@@ -489,6 +489,8 @@ def run(
     # Other ranks/shards may be writing into DST right now: any cleanup of stale temporary
     # files there must be guarded by ctx.owns_all_temp_files.
     ctx = distributed.setup(shard, config.runtime.device)
+    if files_from is not None:
+        files_from = ctx.same_lines(files_from)
     device = ctx.device
     loaded = load_model(config.model, device)
     enhancer = LateralInhibition(loaded.model, config, input_size=loaded.input_size)

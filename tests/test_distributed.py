@@ -226,3 +226,23 @@ def test_torchrun_two_processes_equal_one_process(src, checkpoint, single, tmp_p
     assert sorted(written[0] + written[1]) == outputs(dst)
     assert not list(dst.glob("latinhib-manifest.part-*"))  # rank 0 merged them
     assert_same_as_single(single, dst, masks)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this Python")
+def test_torchrun_with_files_from_stdin_lists_the_same_files_on_every_rank(src, checkpoint, single, tmp_path):
+    """``find SRC | torchrun ... --files-from -``: stdin reaches every rank, so only rank 0
+    reads it and the others get its lines (ranks reading one pipe at once would each get
+    a part of it, and files would be missed)."""
+    dst, masks = tmp_path / "dst", tmp_path / "masks"
+    listing = "".join(f"{src / item.rel}\n" for item in list_folder(src))  # the folder's own order
+    proc = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "latinhib", "enhance", str(src), str(dst),
+         *map(str, base_args(checkpoint)), "--save-masks", str(masks), "--files-from", "-", "--json"],
+        input=listing * 40,  # long enough that both ranks would get some of it
+        capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode != 0, proc.stderr[-3000:]  # the corrupt JPEG, as in the reference
+    assert proc.stdout.strip(), proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["total"] == len(manifest(single / "out")), proc.stderr[-3000:]
+    assert_same_as_single(single, dst, masks)

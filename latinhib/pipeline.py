@@ -707,11 +707,11 @@ def _whole_core_streams(device: torch.device, streams: ModelStreams) -> bool:
     ``MAX_STREAMS``): each chunk runs start to end on its stream (:func:`_run_chunk`).
 
     Why: with separate decoding and writer threads, 2 cores ran 2 model threads plus up
-    to 6 others, and every switch cost the model its cache (measured: mobilenet_v2's pass
-    took 30 ms per image in the job against 24 ms alone). One thread per core doing
-    everything in turn keeps the cores busy with no switching: measured on 2 cores,
-    480 JPEGs, batch 16, alternating runs: mobilenet_v2 55.7 -> 61.4 img/s, resnet18
-    42.5 -> 44.0."""
+    to 6 others, switching between them. One thread per core doing everything in turn
+    keeps the cores busy with no switching and holds fewer images in memory. Measured on
+    2 cores (scripts/bench.py --rows r1, 480 JPEGs, batch 16, 3 alternating runs, the
+    allocator tuned in both): resnet18 43.1-45.9 -> 44.9-47.5 img/s, peak RSS 1190-1250
+    -> 1050-1060 MB; mobilenet_v2 57.7-60.0 -> 59.9-60.7 img/s, 1560-1660 -> 1340-1430 MB."""
     return device.type == "cpu" and streams.threads_per_stream == 1
 
 

@@ -441,3 +441,50 @@ def test_run_chunk_settles_every_file_and_skips_cancelled_ones(tiny_job, tmp_pat
     _run_chunk(enhancer, range(3), futures, Exploding(items, loaded, threads=True), finisher, None, torch.device("cpu"))
     assert all(isinstance(f.exception(timeout=0), _PassFailed) for f in futures)
     assert "decoder bug" in str(futures[0].exception(timeout=0))
+
+
+def test_copies_do_not_hold_back_the_next_batch(tiny_job, tmp_path, monkeypatch):
+    """With many copies per batch (r = 0.2) the main thread hands out the next batch while
+    the first one still runs: copies are bounded on their own, not counted against the
+    images in flight (else a stream sat idle after each batch)."""
+    import latinhib.pipeline as pipeline
+    from latinhib.inhibition import selection_score
+
+    config, _, _ = tiny_job
+    config = _threads_and_batch(config, 2, 8)  # two streams of 4
+    import dataclasses
+
+    config = dataclasses.replace(config, inhibition=dataclasses.replace(config.inhibition, ratio=0.2))
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(80):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3)).astype(np.uint8)).save(src / f"{i:02d}.png")
+    selected = sum(selection_score(config.inhibition.seed, f"{i:02d}.png") < 0.2 for i in range(80))
+    assert selected > 8  # two batches at least
+    submitted, waited = [], []
+    second_batch = threading.Event()
+    original = pipeline._run_chunk
+
+    def chunk(*args):
+        submitted.append(list(args[1]))
+        if args[1][0] < 8:  # the first batch waits until the next one is handed out
+            waited.append(second_batch.wait(timeout=5))
+        return original(*args)
+
+    real_submit = pipeline.ModelStreams.submit
+
+    def submit(self, fn, *args):
+        if fn is chunk and args[0][0] >= 8:
+            second_batch.set()
+        return real_submit(self, fn, *args)
+
+    monkeypatch.setattr(pipeline, "_run_chunk", chunk)
+    monkeypatch.setattr(pipeline.ModelStreams, "submit", submit)
+    before = torch.get_num_threads()
+    try:
+        summary = run(config, src, tmp_path / "out", quiet=True)
+    finally:
+        torch.set_num_threads(before)
+    assert summary.enhanced == selected and summary.copied == 80 - selected and summary.failed == 0
+    assert waited and all(waited)

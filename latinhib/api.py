@@ -145,12 +145,21 @@ class LateralInhibition:
             norm=s.norm,
             autocast_dtype=amp_dtype(self.config.runtime.amp, images.device),
         )
-        with single_thread(images.device):
-            combined, valid = combine_maps(
-                maps.maps, tuple(images.shape[-2:]), kind=s.filter, kernel_size=s.kernel_size, sigma=s.sigma
-            )
+        return self._steps_4_5(maps.maps, maps.names, maps.predicted, maps.logits, maps.target, tuple(images.shape[-2:]))
+
+    def recombine(self, imp: Importance) -> Importance:
+        """Steps 4-5 again on ``imp``'s raw layer maps with this enhancer's filter, sigma,
+        k and q: the same as :meth:`importance` under these settings, with no model pass
+        (the layer maps depend only on the model, the layers and the target)."""
+        return self._steps_4_5(imp.layer_maps, imp.layers, imp.predicted, imp.logits, imp.target,
+                               tuple(imp.combined.shape[-2:]))
+
+    def _steps_4_5(self, layer_maps, layers, predicted, logits, target, size) -> Importance:
+        s = self.settings
+        with single_thread(predicted.device):
+            combined, valid = combine_maps(layer_maps, size, kind=s.filter, kernel_size=s.kernel_size, sigma=s.sigma)
             threshold = quantile_threshold(combined, s.quantile)
-        return Importance(combined, threshold, valid, maps.predicted, maps.logits, maps.target, maps.maps, maps.names)
+        return Importance(combined, threshold, valid, predicted, logits, target, layer_maps, layers)
 
     def select(self, n: int, keys: Optional[Sequence[str]] = None) -> torch.Tensor:
         """(n,) bool: which samples to enhance. With ``keys`` (e.g. file paths) the choice

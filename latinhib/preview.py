@@ -33,7 +33,8 @@ from .writer import atomic_write, heat_colors, heatmap_image, tensor_bytes
 __all__ = ["GRID_KEYS", "Column", "PreviewError", "Row", "Sheet", "Table", "contact_table", "grid_table",
            "load_font", "parse_grid", "preview", "render", "sample"]
 
-#: ``--grid`` names -> config keys.
+#: ``--grid`` names -> config keys. All act after the model pass (steps 4-8): ``grid_table``
+#: runs the model once and recombines its layer maps per column.
 GRID_KEYS = {
     "q": "inhibition.quantile",
     "quantile": "inhibition.quantile",
@@ -346,8 +347,11 @@ def grid_table(
     enhanced: List[Optional[Image.Image]] = [None]
     columns = [Column("original")]
     predicted = ""
+    # The grid's settings (q, filter, sigma, k, blur) act after the model pass: one pass,
+    # then steps 4-8 per column.
+    base = session.importance(config, [(item, decoded)])
     for value, cfg in zip(values, configs):
-        imp = session.importance(cfg, [(item, decoded)])
+        imp = LateralInhibition(session.loaded.model, cfg, input_size=session.loaded.input_size).recombine(base)
         pixels, mask = enhance_pixels(decoded, imp, 0, cfg, session.loaded.input_size, session.device)
         heats.append(_heat_over(original, imp.combined[0].cpu()))
         masks.append(_mask_picture(mask[0]))

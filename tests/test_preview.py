@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw, ImageFont
 
 from latinhib import preview as preview_module
+from latinhib.api import LateralInhibition
 from latinhib.cli import main
 from latinhib.config import load_config
 from latinhib.data import Item, list_folder
@@ -247,3 +248,34 @@ def test_text_needs_no_font_file(monkeypatch, old_pillow):
     x0, y0, x1, y1 = sheet.boxes[0][0]
     assert (x1 - x0, y1 - y0) == (64, 48)
     assert np.array_equal(pixels[y0:y1, x0:x1], np.asarray(picture.resize((64, 48), Image.LANCZOS)))
+
+
+@pytest.mark.parametrize("grid", ["sigma=1,3", "k=3,9", "filter=log,gaussian,none", "q=0.3,0.6"])
+def test_grid_runs_the_model_once_and_each_column_is_a_full_pass(src, checkpoint, monkeypatch, grid):
+    """Every grid key acts after the model pass: one pass, then steps 4-8 per column, with
+    the masks a full pass under that column's settings gives."""
+    import latinhib.api as api
+    from latinhib.data import decode
+    from latinhib.models import load_model
+    from latinhib.pipeline import _importance, enhance_pixels
+    from latinhib.preview import GRID_KEYS, _with, parse_grid
+
+    passes = []
+    original = api.importance_maps
+    monkeypatch.setattr(api, "importance_maps", lambda *a, **k: passes.append(1) or original(*a, **k))
+    rel = "a/img1.png"
+    config = config_for(checkpoint)
+    table = grid_table(config, src, grid, files=[rel])
+    assert len(passes) == 1
+    key, values = parse_grid(grid)
+    assert key in GRID_KEYS.values()
+    loaded = load_model(config.model, torch.device("cpu"))
+    item = Item(src / rel, rel, "a")
+    decoded = decode(item.path, loaded.input_size, loaded.mean, loaded.std)
+    for column, value in enumerate(values, 1):
+        cfg = _with(config, key, value)
+        enhancer = LateralInhibition(loaded.model, cfg, input_size=loaded.input_size)
+        imp = _importance(enhancer, [(0, decoded)], [item], None, torch.device("cpu"))
+        _, mask = enhance_pixels(decoded, imp, 0, cfg, loaded.input_size, torch.device("cpu"))
+        shown = np.asarray(table.rows[1].pictures[column]) > 127
+        assert np.array_equal(shown, mask[0].numpy()), (grid, value)

@@ -25,6 +25,8 @@ Usage::
 
 Prints a table of images/s, ratios, peak RSS (and peak GPU memory on CUDA). Numbers are
 only comparable within one run; check ``uptime``: other processes on the machine skew them.
+Every row runs with the malloc setting of ``latinhib enhance`` (``latinhib.allocator``), so
+no row pays for page faults the CLI does not (the floor varied 55-88 img/s without it).
 """
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ pipeline uses the same object, so the CLI and a training loop share one code pat
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -15,7 +16,7 @@ from .config import Config, ConfigError, InhibitionConfig, load_config
 from .importance import default_layers, importance_maps, resolve_layers
 from .inhibition import combine_maps, inhibit, quantile_threshold, select
 
-__all__ = ["Importance", "InhibitionResult", "LateralInhibition", "amp_dtype"]
+__all__ = ["Importance", "InhibitionResult", "LateralInhibition", "amp_dtype", "recombine"]
 
 
 def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
@@ -69,6 +70,22 @@ class Importance:
     target: str
     layer_maps: List[torch.Tensor]
     layers: List[str]
+
+
+def recombine(imp: Importance, settings: InhibitionConfig) -> Importance:
+    """Steps 4-5 again on ``imp``'s raw layer maps with the filter, sigma, k and q of
+    ``settings`` (a config's ``inhibition`` section): what
+    :meth:`LateralInhibition.importance` gives under those settings, with no model pass
+    (the layer maps depend only on the model, its layers and the target)."""
+    combined, threshold, valid = _steps_4_5(imp.layer_maps, tuple(imp.combined.shape[-2:]), settings)
+    return dataclasses.replace(imp, combined=combined, threshold=threshold, valid=valid)
+
+
+def _steps_4_5(layer_maps: Sequence[torch.Tensor], size: Tuple[int, int], s: InhibitionConfig):
+    with single_thread(layer_maps[0].device):
+        combined, valid = combine_maps(layer_maps, size, kind=s.filter, kernel_size=s.kernel_size, sigma=s.sigma)
+        threshold = quantile_threshold(combined, s.quantile)
+    return combined, threshold, valid
 
 
 @dataclass
@@ -145,21 +162,8 @@ class LateralInhibition:
             norm=s.norm,
             autocast_dtype=amp_dtype(self.config.runtime.amp, images.device),
         )
-        return self._steps_4_5(maps.maps, maps.names, maps.predicted, maps.logits, maps.target, tuple(images.shape[-2:]))
-
-    def recombine(self, imp: Importance) -> Importance:
-        """Steps 4-5 again on ``imp``'s raw layer maps with this enhancer's filter, sigma,
-        k and q: the same as :meth:`importance` under these settings, with no model pass
-        (the layer maps depend only on the model, the layers and the target)."""
-        return self._steps_4_5(imp.layer_maps, imp.layers, imp.predicted, imp.logits, imp.target,
-                               tuple(imp.combined.shape[-2:]))
-
-    def _steps_4_5(self, layer_maps, layers, predicted, logits, target, size) -> Importance:
-        s = self.settings
-        with single_thread(predicted.device):
-            combined, valid = combine_maps(layer_maps, size, kind=s.filter, kernel_size=s.kernel_size, sigma=s.sigma)
-            threshold = quantile_threshold(combined, s.quantile)
-        return Importance(combined, threshold, valid, predicted, logits, target, layer_maps, layers)
+        combined, threshold, valid = _steps_4_5(maps.maps, tuple(images.shape[-2:]), self.settings)
+        return Importance(combined, threshold, valid, maps.predicted, maps.logits, maps.target, maps.maps, maps.names)
 
     def select(self, n: int, keys: Optional[Sequence[str]] = None) -> torch.Tensor:
         """(n,) bool: which samples to enhance. With ``keys`` (e.g. file paths) the choice

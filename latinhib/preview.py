@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
-from .api import Importance, LateralInhibition
+from .api import Importance, LateralInhibition, recombine
 from .config import Config, load_config
 from .data import Decoded, DecodeError, Item, PathError, decode, display, list_files_from, list_folder
 from .inhibition import is_constant, respond, selection_score
@@ -351,7 +351,7 @@ def grid_table(
     # then steps 4-8 per column.
     base = session.importance(config, [(item, decoded)])
     for value, cfg in zip(values, configs):
-        imp = LateralInhibition(session.loaded.model, cfg, input_size=session.loaded.input_size).recombine(base)
+        imp = recombine(base, cfg.inhibition)
         pixels, mask = enhance_pixels(decoded, imp, 0, cfg, session.loaded.input_size, session.device)
         heats.append(_heat_over(original, imp.combined[0].cpu()))
         masks.append(_mask_picture(mask[0]))

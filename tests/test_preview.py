@@ -260,13 +260,24 @@ def test_grid_runs_the_model_once_and_each_column_is_a_full_pass(src, checkpoint
     from latinhib.pipeline import _importance, enhance_pixels
     from latinhib.preview import GRID_KEYS, _with, parse_grid
 
-    passes = []
+    import latinhib.preview as preview
+
+    passes, forwards = [], []
     original = api.importance_maps
     monkeypatch.setattr(api, "importance_maps", lambda *a, **k: passes.append(1) or original(*a, **k))
+    real_load = preview.load_model
+
+    def counting_load(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        loaded.model.register_forward_hook(lambda *_: forwards.append(1))
+        return loaded
+
+    monkeypatch.setattr(preview, "load_model", counting_load)
     rel = "a/img1.png"
     config = config_for(checkpoint)
     table = grid_table(config, src, grid, files=[rel])
     assert len(passes) == 1
+    assert len(forwards) == 2  # the layer probe and the one importance pass, whatever the columns
     key, values = parse_grid(grid)
     assert key in GRID_KEYS.values()
     loaded = load_model(config.model, torch.device("cpu"))

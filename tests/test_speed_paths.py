@@ -447,13 +447,13 @@ def test_copies_do_not_hold_back_the_next_batch(tiny_job, tmp_path, monkeypatch)
     """With many copies per batch (r = 0.2) the main thread hands out the next batch while
     the first one still runs: copies are bounded on their own, not counted against the
     images in flight (else a stream sat idle after each batch)."""
+    import dataclasses
+
     import latinhib.pipeline as pipeline
     from latinhib.inhibition import selection_score
 
     config, _, _ = tiny_job
     config = _threads_and_batch(config, 2, 8)  # two streams of 4
-    import dataclasses
-
     config = dataclasses.replace(config, inhibition=dataclasses.replace(config.inhibition, ratio=0.2))
     src = tmp_path / "src"
     src.mkdir()

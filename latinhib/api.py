@@ -20,8 +20,14 @@ __all__ = ["Importance", "InhibitionResult", "LateralInhibition", "amp_dtype", "
 
 
 def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """Resolve ``runtime.amp`` to an autocast dtype: ``auto`` is bf16 on CUDA, off elsewhere
-    (bf16 autocast on this kind of CPU is slower than float32)."""
+    """Resolve ``runtime.amp`` to an autocast dtype: ``auto`` is bf16 on CUDA, off elsewhere.
+
+    On a CPU, float32 stays the default so a job gives the same masks on any CPU. ``bf16``
+    pays off where the CPU has AMX tiles: on this project's 2-core Xeon with AMX, resnet18's
+    forward + grad ran 3x faster (180 against 59 img/s) and ``enhance`` 1.9x (90 against 47
+    img/s); mobilenet_v2's depthwise convolutions gain ~10%. Against float32, 1-6% of the
+    mask pixels flip (at the threshold's edge) on the skimage photos with MobileNetV2's
+    ImageNet weights, top-1 unchanged."""
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]

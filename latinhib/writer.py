@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import threading
 from pathlib import Path
@@ -57,8 +58,11 @@ def mask_path(folder: Path, rel: str) -> Path:
 
 
 def temp_path(path: Path) -> Path:
-    """A hidden temporary name next to ``path``, unique per process and thread."""
-    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}.tmp")
+    """A hidden temporary name next to ``path``: the process id (for stale-file cleanup),
+    then a random token, unique across threads and across machines that share DST (two
+    hosts can run processes with the same pid; two writers of one temporary file would
+    rename a mix of both)."""
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(6)}.tmp")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -78,11 +82,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def remove_stale_temps(folder: Path) -> int:
-    """Delete the temporary files (``.name.latinhib-<pid>-<tid>.tmp``) that a killed job
+    """Delete the temporary files (``.name.latinhib-<pid>-<token>.tmp``) that a killed job
     left under ``folder``; returns how many. They never carry a final name, so this is
     tidying, not correctness. Files of a live process (this one, or another latinhib still
     writing here) are left alone. Only for runs that own the whole folder (not shards)."""
-    pattern = re.compile(r"^\..+" + re.escape(TEMP_MARK) + r"(\d+)-\d+\.tmp$")
+    pattern = re.compile(r"^\..+" + re.escape(TEMP_MARK) + r"(\d+)-[0-9a-f]+\.tmp$")  # token: hex, or a thread id
     removed = 0
     for dirpath, _, filenames in os.walk(folder):
         for name in filenames:

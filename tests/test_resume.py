@@ -158,3 +158,24 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(src, tmp_path, checkpoint, 
     proc = subprocess.run(argv, capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert final_files(dst) == final_files(reference[0])
+
+
+def test_temporary_names_are_unique_and_only_dead_ones_are_cleaned(tmp_path):
+    """Each write gets its own temporary name (a random token after the pid: two hosts
+    sharing DST can run the same pid); cleanup removes those of dead processes, in this
+    format and the older ``<pid>-<thread id>`` one, and nothing else."""
+    from latinhib.writer import remove_stale_temps, temp_path
+
+    target = tmp_path / "a" / "001.jpg"
+    names = {temp_path(target).name for _ in range(50)}
+    assert len(names) == 50
+    assert all(n.startswith(".001.jpg.latinhib-") and f"-{os.getpid()}-" in n and n.endswith(".tmp") for n in names)
+    target.parent.mkdir()
+    mine = target.parent / sorted(names)[0]
+    dead_new = target.parent / ".002.jpg.latinhib-999999-0a1b2c3d4e5f.tmp"
+    dead_old = target.parent / ".003.jpg.latinhib-999999-140234567.tmp"
+    other = target.parent / ".004.jpg.latinhib-999999-notatoken.tmp"
+    for path in (mine, dead_new, dead_old, other, target):
+        path.write_bytes(b"x")
+    assert remove_stale_temps(tmp_path) == 2
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted([mine.name, other.name, target.name])

@@ -42,6 +42,9 @@ import time
 from pathlib import Path
 
 ROWS = ("floor", "r1", "r03", "gradcam")
+#: The same rows under glibc's default malloc (not in the default set): the baseline of
+#: latinhib.allocator, e.g. --rows floor,floor-m,r1,r1-m --repeats 3.
+MALLOC_ROWS = ("floor-m", "r1-m")
 SIZES = [(500, 375)] * 6 + [(375, 500), (640, 480), (500, 333), (800, 600)]
 
 
@@ -215,21 +218,28 @@ def run_row(args) -> None:
 
     # As `latinhib enhance` does, for every row alike: without it each batch's activations
     # land on freshly mapped pages, and the floor alone varied 55-88 img/s between runs.
-    keep_large_blocks()
+    # Rows ending in "-m" keep glibc's defaults, as the baseline.
+    row = args.row[:-2] if args.row.endswith("-m") else args.row
+    if row == args.row:
+        keep_large_blocks()
+    before = resource.getrusage(resource.RUSAGE_SELF)
     if args.threads:
         torch.set_num_threads(args.threads)
     src = Path(args.src)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    if args.row == "floor":
+    if row == "floor":
         result = row_floor(args, src)
-    elif args.row == "r1":
+    elif row == "r1":
         result = row_enhance(args, src, 1.0)
-    elif args.row == "r03":
+    elif row == "r03":
         result = row_enhance(args, src, 0.3)
     else:
         result = row_gradcam(args, src)
-    result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    result["page_faults"] = after.ru_minflt - before.ru_minflt  # the whole row, set-up included
+    result["kernel_s"] = after.ru_stime - before.ru_stime
+    result["rss_mb"] = after.ru_maxrss / 1024
     result["workers_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     if args.device.startswith("cuda"):
         result["gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -248,7 +258,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer images (96 CPU, 512 CUDA)")
     parser.add_argument("--repeats", type=int, default=1, help="run every row this many times, alternating; "
                         "report each row's median run (the machine's speed drifts)")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}, "
+                        f"or {', '.join(MALLOC_ROWS)}: floor and r1 under glibc's default malloc")
     parser.add_argument("--src", default=None, help="use this image folder instead of generating one")
     parser.add_argument("--tmp", default=None, help="folder for temporary files")
     parser.add_argument("--row", default=None, help=argparse.SUPPRESS)
@@ -263,9 +274,9 @@ def main() -> None:
         return
 
     rows = [r for r in args.rows.split(",") if r]
-    unknown = set(rows) - set(ROWS)
+    unknown = set(rows) - set(ROWS) - set(MALLOC_ROWS)
     if unknown:
-        parser.error(f"--rows: unknown {sorted(unknown)}; choose from {ROWS}")
+        parser.error(f"--rows: unknown {sorted(unknown)}; choose from {ROWS + MALLOC_ROWS}")
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         src = Path(args.src) if args.src else Path(tmp) / "images"
         if not args.src:
@@ -293,7 +304,7 @@ def main() -> None:
         # Each row's median run (by img/s); its spread is printed below the table.
         results = {row: sorted(r, key=lambda x: x["ips"])[len(r) // 2] for row, r in runs.items() if r}
     names = {"floor": "floor (fwd + grad to layers)", "r1": "latinhib enhance r=1", "r03": "latinhib enhance r=0.3",
-             "gradcam": "grad-cam peer r=1"}
+             "gradcam": "grad-cam peer r=1", "floor-m": "floor, default malloc", "r1-m": "enhance r=1, default malloc"}
     floor = results.get("floor", {}).get("ips")
     r1 = results.get("r1", {}).get("ips")
     print(f"\n{'row':32} {'img/s':>8} {'x floor':>8} {'x r=1':>7} {'peak RSS MB':>12}" + (" peak GPU MB" if cuda else "")
@@ -311,6 +322,8 @@ def main() -> None:
     if args.repeats > 1:
         print("img/s of every run: " + "; ".join(f"{row} " + ", ".join(f"{r['ips']:.1f}" for r in runs[row])
                                                for row in results))
+    print("page faults / kernel s of each row's median run: " + "; ".join(
+        f"{row} {r.get('page_faults', 0)} / {r.get('kernel_s', 0):.2f}" for row, r in results.items()))
     if r1 and results.get("r03", {}).get("enhanced"):
         r03 = results["r03"]
         ceiling = r03["images"] / r03["enhanced"]

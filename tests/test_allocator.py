@@ -36,8 +36,9 @@ def test_freed_large_blocks_are_reused_instead_of_faulted_in_again():
     if not applied:
         pytest.skip("not glibc on Linux")
     _, default = _faults("default")
-    pages = (40 << 20) // 4096
-    assert default > 20 * pages  # each 40 MiB block mapped afresh and zeroed, page by page
+    # Each 40 MiB block is mapped afresh and faulted in again: 10240 faults of 4 KiB pages
+    # per block here, 20 where transparent huge pages are always on.
+    assert default >= 30 * 20
     assert tuned < default / 4
 
 

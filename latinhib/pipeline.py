@@ -1,6 +1,6 @@
-"""The one loop of ``latinhib enhance``: list the inputs, copy the unselected ones, stream
-the selected ones through decoding workers, the model pass and the inhibition, and hand
-the results to a small writer pool. Owns the progress bar; returns a :class:`Summary`.
+"""The one loop of ``latinhib enhance``: list the inputs, copy the unselected ones, and
+take the selected ones through decoding, the model pass, the inhibition and writing.
+Owns the progress bar; returns a :class:`Summary`.
 
 How the work is spread:
 
@@ -455,10 +455,14 @@ def _copy(item: Item, dst: Path) -> Dict[str, Any]:
     return _entry(item, False, "copied")
 
 
-def _copy_unchanged(item: Item, dst: Path, note: str) -> Dict[str, Any]:
-    """A selected file latinhib cannot enhance but that is a good image (an animation)."""
-    copy_file(item.path, output_path(dst, item.rel))
-    return _entry(item, True, "unchanged", error=note)
+def _undecodable(item: Item, error: DecodeError, dst: Path) -> Dict[str, Any]:
+    """The entry of a selected file that did not decode: a good image latinhib does not
+    enhance (an animation, :class:`NotEnhanceable`) is copied byte for byte as
+    ``unchanged``; anything else is ``failed`` with the cause."""
+    if isinstance(error, NotEnhanceable):
+        copy_file(item.path, output_path(dst, item.rel))
+        return _entry(item, True, "unchanged", error=str(error))
+    return _entry(item, True, "failed", error=str(error))
 
 
 def run(
@@ -661,13 +665,14 @@ def run(
                 for batch in loader:
                     stop.check()  # Ctrl-C: the batch just decoded is discarded, none is half done
                     decoded_ok = [(i, d) for i, d, err in batch if d is not None]
-                    failed = [(i, err) for i, d, err in batch if d is None]
-                    for i, err in [(i, err) for i, err in failed if isinstance(err, NotEnhanceable)]:
-                        pending.append((to_enhance[i], pool.submit(_copy_unchanged, to_enhance[i], dst, str(err))))
-                    failed = [(i, err) for i, err in failed if not isinstance(err, NotEnhanceable)]
+                    failed = []
+                    for i, _, err in (b for b in batch if b[1] is None):
+                        if isinstance(err, NotEnhanceable):  # a copy: on the pool
+                            pending.append((to_enhance[i], pool.submit(_undecodable, to_enhance[i], err, dst)))
+                        else:  # recorded at once, so --strict stops before the next batch
+                            failed.append((_undecodable(to_enhance[i], err, dst), to_enhance[i]))
                     if failed:
-                        record_all([(_entry(to_enhance[i], True, "failed", error=str(err)), to_enhance[i])
-                                    for i, err in failed])
+                        record_all(failed)
                     for chunk in streams.split(decoded_ok):
                         passes.append((chunk, streams.submit(_importance, chunk, to_enhance, labels, device)))
                     copy(copies_per_batch)  # copies overlap the model passes instead of delaying the first
@@ -747,10 +752,8 @@ def _run_chunk(enhancer: LateralInhibition, chunk: Sequence[int], futures: Seque
             _, decoded, err = dataset[i]
             if decoded is not None:
                 decoded_ok.append((i, decoded, future))
-            elif isinstance(err, NotEnhanceable):
-                _settle(future, _copy_unchanged, items[i], finisher.dst, str(err))
             else:
-                future.set_result(_entry(items[i], True, "failed", error=str(err)))
+                _settle(future, _undecodable, items[i], err, finisher.dst)
         if decoded_ok:
             imp = _importance(enhancer, [(i, d) for i, d, _ in decoded_ok], items, labels, device)
     except BaseException as exc:  # the model pass (or decoding itself) raised: the job stops

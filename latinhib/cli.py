@@ -49,7 +49,8 @@ OPTION_KEYS = {
     "save_heatmaps": "output.save_heatmaps",
     "jpeg_quality": "output.jpeg_quality",
 }
-FLAG_KEYS = {"trust_checkpoint": "model.trust_checkpoint", "overwrite": "output.overwrite"}
+FLAG_KEYS = {"trust_checkpoint": "model.trust_checkpoint", "overwrite": "output.overwrite",
+             "images_only": "output.images_only"}
 
 
 def config_options(func):
@@ -116,6 +117,8 @@ def main() -> None:
 @click.option("--save-heatmaps", type=click.Path(file_okay=False), help="Write each enhanced image's heat map here.")
 @click.option("--jpeg-quality", type=int, help="Quality of written JPEG/WebP files (1-100).")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo outputs that already exist.")
+@click.option("--images-only", is_flag=True, default=None,
+              help="Leave out files latinhib does not enhance (by default they are copied byte for byte).")
 @click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that point outside SRC.")
 @click.option("--strict", is_flag=True, help="Stop at the first file that fails.")
 @click.option("--print-outputs", is_flag=True, help="Print each output path on stdout, one per line.")

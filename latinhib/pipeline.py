@@ -18,6 +18,7 @@ memory does not grow with the number of images.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import os
 import signal
@@ -59,6 +60,7 @@ from .writer import (
     Manifest,
     atomic_write,
     copy_file,
+    is_job_file,
     mask_path,
     output_path,
     remove_stale_temps,
@@ -260,8 +262,12 @@ def check_paths(src: Path, dst: Path) -> None:
         raise JobError(f"DST {display(str(dst))!r}: exists and is not a directory")
 
 
-def _check_previous_config(dst: Path, config: Config) -> None:
-    """A rerun into a DST made with other settings would mix two results: refuse."""
+def _check_previous_config(dst: Path, config: Config, recorded: Config) -> None:
+    """A rerun into a DST made with other settings would mix two results: refuse.
+
+    ``recorded`` is what this run writes to DST (:func:`_recorded`); a key matches when
+    the file holds the recorded value or the value asked for, so a DST written before
+    the config recorded resolved values (``layers: null``) still resumes."""
     path = dst / CONFIG_NAME
     if config.output.overwrite or not path.is_file():
         return
@@ -272,15 +278,22 @@ def _check_previous_config(dst: Path, config: Config) -> None:
     if not isinstance(previous, dict) or not all(isinstance(previous.get(s) or {}, dict) for s in RESULT_SECTIONS):
         raise JobError(f"DST {display(str(dst))!r}: {CONFIG_NAME} is unreadable or not a latinhib config; "
                        f"use --overwrite to redo DST, or another DST")
-    current = config.to_dict()
+    asked, current = config.to_dict(), recorded.to_dict()
     for section in RESULT_SECTIONS:
         for key, value in current[section].items():
             old = (previous.get(section) or {}).get(key, value)
-            if old != value:
+            if old != value and old != asked[section][key]:
                 raise JobError(
                     f"DST {display(str(dst))!r} was made with {section}.{key} = {old!r}, this run has {value!r}; "
                     f"use --overwrite to redo it, or another DST"
                 )
+
+
+def _recorded(config: Config, loaded: LoadedModel, enhancer: LateralInhibition) -> Config:
+    """The config as this job really runs it, for DST's provenance: resolved layers, input
+    size, mean and std, the weights only when weights were loaded, the checkpoint's
+    sha256 and size."""
+    return dataclasses.replace(config, model=loaded.resolved(config.model, enhancer.layers))
 
 
 def _class_labels(items: Sequence[Item], classes: Optional[List[str]]) -> Optional[Dict[str, int]]:
@@ -444,7 +457,23 @@ class _Finisher:
         )
 
 
+def _left_out(item: Item, config: Config) -> Optional[str]:
+    """Why a listed file gets no output (status ``skipped``), or None: a name that would
+    overwrite the job's own files in DST, or a file latinhib does not enhance under
+    ``output.images_only``."""
+    if is_job_file(item.rel):
+        return "has the name of a file latinhib writes in DST (is SRC a latinhib DST?): not copied"
+    if config.output.images_only and not item.is_image:
+        return f"not a format latinhib enhances ({_extension(item)}): left out (output.images_only)"
+    return None
+
+
+def _extension(item: Item) -> str:
+    return Path(item.rel).suffix or "no extension"
+
+
 def _copy(item: Item, dst: Path) -> Dict[str, Any]:
+    """An unselected image, or a file latinhib does not enhance, copied byte for byte."""
     try:
         copy_file(item.path, output_path(dst, item.rel))
     except OSError as exc:
@@ -452,7 +481,8 @@ def _copy(item: Item, dst: Path) -> Dict[str, Any]:
             raise  # the write failed: reported as "cannot write: ..."
         # The source could not be read: the same causes decode() names.
         return _entry(item, False, "failed", error=read_error(exc))
-    return _entry(item, False, "copied")
+    note = None if item.is_image else f"not a format latinhib enhances ({_extension(item)}): copied byte for byte"
+    return _entry(item, False, "copied", error=note)
 
 
 def _undecodable(item: Item, error: DecodeError, dst: Path) -> Dict[str, Any]:
@@ -508,7 +538,8 @@ def run(
     labels = resolve_labels(items, config, loaded.classes)
     # Labels above are decided on the whole listing, so every shard picks the same target.
     all_items, items = items, ctx.select(items)
-    _check_previous_config(dst, config)
+    recorded = _recorded(config, loaded, enhancer)
+    _check_previous_config(dst, config, recorded)
 
     manifest_path = ctx.manifest_path(dst)  # a shard writes its own part
     try:
@@ -516,7 +547,7 @@ def run(
         if ctx.owns_all_temp_files:  # a killed run's hidden temporary files
             for folder in (dst, *exclude):
                 remove_stale_temps(folder)
-        atomic_write(dst / CONFIG_NAME, lambda tmp: tmp.write_text(to_yaml(config), encoding="utf-8"))
+        atomic_write(dst / CONFIG_NAME, lambda tmp: tmp.write_text(to_yaml(recorded), encoding="utf-8"))
         manifest = Manifest(manifest_path)
     except OSError as exc:
         where = display(os.fsdecode(exc.filename)) if exc.filename else display(str(dst))
@@ -533,16 +564,16 @@ def run(
     fresh: List[Dict[str, Any]] = []
     for item in items:
         old = previous.get(item.rel)
-        if not item.is_image:
-            fresh.append(_entry(item, False, "skipped", error=f"not an image extension ({Path(item.rel).suffix or 'none'})"))
-            continue
         if (not config.output.overwrite and old is not None and old.get("status") in DONE
                 and output_path(dst, item.rel).exists()):
             summary.already_done += 1
             continue
-        if selection_score(seed, item.rel) < ratio:
+        left_out = _left_out(item, config)
+        if left_out is not None:
+            fresh.append(_entry(item, False, "skipped", error=left_out))
+        elif item.is_image and selection_score(seed, item.rel) < ratio:
             to_enhance.append(item)
-        else:
+        else:  # unselected images, and files latinhib does not enhance: byte for byte
             to_copy.append(item)
     summary.skipped = len(fresh)
     manifest.write(fresh)

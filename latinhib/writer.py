@@ -28,6 +28,7 @@ __all__ = [
     "Manifest",
     "atomic_write",
     "copy_file",
+    "is_job_file",
     "mask_path",
     "output_path",
     "read_manifest",
@@ -44,6 +45,16 @@ CONFIG_NAME = "latinhib-config.yaml"
 TEMP_MARK = ".latinhib-"
 #: Extensions whose format we save explicitly (PIL guesses the rest from the name).
 SAVE_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF"}
+
+
+#: The files a job writes at DST's top level (config, manifest, manifest parts, lock).
+JOB_FILE = re.compile(r"^latinhib-(config\.yaml|manifest(\.part-\d+-of-\d+)?\.jsonl|[^/]*\.lock)$")
+
+
+def is_job_file(rel: str) -> bool:
+    """Whether an input's output path would be one of the job's own files in DST (a SRC
+    that is itself a latinhib DST): such a file is never copied over them."""
+    return JOB_FILE.match(rel) is not None
 
 
 def output_path(dst: Path, rel: str) -> Path:
@@ -130,7 +141,13 @@ def tensor_bytes(tensor: torch.Tensor) -> bytes:
 
 def to_pil(pixels: torch.Tensor, decoded: Decoded) -> Image.Image:
     """(C, H, W) integer pixels in the decoded image's working mode -> a PIL image in the
-    mode to write (alpha kept; CMYK JPEGs written as CMYK; 16-bit stays 16-bit)."""
+    file's own mode (alpha kept; CMYK JPEGs written as CMYK; 16-bit stays 16-bit).
+
+    A 1-bit image stays 1-bit: the grey blur is thresholded at half (no dithering, which
+    would put back the fine texture the blur removed), so detail finer than the blur
+    disappears there; kept pixels are black or white already and pass unchanged. A
+    palette image is mapped back onto its own palette (nearest colour, no dithering):
+    kept pixels are palette colours and come back exact, blurred ones take the nearest."""
     channels = pixels.shape[0]
     hwc = pixels.permute(1, 2, 0).contiguous()
     w, h = decoded.size
@@ -140,6 +157,12 @@ def to_pil(pixels: torch.Tensor, decoded: Decoded) -> Image.Image:
     image = Image.frombytes(mode, (w, h), tensor_bytes(hwc.to(torch.uint8)))
     if decoded.mode == "CMYK":
         image = image.convert("CMYK")
+    elif decoded.mode == "1":
+        image = image.convert("1", dither=Image.Dither.NONE)
+    elif decoded.mode == "P" and decoded.info.get("palette"):
+        palette = Image.new("P", (1, 1))
+        palette.putpalette(decoded.info["palette"])
+        image = image.quantize(palette=palette, dither=Image.Dither.NONE)
     return image
 
 
@@ -151,12 +174,19 @@ def _int16_bytes(hwc: torch.Tensor) -> bytes:
 
 
 def encode(image: Image.Image, fmt: str, info: Dict[str, Any], jpeg_quality: int) -> bytes:
-    """Encode ``image`` in ``fmt``; JPEG/WebP at ``jpeg_quality``, PNG lossless."""
+    """Encode ``image`` in ``fmt``: lossless formats (PNG, BMP, TIFF as LZW, and a WebP
+    that was lossless, ``info["lossless"]``) stay lossless; JPEG and lossy WebP at
+    ``jpeg_quality``."""
     options: Dict[str, Any] = {}
     if info.get("icc_profile"):
         options["icc_profile"] = info["icc_profile"]
     if fmt in ("JPEG", "WEBP"):
-        options["quality"] = jpeg_quality
+        if fmt == "WEBP" and info.get("lossless"):
+            # quality then means effort (Pillow's default kept); exact: keep the colour under
+            # fully transparent pixels, which libwebp otherwise rewrites
+            options.update(lossless=True, exact=True)
+        else:
+            options["quality"] = jpeg_quality
         if info.get("exif"):
             options["exif"] = info["exif"]
     if fmt == "JPEG" and image.mode in ("RGBA", "LA", "P"):

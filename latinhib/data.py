@@ -236,9 +236,12 @@ def bomb_warnings_ignored() -> Iterator[None]:
         yield
 
 
-def _refuse_several_frames(opened: Image.Image, fmt: str) -> None:
-    """Raise :class:`NotEnhanceable` for an animation or a multi-page TIFF. MPO (a JPEG
-    with extra pictures, as cameras write) is enhanced as the JPEG it starts with."""
+def _refuse_not_enhanceable(opened: Image.Image, fmt: str) -> None:
+    """Raise :class:`NotEnhanceable` for an animation, a multi-page TIFF or a float image
+    (a depth map, say: written back in 8 bits it would lose its values). MPO (a JPEG with
+    extra pictures, as cameras write) is enhanced as the JPEG it starts with."""
+    if opened.mode == "F":
+        raise NotEnhanceable(f"32-bit float {fmt}: copied unchanged (only 8- and 16-bit images are enhanced)")
     frames = getattr(opened, "n_frames", 1)
     if frames <= 1 or fmt == "MPO":
         return
@@ -283,7 +286,7 @@ def decode(
         with bomb_warnings_ignored() if quiet_bombs else contextlib.nullcontext():
             with Image.open(path) as opened:
                 fmt = opened.format or "PNG"
-                _refuse_several_frames(opened, fmt)
+                _refuse_not_enhanceable(opened, fmt)
                 info = {k: opened.info[k] for k in ("icc_profile", "dpi") if k in opened.info}
                 if opened.mode == "P" and "transparency" not in opened.info:
                     info["palette"] = opened.getpalette()

@@ -65,13 +65,14 @@ def kept(masks: Path, rel: str) -> np.ndarray:
 
 # -- item 4: multi-page TIFF -------------------------------------------------------------
 
-def test_multi_page_tiff_is_copied_unchanged_with_a_note_and_a_single_page_one_is_enhanced(tmp_path, checkpoint):
+def test_multi_page_and_float_tiff_are_copied_unchanged_with_a_note_and_a_single_page_one_is_enhanced(tmp_path, checkpoint):
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     rng = np.random.default_rng(0)
     pages = [make_image(rng, (64, 48)) for _ in range(3)]
     pages[0].save(src / "pages.tif", save_all=True, append_images=pages[1:])
     make_image(rng, (64, 48)).save(src / "single.tif")
+    Image.fromarray(rng.normal(0, 1000, (48, 64)).astype(np.float32)).save(src / "depth.tif")  # mode F
     result = invoke("enhance", src, dst, *args(checkpoint, "--ratio", "1"))
     assert result.exit_code == 0, result.output
     entries = manifest(dst)
@@ -82,6 +83,10 @@ def test_multi_page_tiff_is_copied_unchanged_with_a_note_and_a_single_page_one_i
     assert entries["pages.tif"]["error"] == ("multi-page TIFF with 3 pages: copied unchanged "
                                              "(only single-page images are enhanced)")
     assert entries["single.tif"]["status"] == "enhanced"
+    # a float image would lose its values in 8 bits: copied unchanged too
+    assert (dst / "depth.tif").read_bytes() == (src / "depth.tif").read_bytes()
+    assert entries["depth.tif"]["status"] == "unchanged"
+    assert entries["depth.tif"]["error"].startswith("32-bit float TIFF: copied unchanged")
 
 
 # -- item 5: lossless stays lossless, modes are kept ---------------------------------------

@@ -15,8 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import yaml
 
-from .importance import TARGETS
-from .inhibition import FILTERS
+from .choices import FILTERS, TARGETS
 
 __all__ = [
     "Config",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import itertools
 import os
 import signal
@@ -53,10 +54,13 @@ from .data import (
 )
 from .filters import blur_uint8
 from .inhibition import inhibit, selection_score
+from .locking import DstBusy, DstLock
 from .models import LoadedModel, load_model
 from .streams import ModelStreams
 from .writer import (
     CONFIG_NAME,
+    UNUSABLE_ERRNOS,
+    DestinationUnusable,
     Manifest,
     atomic_write,
     copy_file,
@@ -69,7 +73,7 @@ from .writer import (
     save_mask,
 )
 
-__all__ = ["JobError", "Interrupted", "Summary", "run", "STATUSES"]
+__all__ = ["DestinationFull", "JobError", "Interrupted", "Stopped", "Summary", "run", "STATUSES"]
 
 STATUSES = distributed.STATUSES
 #: Config sections that change outputs; a rerun into the same DST must match them.
@@ -101,17 +105,27 @@ class Summary:
     target: Optional[str] = None
     device: str = "cpu"
     interrupted: bool = False
+    #: the signal that interrupted the job (SIGINT: Ctrl-C; SIGTERM: kill, SLURM, docker stop)
+    signum: Optional[int] = None
+    #: why the job stopped before its end: the signal's name (SIGINT, SIGTERM) or the
+    #: errno's (ENOSPC, EDQUOT, EROFS); None when it ran to its end
+    stopped: Optional[str] = None
     failures: List[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
-        if self.interrupted:
-            return 130
+        if self.interrupted:  # the shell's convention: 128 + the signal (130 Ctrl-C, 143 SIGTERM)
+            return 128 + (self.signum or signal.SIGINT)
         return 1 if self.failed else 0
+
+    @property
+    def done(self) -> int:
+        """Files whose output is in DST (this run's and earlier runs')."""
+        return self.enhanced + self.copied + self.unchanged + self.already_done
 
     def as_dict(self) -> Dict[str, Any]:
         keys = ("dst", "total", "enhanced", "copied", "unchanged", "skipped", "failed", "already_done",
-                "seconds", "target", "device", "interrupted")
+                "seconds", "target", "device", "interrupted", "stopped")
         return {k: getattr(self, k) for k in keys}
 
     def line(self) -> str:
@@ -123,10 +137,60 @@ class Summary:
         )
 
 
-class Interrupted(Exception):
-    def __init__(self, summary: Summary):
-        super().__init__("interrupted")
+class Stopped(Exception):
+    """The job stopped before its end. What was written is complete and in the manifest;
+    rerunning the same command finishes the job. ``summary``: how far it got;
+    ``where``: "rank R of W" under torchrun, else empty."""
+
+    exit_code = 1
+
+    def __init__(self, summary: Summary, where: str = ""):
+        super().__init__(self.__class__.__name__)
         self.summary = summary
+        self.where = where
+
+    def line(self) -> str:
+        """The one line that says why, how far the job got and what to do."""
+        raise NotImplementedError
+
+    def _progress(self) -> str:
+        total = self.summary.total
+        return f"after {self.summary.done} of {total} files" if total else "before any file was done"
+
+
+class Interrupted(Stopped):
+    """Ctrl-C (SIGINT) or SIGTERM: stopped at the next safe point. Exit code 128 + signal."""
+
+    @property
+    def exit_code(self) -> int:
+        return self.summary.exit_code
+
+    def line(self) -> str:
+        signum = self.summary.signum
+        how = "interrupted" if signum in (None, signal.SIGINT) else f"stopped by {signal.Signals(signum).name}"
+        where = f"{self.where}: " if self.where else ""
+        return f"{where}{how} {self._progress()}; rerun the same command to resume"
+
+
+class DestinationFull(Stopped):
+    """DST, or the masks or heat-maps folder, can take no more writes (full disk or quota,
+    read-only file system): nothing else could succeed, so the job stopped at the first
+    such write. Exit code 1."""
+
+    HINTS = {"ENOSPC": "free some space", "EDQUOT": "free some space or raise the quota",
+             "EROFS": "make it writable"}
+
+    def __init__(self, summary: Summary, error: DestinationUnusable, folder: str, where: str = ""):
+        super().__init__(summary, where)
+        self.error = error
+        self.folder = folder
+        summary.stopped = errno.errorcode.get(error.errno, str(error.errno))
+
+    def line(self) -> str:
+        hint = self.HINTS.get(errno.errorcode.get(self.error.errno, ""), "fix it")
+        where = f"{self.where}: " if self.where else ""
+        return (f"{where}{self.folder}: {self.error.strerror} (writing {display(str(self.error.path))!r}); "
+                f"stopped {self._progress()}; {hint}, then rerun the same command to finish")
 
 
 class _Decoding(Dataset):
@@ -153,27 +217,38 @@ class _Decoding(Dataset):
             return index, None, DecodeError("out of memory while decoding")
 
 
+#: The signals that stop a job cleanly: Ctrl-C, and SIGTERM (what ``kill``, SLURM at a
+#: time limit or preemption, ``docker stop`` and torchrun's shutdown of its workers send).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class _StopRequest:
-    """Ctrl-C (SIGINT) as a request: the first one is acted on at the next safe point (after
-    the model pass in flight, between batches, where no DataLoader iterator is half built),
-    where :meth:`check` raises KeyboardInterrupt; a second one interrupts at once. Only
-    installed from the main thread (``signal`` allows no other); the previous handler is
-    put back by :meth:`restore`."""
+    """Ctrl-C (SIGINT) or SIGTERM as a request: the first one is acted on at the next safe
+    point (after the model pass in flight, between batches, where no DataLoader iterator is
+    half built), where :meth:`check` raises KeyboardInterrupt; a second one interrupts at
+    once (the writes in flight still finish: each is atomic). ``signum`` is the first
+    signal. Only installed from the main thread (``signal`` allows no other); the previous
+    handlers are put back by :meth:`restore`."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum: Optional[int] = None
         self.ignoring = False
-        self.previous = None
+        self.previous: Dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def _handle(self, signum, frame) -> None:
         if self.requested and not self.ignoring:
             raise KeyboardInterrupt
-        self.requested = True
+        if self.signum is None:
+            self.signum = signum
 
     def ignore(self) -> None:
-        """From here on Ctrl-C only marks the request (the cleanup must run to its end)."""
+        """From here on a signal only marks the request (the cleanup must run to its end)."""
         self.ignoring = True
 
     def check(self) -> None:
@@ -181,21 +256,24 @@ class _StopRequest:
             raise KeyboardInterrupt
 
     def restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
+        self.previous = {}
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    """Ctrl-C reaches the whole process group: decoding workers ignore it (no traceback per
-    worker) and the main process alone stops the job; the DataLoader then ends them.
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group, and SLURM sends SIGTERM to every process of
+    a job step: decoding workers ignore both (no traceback per worker, no worker dying
+    under the DataLoader) and the main process alone stops the job; the DataLoader then
+    ends them.
 
     A main process interrupted while it fetches a decoded tensor's file descriptor resets
     the connection to the worker's ``multiprocessing.resource_sharer`` thread, which then
     prints a ConnectionResetError traceback through ``sys.excepthook``: in a worker, such
     errors only mean that the main process has stopped (and says so itself), so they are
     not printed."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     default_hook = sys.excepthook
 
     def hook(kind, value, traceback) -> None:
@@ -511,8 +589,10 @@ def run(
     """Run ``latinhib enhance`` from SRC to DST with ``config``; see the CLI's help.
 
     Raises :class:`JobError` (or ``ConfigError``/``CheckpointError``) before writing
-    anything when the job cannot start, and :class:`Interrupted` after Ctrl-C, once the
-    work in flight is safely written.
+    anything when the job cannot start (another job holds DST, too), and a
+    :class:`Stopped` once the work in flight is safely written: :class:`Interrupted` after
+    Ctrl-C or SIGTERM, :class:`DestinationFull` when DST or a masks/heat-maps folder can
+    take no more writes.
     """
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
@@ -523,6 +603,26 @@ def run(
     # Other ranks/shards may be writing into DST right now: any cleanup of stale temporary
     # files there must be guarded by ctx.owns_all_temp_files.
     ctx = distributed.setup(shard, config.runtime.device)
+    # One job per DST, or per shard of it (locking.py). Taken here when DST exists, so a
+    # second job is refused before it loads a model; else _job takes it on creating DST.
+    lock = DstLock(dst, ctx.shard, log=log)
+    try:
+        if dst.is_dir():
+            lock.acquire()
+        return _job(config, src, dst, ctx, lock, started, files_from=files_from, follow_symlinks=follow_symlinks,
+                    strict=strict, quiet=quiet, on_output=on_output, log=log)
+    except DstBusy as exc:
+        raise JobError(str(exc)) from None
+    except DestinationUnusable as exc:  # before the loop: DST's config, or the first manifest lines
+        raise DestinationFull(Summary(dst=str(dst)), exc, _folder_of(exc.path, dst, config), _rank(ctx)) from None
+    finally:
+        lock.release()
+
+
+def _job(config: Config, src: Path, dst: Path, ctx: distributed.Context, lock: DstLock, started: float, *,
+         files_from: Optional[Iterable[str]], follow_symlinks: bool, strict: bool, quiet: bool,
+         on_output: Optional[Callable[[Path], None]], log: Callable[[str], None]) -> Summary:
+    """:func:`run` once DST is locked (or is locked as soon as this creates it)."""
     if files_from is not None:
         files_from = ctx.same_lines(files_from)
     device = ctx.device
@@ -544,12 +644,15 @@ def run(
     manifest_path = ctx.manifest_path(dst)  # a shard writes its own part
     try:
         dst.mkdir(parents=True, exist_ok=True)
+        lock.acquire()  # no-op when DST existed (run took it then)
         if ctx.owns_all_temp_files:  # a killed run's hidden temporary files
             for folder in (dst, *exclude):
                 remove_stale_temps(folder)
         atomic_write(dst / CONFIG_NAME, lambda tmp: tmp.write_text(to_yaml(recorded), encoding="utf-8"))
         manifest = Manifest(manifest_path)
     except OSError as exc:
+        if exc.errno in UNUSABLE_ERRNOS:  # a full or read-only DST: the same stop as in the loop
+            raise DestinationUnusable(Path(os.fsdecode(exc.filename or dst)), exc) from exc
         where = display(os.fsdecode(exc.filename)) if exc.filename else display(str(dst))
         raise JobError(f"DST {display(str(dst))!r}: cannot write {where!r}: {exc.strerror or exc}") from None
     # Entries of files outside this listing are kept; --overwrite only redoes the listed ones.
@@ -627,6 +730,9 @@ def run(
                 except _PassFailed as exc:  # the model pass itself failed: the job stops, as below
                     failure = exc.error
                     break
+                except DestinationUnusable as exc:  # a full disk: no later write can succeed either
+                    failure = exc
+                    break
                 except Exception as exc:  # noqa: BLE001 - one file's failure, reported with its name
                     entry = _entry(item, item in to_enhance_set, "failed", error=_describe(exc))
                 done.append((entry, item))
@@ -663,6 +769,7 @@ def run(
             drain(limit, files_limit)
             stop.check()
 
+    unusable: Optional[DestinationUnusable] = None  # the write that found DST full, if one did
     stop = _StopRequest()
     with bomb_warnings_ignored():  # for the decoding threads too, entered once here
         try:
@@ -691,7 +798,7 @@ def run(
                         num_workers=config.runtime.workers,
                         collate_fn=_as_list,
                         prefetch_factor=2 if config.runtime.workers else None,
-                        worker_init_fn=_ignore_sigint if config.runtime.workers else None,
+                        worker_init_fn=_ignore_stop_signals if config.runtime.workers else None,
                     )
                 for batch in loader:
                     stop.check()  # Ctrl-C: the batch just decoded is discarded, none is half done
@@ -716,8 +823,12 @@ def run(
             drain(0)
         except KeyboardInterrupt:
             summary.interrupted = True
+            summary.signum = stop.signum or signal.SIGINT
+            summary.stopped = signal.Signals(summary.signum).name
         except StrictStop:
             pass
+        except DestinationUnusable as exc:
+            unusable = exc
         finally:
             # Every way out (done, Ctrl-C, --strict, an error in the model pass or a full disk)
             # ends here: a second Ctrl-C cannot cut the cleanup short, writes in flight finish
@@ -729,14 +840,19 @@ def run(
                 future.cancel()
             streams.shutdown()  # model passes in flight end, and the files they started
             pool.shutdown(wait=True)
-            _finish_pending(pending, manifest, record)
-            _close(manifest, manifest_path, items, entries, bar)
+            unusable = _finish_pending(pending, manifest, record) or unusable
+            unusable = _close(manifest, manifest_path, items, entries, bar) or unusable
             stop.restore()
             summary.seconds = time.perf_counter() - started
+    if unusable is not None:
+        raise DestinationFull(summary, unusable, _folder_of(unusable.path, dst, config), _rank(ctx))
     if summary.interrupted:
-        raise Interrupted(summary)
+        raise Interrupted(summary, _rank(ctx))
     # torchrun: job-wide counts on every rank, rank 0 merges the manifest parts.
-    return ctx.finish(summary, dst, [item.rel for item in all_items])
+    try:
+        return ctx.finish(summary, dst, [item.rel for item in all_items])
+    except DestinationUnusable as exc:  # no room for the merged manifest: the parts stay
+        raise DestinationFull(summary, exc, _folder_of(exc.path, dst, config), _rank(ctx)) from None
 
 
 def _one_torch_thread() -> None:
@@ -814,7 +930,9 @@ def _importance(enhancer: LateralInhibition, decoded_ok, items, labels, device) 
     return enhancer.importance(inputs, targets)
 
 
-def _finish_pending(pending, manifest: Manifest, record) -> None:
+def _finish_pending(pending, manifest: Manifest, record) -> Optional[DestinationUnusable]:
+    """Record the files in flight that were written when the job stopped. Returns the
+    error when the manifest itself could not be written (those files are redone next run)."""
     done = []
     for item, future in pending:
         if future.cancelled():
@@ -823,19 +941,46 @@ def _finish_pending(pending, manifest: Manifest, record) -> None:
             done.append((future.result(), item))
         except Exception:  # noqa: BLE001 - it is redone on the next run
             continue
-    manifest.write(e for e, _ in done)
+    try:
+        manifest.write(e for e, _ in done)
+    except DestinationUnusable as exc:
+        return exc
     for entry, item in done:
         record(entry, item)
+    return None
 
 
-def _close(manifest: Manifest, path: Path, items: Sequence[Item], entries: Dict[str, Dict[str, Any]], bar) -> None:
+def _close(manifest: Manifest, path: Path, items: Sequence[Item], entries: Dict[str, Dict[str, Any]],
+           bar) -> Optional[DestinationUnusable]:
+    """Close the manifest and rewrite it one line per input. On a full disk the rewrite
+    (a whole new copy) may not fit: the appended manifest then stays as it is (it holds
+    the same entries, in the order they were done) and the error is returned."""
     manifest.close()
     if bar is not None:
         bar.close()
     listed = [item.rel for item in items]
     known = set(listed)
     # Entries of files outside this listing (an earlier --files-from subset) are kept.
-    Manifest.compact(path, listed + [rel for rel in entries if rel not in known], entries)
+    try:
+        Manifest.compact(path, listed + [rel for rel in entries if rel not in known], entries)
+    except DestinationUnusable as exc:
+        return exc
+    return None
+
+
+def _folder_of(path: Path, dst: Path, config: Config) -> str:
+    """The folder a stop message names for a write to ``path``: the masks or heat-maps
+    folder when ``path`` is inside one, else DST."""
+    target = os.path.abspath(path)
+    for option, folder in (("--save-masks", config.output.save_masks), ("--save-heatmaps", config.output.save_heatmaps)):
+        if folder and os.path.commonpath([target, os.path.abspath(folder)]) == os.path.abspath(folder):
+            return f"{option} folder {display(folder)!r}"
+    return f"DST {display(str(dst))!r}"
+
+
+def _rank(ctx: distributed.Context) -> str:
+    """"rank R of W" under torchrun (each rank says how far its own share got), else ""."""
+    return f"rank {ctx.rank} of {ctx.world_size}" if ctx.distributed else ""
 
 
 def _describe(exc: BaseException) -> str:

@@ -157,6 +157,8 @@ def enhance(src: Path, dst: Path, config_file, sets, files_from, follow_symlinks
 
 def _enhance(src, dst, config_file, sets, files_from, follow_symlinks, strict, print_outputs, print0, as_json, quiet,
              values) -> None:
+    # The heavy imports (torch, torchvision, the pipeline) happen here, when a job runs, not
+    # at the top of this module: --help and --version stay fast (see the module docstring).
     from .allocator import keep_large_blocks
     from .config import ConfigError
     from .distributed import is_distributed, is_primary

@@ -193,6 +193,14 @@ def test_background_blurred_is_what_enhance_makes_at_ratio_1():
 
 
 def test_pairing_crosses_classes_and_is_seeded():
+    labels = torch.randint(0, 3, (600,), generator=torch.Generator().manual_seed(0))
+    partners = pair_partners(labels, 0)
+    assert bool((labels[partners] != labels).all())
+    # uniform over the images of the other classes: class 0's partners split between
+    # classes 1 and 2 as their sizes do
+    share = float((labels[partners[labels == 0]] == 1).float().mean())
+    sizes = torch.bincount(labels)
+    assert share == pytest.approx(float(sizes[1] / (sizes[1] + sizes[2])), abs=0.07)
     labels = torch.tensor([0] * 5 + [1] * 3 + [2] * 9)
     partners = pair_partners(labels, 0)
     assert bool((labels[partners] != labels).all())
@@ -357,12 +365,27 @@ def test_json_on_stdout_alone_and_in_the_issue_schema(src, checkpoints):
     assert "img/s" in done.stderr  # the progress bar and summary went to stderr
 
 
-def test_rerun_is_bit_identical_and_the_cache_changes_nothing(src, checkpoints):
+def test_rerun_is_bit_identical_with_or_without_the_cache(src, checkpoints):
     config = config_for(checkpoints[0])
-    runs = [evaluate_folder(config, src, quiet=True, log=lambda m: None, cache_bytes=size) for size in (1 << 30, 1 << 30, 0)]
-    documents = [run.result.as_dict() for run in runs]
-    assert documents[0] == documents[1] == documents[2]
-    assert torch.equal(runs[0].result.correct, runs[2].result.correct)
+    runs = [evaluate_folder(config, src, quiet=True, log=lambda m: None, cache_bytes=size) for size in (1 << 30, 0)]
+    assert runs[0].result.as_dict() == runs[1].result.as_dict()
+    assert torch.equal(runs[0].result.correct, runs[1].result.correct)
+
+
+def test_cached_inputs_are_the_decoded_bits(src):
+    from latinhib.data import list_folder
+    from latinhib.evaluation import _Inputs
+    from latinhib.models import LoadedModel
+
+    items = [item for item in list_folder(src) if item.is_image]
+    loaded = LoadedModel(None, (64, 64), IMAGENET_MEAN, IMAGENET_STD, None, "")
+    cached = _Inputs(items, loaded, None, cache_bytes=3 * 3 * 64 * 64 * 4)  # room for three
+    fresh = _Inputs(items, loaded, None, cache_bytes=0)
+    for index in range(len(items)):
+        cached.keep(index, cached.load(index)[0])
+    assert len(cached.cache) == 3
+    for index in range(len(items)):
+        assert torch.equal(cached.again(index), fresh.again(index))
 
 
 def test_bad_files_are_skipped_counted_and_exit_1(tmp_path, src, checkpoints):

@@ -39,14 +39,19 @@ from scripts.experiment.train import MEAN, STD, accuracy, load_folder, train_mod
 DOCUMENTED = {"layers": ["layer1"], "target": "entropy", "filter": "log", "sigma": 0.75, "k": 7,
               "q": 0.95, "r": 0.75, "blur": 3.0}
 SPLITS = ("test/original", "test/mixed_rand")
+#: Mask sources per split: latinhib at the protocol's q, latinhib at q = 0.8 (the share of
+#: background: garments cover ~20% of an image), the true garment masks.
+SOURCES = (("latinhib, q = protocol's", None, False), ("latinhib, q = 0.8", 0.8, False), ("true masks (--masks)", None, True))
 VARIANTS = ("original", "background_blurred", "object_blurred", "background_swapped", "object_only")
 
 
-def model_options(settings: dict, checkpoint: Path, num_classes: int) -> list[str]:
-    """The model and inhibition options `latinhib enhance` got in run.py (run_cli)."""
+def model_options(settings: dict, checkpoint: Path, classes: list[str]) -> list[str]:
+    """The model and inhibition options `latinhib enhance` got in run.py (run_cli), plus the
+    class names in training order (sorted folder names, as load_folder labels them)."""
     return [
         "--arch", ARCH, "--checkpoint", str(checkpoint),
-        "--set", f"model.kwargs={{num_classes: {num_classes}}}", "--set", "model.input_size=64",
+        "--set", f"model.kwargs={{num_classes: {len(classes)}}}", "--set", "model.input_size=64",
+        "--set", f"model.classes=[{','.join(classes)}]",
         "--set", f"model.mean={list(MEAN)}", "--set", f"model.std={list(STD)}",
         "--layers", ",".join(settings["layers"]), "--target", settings["target"],
         "--filter", settings["filter"], "--sigma", str(settings["sigma"]),
@@ -100,13 +105,17 @@ def train_checkpoints(work: Path, settings: dict, threads: int, epochs: int) -> 
     return scores
 
 
-def run_evaluate(work: Path, split: str, settings: dict, num_classes: int, true_masks: bool,
+def run_evaluate(work: Path, split: str, settings: dict, classes: list[str], true_masks: bool,
                  threads: int, report: Path | None = None) -> dict:
-    """`latinhib evaluate` on one test split; returns its --json document."""
+    """`latinhib evaluate` on one test split; returns its --json document. With latinhib's
+    masks the first checkpoint is pretrain.pth (the model `enhance` used); with the true
+    masks no model makes them, so baseline.pth goes first and the paired differences read
+    latinhib.pth - baseline.pth."""
     data_root = work / "data"
+    order = ["baseline", "latinhib", "pretrain"] if true_masks else ["pretrain", "baseline", "latinhib"]
+    also = [option for name in order[1:] for option in ("--also-checkpoint", str(work / f"{name}.pth"))]
     command = [sys.executable, "-m", "latinhib", "evaluate", str(data_root / "images" / split),
-               *model_options(settings, work / "pretrain.pth", num_classes),
-               "--also-checkpoint", str(work / "baseline.pth"), "--also-checkpoint", str(work / "latinhib.pth"),
+               *model_options(settings, work / f"{order[0]}.pth", classes), *also,
                "--set", f"runtime.threads={threads}", "--json", "--quiet"]
     if true_masks:
         command += ["--masks", str(data_root / "masks" / split)]
@@ -133,22 +142,43 @@ def tables(documents: dict, accuracies: dict) -> str:
     names = {"pretrain": "pretrain (masks' model)", "baseline": "baseline (biased train set)",
              "latinhib": "trained on latinhib's copies"}
     for (split, source), document in documents.items():
+        gap = "original - background_swapped"
         lines += [f"### {split}, masks: {source}", "",
-                  "| checkpoint | experiment's accuracy | " + " | ".join(VARIANTS) + " |",
-                  "|---" * (len(VARIANTS) + 2) + "|"]
-        rows = [("pretrain", document["variants"])]
-        rows += [(Path(c["checkpoint"]).stem, c["variants"]) for c in document["compared"]]
-        for name, variants in rows:
+                  "| checkpoint | experiment's accuracy | " + " | ".join(VARIANTS) + f" | {gap} |",
+                  "|---" * (len(VARIANTS) + 3) + "|"]
+        first = Path(document["config"]["model"]["checkpoint"]).stem
+        rows = [(first, document["variants"], document["gaps"])]
+        rows += [(Path(c["checkpoint"]).stem, c["variants"], c["gaps"]) for c in document["compared"]]
+        for name, variants, gaps in rows:
             cells = [_cell(variants[v]) for v in VARIANTS]
-            lines.append(f"| {names.get(name, name)} | {100 * accuracies[name][split]:.1f} | " + " | ".join(cells) + " |")
+            g = gaps[gap]
+            lines.append(f"| {names.get(name, name)} | {100 * accuracies[name][split]:.1f} | " + " | ".join(cells)
+                         + f" | {100 * g['difference']:+.1f} [{100 * g['ci95'][0]:+.1f}, {100 * g['ci95'][1]:+.1f}] |")
         lines.append("")
         for compared in document["compared"]:
             paired = compared["paired"]
             text = ", ".join(f"{v} {100 * paired[v]['difference']:+.1f} [{100 * paired[v]['ci95'][0]:+.1f}, "
                              f"{100 * paired[v]['ci95'][1]:+.1f}]" for v in VARIANTS)
-            lines.append(f"- {Path(compared['checkpoint']).stem} - pretrain (paired): {text}")
+            lines.append(f"- {Path(compared['checkpoint']).stem} - {first} (paired): {text}")
         lines.append("")
     return "\n".join(lines)
+
+
+def seed_table(documents: dict) -> str:
+    """The seed's "original image vs enhanced image" in form: each checkpoint on the test
+    images as they are vs background_blurred (latinhib's masks at the protocol's q)."""
+    lines = ["### The seed's table in form: test images as they are vs latinhib-enhanced (background_blurred)", "",
+             "| checkpoint | test split | original | background_blurred | difference (paired) |", "|---|---|---|---|---|"]
+    for (split, source), document in documents.items():
+        if not source.startswith("latinhib, q = protocol's"):
+            continue
+        rows = [(Path(document["config"]["model"]["checkpoint"]).stem, document["variants"], document["gaps"])]
+        rows += [(Path(c["checkpoint"]).stem, c["variants"], c["gaps"]) for c in document["compared"]]
+        for name, variants, gaps in rows:
+            gap = gaps["background_blurred - original"]
+            lines.append(f"| {name} | {split} | {_cell(variants['original'])} | {_cell(variants['background_blurred'])} | "
+                         f"{100 * gap['difference']:+.1f} [{100 * gap['ci95'][0]:+.1f}, {100 * gap['ci95'][1]:+.1f}] |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -171,15 +201,15 @@ def main() -> None:
         return
     out = args.out or work / "evaluate"
     out.mkdir(parents=True, exist_ok=True)
-    num_classes = len(accuracies and json.loads((work / "data" / "info.json").read_text())["classes"])
+    classes = sorted(json.loads((work / "data" / "info.json").read_text())["classes"])
     documents = {}
     for split in SPLITS:
-        for true_masks in (False, True):
-            source = "true garment masks (--masks)" if true_masks else "latinhib (pretrain checkpoint)"
-            report = out / f"report-{split.split('/')[-1]}" if not true_masks else None
-            documents[(split, source)] = run_evaluate(work, split, settings, num_classes, true_masks,
-                                                      args.threads, report)
-    text = tables(documents, accuracies)
+        for source, quantile, true_masks in SOURCES:
+            chosen = dict(settings, q=quantile) if quantile is not None else settings
+            name = f"{split.split('/')[-1]}-{'true' if true_masks else 'q' + str(chosen['q'])}"
+            documents[(split, f"{source} (q = {chosen['q']})" if not true_masks else source)] = run_evaluate(
+                work, split, chosen, classes, true_masks, args.threads, out / f"report-{name}")
+    text = tables(documents, accuracies) + "\n" + seed_table(documents)
     print(text)
     (out / "tables.md").write_text(text + "\n")
     (out / "documents.json").write_text(json.dumps({f"{s} | {m}": d for (s, m), d in documents.items()}, indent=1))

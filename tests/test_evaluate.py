@@ -309,16 +309,17 @@ def test_also_checkpoint_sees_the_same_variants(monkeypatch):
     assert torch.equal(seen[id(second)][0], images)
 
 
-def test_api_original_equals_plain_top1():
-    model = build_tiny_cnn(3)
-    images = random_images(12, 64, seed=3)
+def test_api_original_equals_plain_top1(device):
+    model = build_tiny_cnn(3).to(device)
+    images = random_images(12, 64, seed=3, device=device)
     with torch.no_grad():
         predicted = model(images).argmax(1)
     labels = predicted.clone()
     labels[::3] = (labels[::3] + 1) % 10  # a third wrong
-    result = latinhib.evaluate(model, images, labels, {"model.layers": ["features.2"]})
+    result = latinhib.evaluate(model, images, labels, {"model.layers": ["features.2"], "runtime.amp": "off"})
     assert result.variants["original"].correct == 8
-    assert torch.equal(result.correct[0, 0], predicted == labels)
+    assert torch.equal(result.correct[0, 0], (predicted == labels).cpu())
+    assert result.variants["object_blurred"].n == 12
 
 
 # ----------------------------------------------------------------------------------------

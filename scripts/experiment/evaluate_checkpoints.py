@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -188,6 +189,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--train-only", action="store_true", help="stop after stage 2")
+    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "EVALUATE.md",
+                        help="the page to write (its figures go next to it)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work
@@ -202,6 +205,7 @@ def main() -> None:
     out = args.out or work / "evaluate"
     out.mkdir(parents=True, exist_ok=True)
     classes = sorted(json.loads((work / "data" / "info.json").read_text())["classes"])
+    started = time.time()
     documents = {}
     for split in SPLITS:
         for source, quantile, true_masks in SOURCES:
@@ -213,6 +217,31 @@ def main() -> None:
     print(text)
     (out / "tables.md").write_text(text + "\n")
     (out / "documents.json").write_text(json.dumps({f"{s} | {m}": d for (s, m), d in documents.items()}, indent=1))
+    write_page(args.results, text, out, started)
+
+
+def write_page(path: Path, text: str, out: Path, started: float) -> None:
+    """docs/EVALUATE.md: how it was made, the tables, and two figures from the reports."""
+    figures = {"evaluate-true-masks.png": out / "report-original-true" / "accuracy.png",
+               "evaluate-samples.png": out / "report-original-q0.8" / "samples.png"}
+    for name, source in figures.items():
+        shutil.copy(source, path.parent / name)
+    import platform
+
+    header = [
+        "# `latinhib evaluate` on the experiment's test splits", "",
+        "Written by `.venv/bin/python -m scripts.experiment.evaluate_checkpoints` (from the repository root; "
+        "`--work out/experiment`, shared with `scripts.experiment.run`). "
+        f"Last run: {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs, torch "
+        f"{torch.__version__}, {time.time() - started:.0f} s for this script's evaluate runs.", "",
+        "Checkpoints (SmallResNet, seed 0, trained as `scripts/experiment/run.py` trains them): *pretrain* (random "
+        "backgrounds: the model latinhib uses for its masks), *baseline* (the biased train set as is), "
+        "*latinhib* (the train set after `latinhib enhance` at the protocol's settings). "
+        "\"experiment's accuracy\" is `scripts/experiment/train.accuracy` on the same split; `original` must equal it. "
+        "Accuracies in %, [95% bootstrap interval]; differences in points.", "",
+        "![accuracy per variant, true masks, test/original](evaluate-true-masks.png)", "",
+        "![the variants with latinhib's masks at q = 0.8 (test/original)](evaluate-samples.png)", ""]
+    path.write_text("\n".join(header) + "\n" + text + "\n")
 
 
 if __name__ == "__main__":

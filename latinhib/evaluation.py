@@ -588,6 +588,7 @@ def _first_pass(inputs: _Inputs, evaluator: Optional[Evaluator], labels: torch.T
             if ok and evaluator is not None:
                 batch = torch.stack([value[0] for _, value in ok])
                 masks, _, predicted = evaluator.masks(batch, labels[[index for index, _ in ok]])
+                masks, predicted = masks.cpu(), predicted.cpu()  # one transfer per batch
                 for row, (index, _) in enumerate(ok):
                     store.put(index, masks[row])
                     first[index] = int(predicted[row])

@@ -6,7 +6,8 @@ images are Gaussian-blurred. See README.md.
 """
 __version__ = "0.1.0"
 
-__all__ = ["Config", "ConfigError", "Importance", "InhibitionResult", "LateralInhibition", "load_config", "__version__"]
+__all__ = ["Config", "ConfigError", "EvaluationResult", "Importance", "InhibitionResult", "LateralInhibition",
+           "evaluate", "load_config", "__version__"]
 
 #: Public names -> the module that defines them. Imported on first use (PEP 562), so that
 #: ``latinhib --version`` and ``--help`` never import torch (~1 s) and
@@ -18,6 +19,8 @@ _LAZY = {
     "Config": "config",
     "ConfigError": "config",
     "load_config": "config",
+    "evaluate": "evaluation",  # pulls in the folder pipeline
+    "EvaluationResult": "evaluation",
 }
 
 

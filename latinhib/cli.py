@@ -324,6 +324,49 @@ def preview(src: Path, output: Path, count, files, grid, cell, config_file, sets
     click.echo(f"latinhib: wrote {output}", err=True)
 
 
+@main.command("evaluate")
+@click.argument("src", type=click.Path(file_okay=False, path_type=Path))
+@config_options
+@click.option("--also-checkpoint", "also", multiple=True, type=click.Path(dir_okay=False),
+              help="Another checkpoint of the same architecture, evaluated on the same variants (repeatable).")
+@click.option("--masks", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="True masks (DIR/<rel>, DIR/<rel>.png; white = object) instead of latinhib's.")
+@click.option("--save-variants", type=click.Path(file_okay=False, path_type=Path),
+              help="Write every variant as DIR/<variant>/<rel>.png (and DIR/mask/).")
+@click.option("--report", type=click.Path(file_okay=False, path_type=Path),
+              help="Write report.md, report.json, accuracy.png and samples.png here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead of the table.")
+@click.option("--quiet", is_flag=True, help="No progress bar or summary on stderr.")
+def evaluate_command(src: Path, config_file, sets, also, masks, save_variants, report, as_json, quiet,
+                     **values) -> None:
+    """Top-1 accuracy on the images of SRC as they are and with their background blurred,
+    object blurred, background swapped (from an image of another class) or object alone on
+    the mean colour, the masks made by latinhib (or --masks); with 95% bootstrap intervals,
+    the gaps between variants and, per --also-checkpoint, paired differences. SRC's class
+    folders must be the model's classes. Exit 1 when some files failed.
+
+    \b
+    Example:
+      latinhib evaluate val/ --arch resnet18 --checkpoint base.pth --also-checkpoint li.pth --report rep/
+    """
+    from .allocator import keep_large_blocks
+    from .config import ConfigError
+    from .evaluation import EvaluateError, evaluate_folder
+    from .models import CheckpointError
+
+    keep_large_blocks()
+    config = build_config(config_file, sets, values)
+    try:
+        run = evaluate_folder(config, src, also=also, masks=masks, save_variants=save_variants, report=report,
+                              quiet=quiet, log=lambda message: click.echo(message, err=True))
+    except (EvaluateError, ConfigError, CheckpointError) as exc:
+        raise BadInput(str(exc)) from None
+    click.echo(json.dumps(run.result.as_dict()) if as_json else run.result.table())
+    if not quiet:
+        click.echo(f"latinhib: {run.line()}", err=True)
+    sys.exit(1 if run.failed else 0)
+
+
 @main.command("config")
 @config_options
 def show_config(config_file, sets, **values) -> None:

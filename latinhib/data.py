@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -210,7 +211,9 @@ def read_error(exc: OSError) -> str:
     return READ_ERRORS.get(exc.errno, f"cannot read: {exc.strerror or exc}")
 
 
-def _is_empty(path: Path) -> bool:
+def _is_empty(path: Union[Path, BinaryIO]) -> bool:
+    if not isinstance(path, (str, os.PathLike)):  # a tar member's bytes
+        return path.seek(0, os.SEEK_END) == 0
     try:
         return os.stat(path).st_size == 0
     except OSError:
@@ -228,15 +231,22 @@ def bomb_warnings_ignored() -> Iterator[None]:
         yield
 
 
+def _unnamed(exc: BaseException) -> str:
+    """Pillow's message without the ``<_io.BytesIO object at 0x...>`` it names for bytes
+    from a tar member (the caller names the sample)."""
+    return re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
+
+
 def decode(
-    path: Path,
+    path: Union[Path, BinaryIO],
     input_size: Tuple[int, int],
     mean: Sequence[float],
     std: Sequence[float],
     *,
     quiet_bombs: bool = True,
 ) -> Decoded:
-    """Decode ``path`` for the pipeline; raises :class:`DecodeError` with the cause.
+    """Decode ``path`` (a file, or a binary file object: a tar member's bytes) for the
+    pipeline; raises :class:`DecodeError` with the cause.
 
     ``quiet_bombs=False`` leaves the warning filters alone: for decoding threads, whose
     job holds :func:`bomb_warnings_ignored` from its main thread."""
@@ -263,9 +273,9 @@ def decode(
             raise DecodeError(read_error(exc)) from None
         if _is_empty(path):  # Pillow's "cannot identify image file" hides the real cause
             raise DecodeError("empty file (0 bytes)") from None
-        raise DecodeError(f"cannot decode: {exc}") from None
+        raise DecodeError(f"cannot decode: {_unnamed(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises SyntaxError, struct.error, ValueError...
-        raise DecodeError(f"cannot decode: {type(exc).__name__}: {exc}") from None
+        raise DecodeError(f"cannot decode: {type(exc).__name__}: {_unnamed(exc)}") from None
     if fmt == "MPO":
         fmt = "JPEG"
     channels = len(work.getbands())

@@ -93,8 +93,15 @@ def looks_like_shards(src: str) -> bool:
     path = Path(src)
     if not path.is_dir():
         return False
-    names = [entry.name for entry in os.scandir(path) if entry.is_file() and not entry.name.startswith(".")]
+    names = [entry.name for entry in os.scandir(path) if not entry.name.startswith(".") and not _is_dir(entry)]
     return bool(names) and all(name.endswith(".tar") for name in names)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symlink loop, say: a file as far as detection goes
+        return False
 
 
 def expand(src: str) -> List[Shard]:

@@ -87,13 +87,16 @@ def _pipe_name(command: str) -> str:
 
 def looks_like_shards(src: str) -> bool:
     """``--input-format auto``: a ``pipe:`` command, a brace pattern or a ``.tar`` file,
-    or a folder holding ``.tar`` files and nothing else but folders."""
+    or a folder holding ``.tar`` files and nothing else but folders (and latinhib's own
+    ``latinhib-*`` files: a shard job's DST is a shard SRC)."""
     if src.startswith(PIPE) or src.endswith(".tar") or ("{" in src and ".tar" in src):
         return True
     path = Path(src)
     if not path.is_dir():
         return False
-    names = [entry.name for entry in os.scandir(path) if not entry.name.startswith(".") and not _is_dir(entry)]
+    # A DST of a shard job holds latinhib's own manifest and config next to its shards.
+    names = [entry.name for entry in os.scandir(path)
+             if not entry.name.startswith((".", "latinhib-")) and not _is_dir(entry)]
     return bool(names) and all(name.endswith(".tar") for name in names)
 
 

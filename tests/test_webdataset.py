@@ -263,33 +263,61 @@ def test_kill_9_at_random_points_then_rerun_equals_an_uninterrupted_run(checkpoi
     assert {e["path"]: e["status"] for e in manifest(dst)} == {e["path"]: e["status"] for e in manifest(reference)}
 
 
+def assert_same_job(reference: Path, dst: Path, masks_a: Path, masks_b: Path) -> None:
+    """Same entries in the same order (statuses, selection, predictions; kept fractions
+    and thresholds within the float noise of other batch compositions), same shards with
+    the same members, copies byte for byte, enhanced images with masks that agree and,
+    where the masks are equal, the same bytes."""
+    ours, theirs = manifest(dst), manifest(reference)
+    assert [e["path"] for e in ours] == [e["path"] for e in theirs]
+    for a, b in zip(ours, theirs):
+        assert (a["status"], a["selected"], a.get("predicted_index")) == (b["status"], b["selected"], b.get("predicted_index"))
+        if b["status"] == "enhanced":
+            assert abs(a["kept_fraction"] - b["kept_fraction"]) <= MASK_TOLERANCE
+            assert abs(a["threshold"] - b["threshold"]) <= 1e-4
+    assert final_files(dst) == final_files(reference)
+    status = {e["path"]: e["status"] for e in theirs}
+    for path in sorted(reference.glob("*.tar")):
+        for (name, x), (name_b, y) in zip(members(path), members(dst / path.name)):
+            assert name == name_b
+            key = name.split(".")[0]
+            if name.endswith((".jpg", ".png")) and status.get(f"{path.name}/{key}") == "enhanced":
+                mask_a = np.asarray(Image.open(masks_a / path.name / f"{key}.png"))
+                mask_b = np.asarray(Image.open(masks_b / path.name / f"{key}.png"))
+                assert (mask_a != mask_b).mean() <= MASK_TOLERANCE
+                assert (mask_a != mask_b).any() or x == y, name
+            else:
+                assert x == y, name
+
+
 def test_shard_i_of_n_splits_by_input_shard_and_merge_equals_one_process(shards_src, checkpoint, tmp_path):
-    single, dst = tmp_path / "single", tmp_path / "dst"
-    assert invoke("enhance", shards_src, single, *base_args(checkpoint), "--ratio", "0.5").exit_code == 0
+    single, dst, masks_a, masks_b = (tmp_path / n for n in ("single", "dst", "masks_a", "masks_b"))
+    assert invoke("enhance", shards_src, single, *base_args(checkpoint), "--ratio", "0.5",
+                  "--save-masks", masks_a).exit_code == 0
     for i in range(3):
-        assert invoke("enhance", shards_src, dst, *base_args(checkpoint), "--ratio", "0.5", "--shard", f"{i}/3").exit_code == 0
+        assert invoke("enhance", shards_src, dst, *base_args(checkpoint), "--ratio", "0.5", "--shard", f"{i}/3",
+                      "--save-masks", masks_b).exit_code == 0
         part = [json.loads(x) for x in (dst / f"latinhib-manifest.part-{i}-of-3.jsonl").read_text().splitlines()]
         assert all(shard_of(e["path"].split("/")[0], 3) == i for e in part)
     assert invoke("merge", dst).exit_code == 0
-    assert manifest(dst) == manifest(single)
-    for path in sorted(single.glob("*.tar")):
-        assert members(dst / path.name) == members(path)
+    assert_same_job(single, dst, masks_a, masks_b)
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this Python")
 def test_torchrun_two_ranks_over_four_shards_equal_one_process(shards_src, checkpoint, tmp_path):
-    single, dst = tmp_path / "single", tmp_path / "dst"
-    assert invoke("enhance", shards_src, single, *base_args(checkpoint), "--ratio", "0.5").exit_code == 0
+    single, dst, masks_a, masks_b = (tmp_path / n for n in ("single", "dst", "masks_a", "masks_b"))
+    assert invoke("enhance", shards_src, single, *base_args(checkpoint), "--ratio", "0.5",
+                  "--save-masks", masks_a).exit_code == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "latinhib", "enhance",
-                           str(shards_src), str(dst), *base_args(checkpoint, "--ratio", "0.5", "--json")],
+                           str(shards_src), str(dst),
+                           *base_args(checkpoint, "--ratio", "0.5", "--json", "--save-masks", masks_b)],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     owners = {shard_of(f"train-{s:06d}.tar", 2) for s in range(4)}
     assert owners == {0, 1}  # both ranks had shards to write
-    assert manifest(dst) == manifest(single)
-    for path in sorted(single.glob("*.tar")):
-        assert members(dst / path.name) == members(path)
+    assert not list(dst.glob("latinhib-manifest.part-*"))  # rank 0 merged them
+    assert_same_job(single, dst, masks_a, masks_b)
 
 
 def test_a_folder_becomes_shards_and_shards_become_a_folder(shards_src, checkpoint, tmp_path):

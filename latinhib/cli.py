@@ -1,25 +1,32 @@
 """Command line: flags -> config overrides -> ``pipeline.run``. The only click import.
 
-Exit codes: 0 all done; 1 the job finished but some files failed; 2 bad usage, config or
-checkpoint (nothing written); 130 interrupted (rerun the same command to resume).
-stdout carries only what was asked for (``--print-outputs``, ``--print0``, ``--json``);
-progress and messages go to stderr.
+Exit codes: 0 all done; 1 the job finished but some files failed, or it stopped because
+DST (or a masks/heat-maps folder) is full or read-only; 2 bad usage, config or checkpoint,
+or DST in use by another job (nothing written); 130 Ctrl-C, 143 SIGTERM (128 + the signal:
+rerun the same command to resume). stdout carries only what was asked for
+(``--print-outputs``, ``--print0``, ``--json``); progress and messages go to stderr.
+
+Start-up: this module imports click and nothing heavy, so ``latinhib --version`` and
+``--help`` never import torch (~1 s). Each command imports what it needs (pipeline,
+models, torch) inside its own function: a new command should do the same.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 import click
 
 from . import __version__
-from .config import Config, ConfigError, load_config, parse_override, to_yaml
-from .importance import TARGETS
-from .inhibition import FILTERS
-from .models import CheckpointError
+from .choices import FILTERS, TARGETS
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 class BadInput(click.ClickException):
@@ -49,7 +56,8 @@ OPTION_KEYS = {
     "save_heatmaps": "output.save_heatmaps",
     "jpeg_quality": "output.jpeg_quality",
 }
-FLAG_KEYS = {"trust_checkpoint": "model.trust_checkpoint", "overwrite": "output.overwrite"}
+FLAG_KEYS = {"trust_checkpoint": "model.trust_checkpoint", "overwrite": "output.overwrite",
+             "images_only": "output.images_only"}
 
 
 def config_options(func):
@@ -82,6 +90,8 @@ def config_options(func):
 
 def build_config(config_file: Optional[str], sets: Tuple[str, ...], values: Dict[str, Any]) -> Config:
     """Defaults < YAML < --set < dedicated options."""
+    from .config import ConfigError, load_config, parse_override
+
     overrides: List[Tuple[str, Any]] = []
     try:
         for text in sets:
@@ -122,6 +132,8 @@ def main() -> None:
 @click.option("--save-heatmaps", type=click.Path(file_okay=False), help="Write each enhanced image's heat map here.")
 @click.option("--jpeg-quality", type=int, help="Quality of written JPEG/WebP files (1-100).")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo outputs that already exist.")
+@click.option("--images-only", is_flag=True, default=None,
+              help="Leave out files latinhib does not enhance (by default they are copied byte for byte).")
 @click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that point outside SRC.")
 @click.option("--strict", is_flag=True, help="Stop at the first file that fails.")
 @click.option("--print-outputs", is_flag=True, help="Print each output path on stdout, one per line.")
@@ -147,9 +159,19 @@ def enhance(src: str, dst: Path, config_file, sets, input_format, output_format,
       latinhib enhance data/train data/train-li --ratio 0.3 -q 0.5 --save-masks masks/
       latinhib enhance 'shards/train-{000000..000099}.tar' shards-li/
     """
+    with _stop_before_start():  # SIGTERM or Ctrl-C while torch loads, the model loads, SRC is listed
+        formats = dict(input_format=input_format, output_format=output_format, shard_size=shard_size or 0)
+        _enhance(src, dst, config_file, sets, files_from, follow_symlinks, strict, print_outputs, print0, as_json,
+                 quiet, values, formats)
+
+
+def _enhance(src, dst, config_file, sets, files_from, follow_symlinks, strict, print_outputs, print0, as_json, quiet,
+             values, formats) -> None:
     from .allocator import keep_large_blocks
+    from .config import ConfigError
     from .distributed import is_distributed, is_primary
-    from .pipeline import Interrupted, JobError, run
+    from .models import CheckpointError
+    from .pipeline import JobError, Stopped, run
 
     keep_large_blocks()  # no page faults on each batch's fresh activations (allocator.py)
     shard = values.pop("shard", None)
@@ -176,29 +198,57 @@ def enhance(src: str, dst: Path, config_file, sets, input_format, output_format,
             quiet=quiet,
             shard=shard,
             on_output=emit if (print0 or print_outputs) else None,
-            input_format=input_format,
-            output_format=output_format,
-            shard_size=shard_size or 0,
+            **formats,
         )
     except (JobError, ConfigError, CheckpointError) as exc:
         raise BadInput(str(exc)) from None
-    except KeyboardInterrupt:  # before the first file (loading the model, listing SRC)
-        click.echo("latinhib: interrupted before any file was processed", err=True)
-        sys.exit(130)
-    except Interrupted as exc:
-        summary = exc.summary
-        done = summary.enhanced + summary.copied + summary.unchanged + summary.already_done
-        click.echo(f"latinhib: interrupted after {done} of {summary.total} files; "
-                   f"rerun the same command to resume", err=True)
-        if as_json:
-            click.echo(json.dumps(summary.as_dict()))
-        sys.exit(130)
+    except Stopped as exc:  # Ctrl-C, SIGTERM, a full disk: what is done is written and recorded
+        click.echo(f"latinhib: {exc.line()}", err=True)  # every torchrun rank says how far it got
+        if as_json and is_primary():
+            click.echo(json.dumps(exc.summary.as_dict()))
+        sys.exit(exc.exit_code)
     if is_primary():  # under torchrun the counts are the whole job's: print them once
         if not quiet:
             click.echo(f"latinhib: {summary.line()}", err=True)
         if as_json:
             click.echo(json.dumps(summary.as_dict()))
     sys.exit(summary.exit_code)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt until the job's own handler takes over
+    (``pipeline._StopRequest``), so both stop the command the same way."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _stop_before_start() -> Iterator[None]:
+    """Ctrl-C or SIGTERM before the job has written anything: one line, exit 128 + signal.
+    Once files are being processed, ``pipeline.run`` handles both itself (stops at the next
+    safe point) and raises ``Stopped``."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        click.echo(f"latinhib: {how} before any file was processed", err=True)
+        previous = signal.SIG_IGN
+        sys.exit(128 + signum)
+    except SystemExit as exc:
+        if isinstance(exc.code, int) and exc.code > 128:
+            # The job stopped on a signal and the process is on its way out: a second
+            # SIGTERM sent during the stop, arriving now, has nothing left to stop (with the
+            # default handler back it would kill the exiting process: exit -15, not 143).
+            previous = signal.SIG_IGN
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _shard(value: Optional[str]):
@@ -221,18 +271,28 @@ def merge(dst: Path, as_json: bool, quiet: bool) -> None:
 
     Folds every DST/latinhib-manifest.part-I-of-N.jsonl into DST/latinhib-manifest.jsonl
     (one line per input, listing order, written atomically), removes the parts and prints
-    the job's counts. Exit code 1 when a file failed. Safe to repeat.
+    the job's counts. Exit code 1 when a file failed. Safe to repeat; refused (exit 2)
+    while shard jobs are still writing into DST.
 
     \b
     Example:
       latinhib merge data/train-li
     """
     from .distributed import merge as merge_parts
+    from .locking import DstBusy, DstLock
+    from .writer import DestinationUnusable
 
+    lock = DstLock(dst, None, what="latinhib merge", log=lambda message: click.echo(message, err=True))
     try:
+        lock.acquire()  # the parts are complete only once their shard jobs are done
         result = merge_parts(dst)
-    except ValueError as exc:
+    except (ValueError, DstBusy) as exc:
         raise BadInput(str(exc)) from None
+    except DestinationUnusable as exc:
+        click.echo(f"latinhib: DST {str(dst)!r}: {exc.strerror} (writing {str(exc.path)!r}); nothing merged", err=True)
+        sys.exit(1)
+    finally:
+        lock.release()
     if not quiet:
         for shard in result.missing:
             click.echo(f"latinhib: warning: no manifest part for shard {shard} (not run, or merged earlier)",
@@ -264,7 +324,10 @@ def preview(src: Path, output: Path, count, files, grid, cell, config_file, sets
       latinhib preview examples -o docs/preview.png --n 4
       latinhib preview examples -o grid.png --files cat/chelsea.jpg --grid q=0.3,0.5,0.7
     """
+    from .config import ConfigError
+    from .models import CheckpointError
     from .preview import PreviewError, preview as make_preview
+    from .writer import DestinationUnusable
 
     config = build_config(config_file, sets, values)
     chosen = [f.strip() for f in files.split(",") if f.strip()] if files else None
@@ -273,6 +336,8 @@ def preview(src: Path, output: Path, count, files, grid, cell, config_file, sets
                      log=lambda message: click.echo(message, err=True))
     except (PreviewError, ConfigError, CheckpointError) as exc:
         raise BadInput(str(exc)) from None
+    except DestinationUnusable as exc:
+        raise click.ClickException(str(exc)) from None  # exit 1
     click.echo(f"latinhib: wrote {output}", err=True)
 
 
@@ -285,6 +350,8 @@ def show_config(config_file, sets, **values) -> None:
     Example:
       latinhib config --config configs/resnet50-gpu.yaml --set inhibition.quantile=0.6
     """
+    from .config import to_yaml
+
     click.echo(to_yaml(build_config(config_file, sets, values)), nl=False)
 
 

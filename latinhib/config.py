@@ -15,8 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import yaml
 
-from .importance import TARGETS
-from .inhibition import FILTERS
+from .choices import FILTERS, TARGETS
 
 __all__ = [
     "Config",
@@ -48,6 +47,11 @@ class ModelConfig:
     # a state_dict (.pth/.pt, also {"state_dict": ...} / {"model": ...}) or a TorchScript
     # file; overrides `weights`.
     checkpoint: Optional[str] = None
+    # the checkpoint file's sha256 and size in bytes. A job records both in
+    # DST/latinhib-config.yaml (so a dataset can be traced to the file that made it); set
+    # in a config, a checkpoint that does not match is refused. null = not checked.
+    checkpoint_sha256: Optional[str] = None
+    checkpoint_bytes: Optional[int] = None
     # load a fully pickled model (runs code from the file): only for files you trust.
     trust_checkpoint: bool = False
     # layers whose output gradients are used, by module name; null = the last block at
@@ -120,6 +124,10 @@ class OutputConfig:
     save_heatmaps: Optional[str] = None
     # redo outputs that already exist.
     overwrite: bool = False
+    # leave out files latinhib does not enhance (labels.csv, README.txt, .gif, ...). By
+    # default they are copied byte for byte, so DST is a complete copy of the dataset that
+    # the next step of a pipeline can use in place of SRC.
+    images_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -256,6 +264,15 @@ def _validate(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
             raise _fail(k("arch"), out["arch"], "a torchvision architecture name or 'package.module:Class'")
         out["weights"] = _optional_str(k("weights"), out["weights"])
         out["checkpoint"] = _optional_str(k("checkpoint"), out["checkpoint"])
+        out["checkpoint_sha256"] = _optional_str(k("checkpoint_sha256"), out["checkpoint_sha256"])
+        if out["checkpoint_sha256"] is not None:
+            digest = out["checkpoint_sha256"].lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise _fail(k("checkpoint_sha256"), out["checkpoint_sha256"], "null or 64 hexadecimal digits")
+            out["checkpoint_sha256"] = digest
+        if out["checkpoint_bytes"] is not None:
+            out["checkpoint_bytes"] = _number(k("checkpoint_bytes"), out["checkpoint_bytes"], 0, 2**63 - 1,
+                                              integer=True, allowed="null or a size in bytes")
         out["trust_checkpoint"] = _bool(k("trust_checkpoint"), out["trust_checkpoint"])
         out["layers"] = _strings(k("layers"), out["layers"])
         out["target"] = _choice(k("target"), out["target"], TARGETS)
@@ -289,6 +306,7 @@ def _validate(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
         out["save_masks"] = _optional_str(k("save_masks"), out["save_masks"])
         out["save_heatmaps"] = _optional_str(k("save_heatmaps"), out["save_heatmaps"])
         out["overwrite"] = _bool(k("overwrite"), out["overwrite"])
+        out["images_only"] = _bool(k("images_only"), out["images_only"])
     elif section == "runtime":
         out["device"] = _device(k("device"), out["device"])
         out["batch_size"] = _number(k("batch_size"), out["batch_size"], 1, 65536, integer=True)

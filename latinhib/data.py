@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import re
 import warnings
@@ -46,10 +47,10 @@ class PathError(ValueError):
 
 
 class NotEnhanceable(DecodeError):
-    """A readable image latinhib does not enhance (an animation): the pipeline copies it
-    byte for byte with status ``unchanged`` and this message as the note, instead of
-    failing the file. Enhancing only the first frame would silently drop the animation;
-    copying keeps DST a complete mirror of SRC."""
+    """A readable image latinhib does not enhance (an animation, a multi-page TIFF): the
+    pipeline copies it byte for byte with status ``unchanged`` and this message as the
+    note, instead of failing the file. Enhancing only the first frame or page would
+    silently drop the others; copying keeps DST a complete mirror of SRC."""
 
 
 def display(text: str) -> str:
@@ -68,6 +69,8 @@ class Item:
 
     @property
     def is_image(self) -> bool:
+        """An extension latinhib enhances; every other file is only ever copied (or, with
+        ``output.images_only``, left out)."""
         return Path(self.rel).suffix.lower() in IMAGE_EXTENSIONS
 
 
@@ -159,8 +162,10 @@ class Decoded:
     pixels: (C, H, W) original pixels after EXIF orientation, uint8, or int32 holding
         16-bit values; C is 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA).
     model_input: (3, h, w) float32, resized to the model's input and normalised.
-    format: the PIL format to write back (JPEG, PNG, ...). mode: the PIL mode to write.
-    max_value: 255 or 65535. size: (W, H). info: icc_profile / exif to keep.
+    format: the PIL format to write back (JPEG, PNG, ...). mode: the PIL mode to write
+        (the file's own where the format holds it: 1-bit, palette, grey, CMYK, 16-bit ...).
+    max_value: 255 or 65535. size: (W, H). info: what the writer keeps: icc_profile, exif,
+        dpi, the palette of a palette image, ``lossless`` for a lossless WebP.
     """
 
     pixels: torch.Tensor
@@ -191,8 +196,12 @@ def _work_image(image: Image.Image) -> Tuple[Image.Image, str, int]:
         return image, mode, 255
     if mode == "PA" or (mode == "P" and "transparency" in image.info):
         return image.convert("RGBA"), "RGBA", 255
-    if mode in ("L", "1"):
-        return (image if mode == "L" else image.convert("L")), "L", 255
+    if mode == "P":  # written back in its own palette (writer.to_pil)
+        return image.convert("RGB"), "P", 255
+    if mode == "1":  # computed in grey, written back as 1-bit (writer.to_pil)
+        return image.convert("L"), "1", 255
+    if mode == "L":
+        return image, "L", 255
     if mode == "CMYK":
         return image.convert("RGB"), "CMYK", 255
     return (image if mode == "RGB" else image.convert("RGB")), "RGB", 255
@@ -237,6 +246,47 @@ def _unnamed(exc: BaseException) -> str:
     return re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
 
 
+def _refuse_not_enhanceable(opened: Image.Image, fmt: str) -> None:
+    """Raise :class:`NotEnhanceable` for an animation, a multi-page TIFF or a float image
+    (a depth map, say: written back in 8 bits it would lose its values). MPO (a JPEG with
+    extra pictures, as cameras write) is enhanced as the JPEG it starts with."""
+    if opened.mode == "F":
+        raise NotEnhanceable(f"32-bit float {fmt}: copied unchanged (only 8- and 16-bit images are enhanced)")
+    frames = getattr(opened, "n_frames", 1)
+    if frames <= 1 or fmt == "MPO":
+        return
+    if fmt == "TIFF":
+        raise NotEnhanceable(f"multi-page TIFF with {frames} pages: copied unchanged "
+                             f"(only single-page images are enhanced)")
+    raise NotEnhanceable(f"animated {fmt} with {frames} frames: copied unchanged (only still images are enhanced)")
+
+
+def webp_is_lossless(path: Union[Path, BinaryIO]) -> bool:
+    """Whether a WebP file holds a lossless (VP8L) bitstream rather than a lossy (VP8) one.
+
+    Pillow does not say (13.0): read the RIFF chunks. A simple file starts with its one
+    image chunk; an extended one (``VP8X``) has metadata/alpha chunks before it. ``path``
+    may be a binary file object (a tar member's bytes)."""
+    if not isinstance(path, (str, os.PathLike)):  # its own copy: Pillow reads the same object
+        return _webp_chunks_lossless(io.BytesIO(path.getvalue()))
+    with open(path, "rb") as handle:
+        return _webp_chunks_lossless(handle)
+
+
+def _webp_chunks_lossless(handle: BinaryIO) -> bool:
+    header = handle.read(12)
+    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WEBP":
+        return False
+    while True:
+        chunk = handle.read(8)
+        if len(chunk) < 8:
+            return False
+        fourcc, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+        if fourcc in (b"VP8L", b"VP8 "):
+            return fourcc == b"VP8L"
+        handle.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to even sizes
+
+
 def decode(
     path: Union[Path, BinaryIO],
     input_size: Tuple[int, int],
@@ -254,11 +304,12 @@ def decode(
         with bomb_warnings_ignored() if quiet_bombs else contextlib.nullcontext():
             with Image.open(path) as opened:
                 fmt = opened.format or "PNG"
-                frames = getattr(opened, "n_frames", 1)
-                if frames > 1 and fmt not in ("TIFF", "MPO"):
-                    raise NotEnhanceable(f"animated {fmt} with {frames} frames: copied unchanged "
-                                         f"(only still images are enhanced)")
+                _refuse_not_enhanceable(opened, fmt)
                 info = {k: opened.info[k] for k in ("icc_profile", "dpi") if k in opened.info}
+                if opened.mode == "P" and "transparency" not in opened.info:
+                    info["palette"] = opened.getpalette()
+                if fmt == "WEBP" and webp_is_lossless(path):
+                    info["lossless"] = True
                 ImageOps.exif_transpose(opened, in_place=True)  # loads the pixels
                 image = opened
                 if "exif" in image.info:

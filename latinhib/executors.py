@@ -34,6 +34,7 @@ from .finishing import Finisher, undecodable
 from .models import LoadedModel
 from .plan import Plan
 from .recorder import PassFailed, Recorder
+from .stopping import STOP_SIGNALS
 from .streams import ModelStreams
 
 __all__ = ["Executor", "Pipelined", "WholeCoreStreams", "make_executor"]
@@ -65,16 +66,19 @@ class _Decoding(Dataset):
             return index, None, DecodeError("out of memory while decoding")
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    """Ctrl-C reaches the whole process group: decoding workers ignore it (no traceback per
-    worker) and the main process alone stops the job; the DataLoader then ends them.
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group, and SLURM sends SIGTERM to every process of
+    a job step: decoding workers ignore both (no traceback per worker, no worker dying
+    under the DataLoader) and the main process alone stops the job; the DataLoader then
+    ends them.
 
     A main process interrupted while it fetches a decoded tensor's file descriptor resets
     the connection to the worker's ``multiprocessing.resource_sharer`` thread, which then
     prints a ConnectionResetError traceback through ``sys.excepthook``: in a worker, such
     errors only mean that the main process has stopped (and says so itself), so they are
     not printed."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     default_hook = sys.excepthook
 
     def hook(kind, value, traceback) -> None:
@@ -301,7 +305,7 @@ class Pipelined(Executor):
             num_workers=self.workers,
             collate_fn=_as_list,
             prefetch_factor=2 if self.workers else None,
-            worker_init_fn=_ignore_sigint if self.workers else None,
+            worker_init_fn=_ignore_stop_signals if self.workers else None,
         )
 
     def _undecoded(self, batch: list) -> None:

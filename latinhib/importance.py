@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .choices import TARGETS
+
 __all__ = [
     "TARGETS",
     "ActivationCapture",
@@ -25,9 +27,6 @@ __all__ = [
     "logit_gradient",
     "resolve_layers",
 ]
-
-#: Loss targets (SPEC step 1). ``auto`` becomes ``label`` when labels are given, else ``pred``.
-TARGETS = ("auto", "label", "pred", "entropy")
 
 #: Pseudo layer name for the gradient at the model input (the only choice for TorchScript
 #: models, which cannot be hooked). Its map is average-pooled by ``INPUT_POOL``.

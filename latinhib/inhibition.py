@@ -13,6 +13,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .choices import FILTERS
 from .filters import downsampled_gaussian_blur, gaussian_filter, log_filter
 
 __all__ = [
@@ -28,9 +29,6 @@ __all__ = [
     "selection_score",
     "select",
 ]
-
-#: Filters for step 4: the paper's Mexican hat, and two controls (SPEC "Traps").
-FILTERS = ("log", "gaussian", "none")
 
 #: ``inhibition.sigma`` and ``kernel_size`` are in pixels of a stride-16 feature map (14x14
 #: at a 224 input). Other layers scale both by 16 / stride, so the filter covers the same

@@ -7,6 +7,8 @@ is only unpickled with ``model.trust_checkpoint`` (``--trust-checkpoint``).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib
 import os
 import pickle
@@ -40,6 +42,8 @@ class LoadedModel:
 
     input_size: (H, W) the images are resized to. mean, std: per-channel normalisation.
     classes: names in output order, or None when unknown. description: for logs/manifest.
+    weights: the torchvision weights actually loaded (full name), None when none were.
+    checkpoint_sha256, checkpoint_bytes: of the checkpoint file, when one was loaded.
     """
 
     model: nn.Module
@@ -48,6 +52,23 @@ class LoadedModel:
     std: Tuple[float, ...]
     classes: Optional[List[str]]
     description: str
+    weights: Optional[str] = None
+    checkpoint_sha256: Optional[str] = None
+    checkpoint_bytes: Optional[int] = None
+
+    def resolved(self, cfg: ModelConfig, layers: Sequence[str]) -> ModelConfig:
+        """``cfg`` with what this model really used in place of the defaults it left open
+        (``layers``: the names the importance pass hooks): what DST's config records."""
+        return dataclasses.replace(
+            cfg,
+            weights=self.weights,
+            checkpoint_sha256=self.checkpoint_sha256,
+            checkpoint_bytes=self.checkpoint_bytes,
+            layers=tuple(layers),
+            input_size=tuple(self.input_size),
+            mean=tuple(self.mean),
+            std=tuple(self.std),
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -203,6 +224,39 @@ def _load_state(model: nn.Module, state: Dict[str, torch.Tensor], path: Path) ->
     model.load_state_dict(state, strict=True)
 
 
+def _file_digest(path: Path, cfg: ModelConfig) -> Tuple[str, int]:
+    """(sha256, size in bytes) of a checkpoint, read once per job; refuses a file that
+    does not match ``model.checkpoint_sha256`` / ``checkpoint_bytes`` where they are set."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+                size += len(block)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r}: cannot read: {exc.strerror or exc}") from None
+    sha256 = digest.hexdigest()
+    for key, expected, actual in (("checkpoint_sha256", cfg.checkpoint_sha256, sha256),
+                                  ("checkpoint_bytes", cfg.checkpoint_bytes, size)):
+        if expected is not None and expected != actual:
+            raise CheckpointError(f"checkpoint {str(path)!r} has {key} {actual!r}, model.{key} asks for {expected!r}; "
+                                  f"is it the file you meant?")
+    return sha256, size
+
+
+def _imagenet_classes(model: nn.Module) -> Optional[List[str]]:
+    """ImageNet-1k's category names (torchvision's, as its weights' metadata lists them)
+    for a model with 1000 outputs: a 1000-class checkpoint without class names is almost
+    always an ImageNet classifier, and its manifest then names classes, not indices."""
+    head = _classifier_out_features(model)
+    if head is None or head[1] != 1000:
+        return None
+    import torchvision.models as tvm
+
+    return list(tvm.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
 def _read_classes(cfg: ModelConfig) -> Optional[List[str]]:
     if cfg.classes is None:
         return None
@@ -217,10 +271,12 @@ def load_model(cfg: ModelConfig, device: torch.device) -> LoadedModel:
     mode on ``device``. Raises :class:`ConfigError`/:class:`CheckpointError`."""
     weights = None
     meta_mean = meta_std = meta_size = meta_classes = None
+    sha256 = size = None
     kwargs = dict(cfg.kwargs)
     if cfg.checkpoint is not None:
         path = Path(cfg.checkpoint)
         loaded = _load_file(path, cfg.trust_checkpoint)
+        sha256, size = _file_digest(path, cfg)
         if isinstance(loaded, nn.Module):  # TorchScript, or a trusted pickled model
             model = loaded
             description = f"{type(loaded).__name__} from {path}"
@@ -284,10 +340,12 @@ def load_model(cfg: ModelConfig, device: torch.device) -> LoadedModel:
     if not isinstance(model, torch.jit.ScriptModule):
         # channels_last: measured 1.4-1.6x faster forward on this CPU for ResNet/MobileNet.
         model = model.to(memory_format=torch.channels_last)
-    classes = _read_classes(cfg) or meta_classes
+    classes = _read_classes(cfg) or meta_classes or _imagenet_classes(model)
     input_size = cfg.input_size or meta_size or DEFAULT_INPUT_SIZE
     mean = cfg.mean or meta_mean or IMAGENET_MEAN
     std = cfg.std or meta_std or IMAGENET_STD
     if len(mean) != len(std):
         raise ConfigError(f"model.mean / model.std: need the same length, got {len(mean)} and {len(std)}")
-    return LoadedModel(model, tuple(input_size), tuple(mean), tuple(std), classes, description)
+    return LoadedModel(model, tuple(input_size), tuple(mean), tuple(std), classes, description,
+                       weights=None if weights is None else str(weights),
+                       checkpoint_sha256=sha256, checkpoint_bytes=size)

@@ -30,57 +30,20 @@ from .config import Config, to_yaml
 from .data import bomb_warnings_ignored, display
 from .executors import _importance, make_executor
 from .finishing import Finisher, enhance_pixels, enhance_uint8, kept_fraction
+from .locking import DstBusy, DstLock
 from .models import load_model
-from .plan import RESULT_SECTIONS, JobError, Plan, check_previous_config, make_plan, resolve_labels
+from .plan import RESULT_SECTIONS, JobError, Plan, check_previous_config, make_plan, recorded_config, resolve_labels
 from .recorder import Recorder, StrictStop, Summary, progress_bar
 from .sinks import DONE, FolderSink, TarSink
 from .sources import FORMATS, Listing, SourceError, open_source
-from .writer import CONFIG_NAME, Manifest, atomic_write, remove_stale_temps
+from .stopping import DestinationFull, Interrupted, StopRequest, Stopped, folder_of, rank_of
+from .writer import CONFIG_NAME, UNUSABLE_ERRNOS, DestinationUnusable, Manifest, atomic_write, remove_stale_temps
 
-__all__ = ["JobError", "Interrupted", "Summary", "run", "STATUSES", "FORMATS"]
+__all__ = ["DestinationFull", "FORMATS", "JobError", "Interrupted", "Stopped", "Summary", "run", "STATUSES"]
 
 STATUSES = distributed.STATUSES
 # Kept importable from here: the API, preview and tests use these names.
 _ = (DONE, RESULT_SECTIONS, enhance_pixels, enhance_uint8, kept_fraction, resolve_labels, _importance)
-
-
-class Interrupted(Exception):
-    def __init__(self, summary: Summary):
-        super().__init__("interrupted")
-        self.summary = summary
-
-
-class _StopRequest:
-    """Ctrl-C (SIGINT) as a request: the first one is acted on at the next safe point (after
-    the model pass in flight, between batches, where no DataLoader iterator is half built),
-    where :meth:`check` raises KeyboardInterrupt; a second one interrupts at once. Only
-    installed from the main thread (``signal`` allows no other); the previous handler is
-    put back by :meth:`restore`."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.ignoring = False
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and not self.ignoring:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def ignore(self) -> None:
-        """From here on Ctrl-C only marks the request (the cleanup must run to its end)."""
-        self.ignoring = True
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-
-    def restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
 
 
 def run(
@@ -121,34 +84,59 @@ def run(
     # Other ranks/shards may be writing into DST right now: any cleanup of stale temporary
     # files there must be guarded by ctx.owns_all_temp_files.
     ctx = distributed.setup(shard, config.runtime.device)
-    if files_from is not None:
-        source.files_from = ctx.same_lines(files_from)
+    # One job per DST, or per shard of it (locking.py). Taken here when DST exists, so a
+    # second job is refused before it loads a model; else _prepare_dst takes it on creating DST.
+    lock = DstLock(dst, ctx.shard, log=log)
+    options = dict(strict=strict, quiet=quiet, on_output=on_output, log=log, output_format=output_format,
+                   shard_size=shard_size, started=started)
+    try:
+        if dst.is_dir():
+            lock.acquire()
+        if files_from is not None:
+            source.files_from = ctx.same_lines(files_from)
+        return _job(config, source, src, dst, ctx, lock, exclude, **options)
+    except DstBusy as exc:
+        raise JobError(str(exc)) from None
+    except DestinationUnusable as exc:  # before the loop: DST's config, the first manifest lines, a shard
+        raise DestinationFull(Summary(dst=str(dst)), exc, folder_of(exc.path, dst, config), rank_of(ctx)) from None
+    finally:
+        lock.release()
+        source.close()
+
+
+def _job(config: Config, source, src, dst: Path, ctx: distributed.Context, lock: DstLock, exclude: List[Path], *,
+         output_format: Optional[str], shard_size: int, started: float, **options) -> Summary:
+    """:func:`run` once DST is locked (or is locked as soon as this creates it): the
+    stages in turn, then the stop or the job-wide summary."""
     loaded = load_model(config.model, ctx.device)
     enhancer = LateralInhibition(loaded.model, config, input_size=loaded.input_size)
-    try:
-        listing = _list(source)
-        labels = resolve_labels(listing.items, config, loaded.classes)
-        # Labels above are decided on the whole listing, so every shard picks the same target.
-        sink = _open_sink(listing, src, dst, output_format, shard_size)
-        items = ctx.select(listing.items, key=sink.unit_of)  # torchrun / --shard: by output unit
-        problems = [p for p in listing.problems if ctx.owns_unit(p[0].split("/", 1)[0])]
-        check_previous_config(dst, config)
-        manifest = _prepare_dst(dst, config, ctx, exclude)
-        previous = ctx.previous(dst, key=sink.unit_of_rel)
-        plan = make_plan(items, previous, config, sink, problems)
-        summary = Summary(dst=str(dst), total=len(items) + len(problems), device=str(ctx.device))
-        summary.target = "label" if labels is not None else ("pred" if config.model.target == "auto" else config.model.target)
-        summary.already_done = plan.already_done
-        sink.prepare(plan.todo, ctx.owns_unit)
-        job = _Job(config, loaded, enhancer, labels, ctx, sink, plan, summary, strict=strict, quiet=quiet,
-                   on_output=on_output, log=log, started=started)
-        job.run(manifest, ctx.manifest_path(dst), previous, [p[0] for p in problems] + [item.rel for item in items])
-    finally:
-        source.close()
+    listing = _list(source)
+    labels = resolve_labels(listing.items, config, loaded.classes)
+    # Labels above are decided on the whole listing, so every shard picks the same target.
+    sink = _open_sink(listing, src, dst, output_format, shard_size)
+    items = ctx.select(listing.items, key=sink.unit_of)  # torchrun / --shard: by output unit
+    problems = [p for p in listing.problems if ctx.owns_unit(p[0].split("/", 1)[0])]
+    recorded = recorded_config(config, loaded, enhancer)
+    check_previous_config(dst, config, recorded)
+    manifest = _prepare_dst(dst, recorded, ctx, lock, exclude)
+    previous = ctx.previous(dst, key=sink.unit_of_rel)
+    plan = make_plan(items, previous, config, sink, problems)
+    summary = Summary(dst=str(dst), total=len(items) + len(problems), device=str(ctx.device),
+                      already_done=plan.already_done)
+    summary.target = "label" if labels is not None else ("pred" if config.model.target == "auto" else config.model.target)
+    sink.prepare(plan.todo, ctx.owns_unit)
+    job = _Job(config, loaded, enhancer, labels, ctx, sink, plan, summary, started=started, **options)
+    listed = [rel for rel, _ in problems] + [item.rel for item in items]
+    unusable = job.run(manifest, ctx.manifest_path(dst), previous, listed)
+    if unusable is not None:
+        raise DestinationFull(summary, unusable, folder_of(unusable.path, dst, config), rank_of(ctx))
     if summary.interrupted:
-        raise Interrupted(summary)
+        raise Interrupted(summary, rank_of(ctx))
     # torchrun: job-wide counts on every rank, rank 0 merges the manifest parts.
-    return ctx.finish(summary, dst, [p[0] for p in listing.problems] + [item.rel for item in listing.items])
+    try:
+        return ctx.finish(summary, dst, [rel for rel, _ in listing.problems] + [item.rel for item in listing.items])
+    except DestinationUnusable as exc:  # no room for the merged manifest: the parts stay
+        raise DestinationFull(summary, exc, folder_of(exc.path, dst, config), rank_of(ctx)) from None
 
 
 def _open_source(src, dst: Path, input_format: str, **options):
@@ -189,25 +177,29 @@ def _open_sink(listing: Listing, src, dst: Path, output_format: Optional[str], s
     return TarSink(dst, items=listing.items, shard_size=shard_size, prefix=prefix)
 
 
-def _prepare_dst(dst: Path, config: Config, ctx, exclude: List[Path]) -> Manifest:
-    """DST, with a killed run's temporaries removed (only by a run that owns them all),
-    the effective config, and this process's manifest (a shard writes its own part)."""
+def _prepare_dst(dst: Path, recorded: Config, ctx, lock: DstLock, exclude: List[Path]) -> Manifest:
+    """DST, locked, with a killed run's temporaries removed (only by a run that owns them
+    all), the config as this job runs it (provenance), and this process's manifest (a
+    shard writes its own part)."""
     try:
         dst.mkdir(parents=True, exist_ok=True)
+        lock.acquire()  # no-op when DST existed (run took it then)
         if ctx.owns_all_temp_files:  # a killed run's hidden temporary files
             for folder in (dst, *exclude):
                 remove_stale_temps(folder)
-        atomic_write(dst / CONFIG_NAME, lambda tmp: tmp.write_text(to_yaml(config), encoding="utf-8"))
+        atomic_write(dst / CONFIG_NAME, lambda tmp: tmp.write_text(to_yaml(recorded), encoding="utf-8"))
         return Manifest(ctx.manifest_path(dst))
     except OSError as exc:
+        if exc.errno in UNUSABLE_ERRNOS:  # a full or read-only DST: the same stop as in the loop
+            raise DestinationUnusable(Path(os.fsdecode(exc.filename or dst)), exc) from exc
         where = display(os.fsdecode(exc.filename)) if exc.filename else display(str(dst))
         raise JobError(f"DST {display(str(dst))!r}: cannot write {where!r}: {exc.strerror or exc}") from None
 
 
 class _Job:
     """The plan's files through the executor, recorded in order; :meth:`run`'s one way
-    out (finally) is the same for every end: done, Ctrl-C, --strict, a failing model pass,
-    a full disk."""
+    out (finally) is the same for every end: done, Ctrl-C or SIGTERM, --strict, a failing
+    model pass, a full disk."""
 
     def __init__(self, config: Config, loaded, enhancer, labels, ctx, sink, plan: Plan, summary: Summary, *,
                  strict: bool, quiet: bool, on_output, log, started: float):
@@ -215,15 +207,16 @@ class _Job:
         self.sink, self.plan, self.summary, self.started = sink, plan, summary, started
         self.strict, self.quiet, self.on_output, self.log = strict, quiet, on_output, log
 
-    def run(self, manifest: Manifest, manifest_path: Path, previous: Dict[str, Dict[str, Any]], listed: List[str]) -> None:
+    def run(self, manifest: Manifest, manifest_path: Path, previous: Dict[str, Dict[str, Any]],
+            listed: List[str]) -> Optional[DestinationUnusable]:
+        """Returns the write that found DST full, if one did."""
         summary, plan = self.summary, self.plan
-        stop = _StopRequest()
-        # Entries of files outside this listing are kept; --overwrite only redoes the listed ones.
-        entries: Dict[str, Dict[str, Any]] = dict(previous)
+        stop = StopRequest()
         bar = self.ctx.progress(len(plan.to_copy) + len(plan.to_enhance), self.quiet, progress_bar)
-        recorder = Recorder(summary, manifest, entries, self.sink, strict=self.strict, bar=bar, log=self.log,
+        # Entries of files outside this listing are kept; --overwrite only redoes the listed ones.
+        recorder = Recorder(summary, manifest, dict(previous), self.sink, strict=self.strict, bar=bar, log=self.log,
                             on_output=self.on_output, check=stop.check)
-        executor = None
+        executor, unusable = None, None
         with bomb_warnings_ignored():  # for the decoding threads too, entered once here
             try:
                 recorder.record_fresh(plan.fresh)
@@ -233,20 +226,30 @@ class _Job:
                 executor.run()
             except KeyboardInterrupt:
                 summary.interrupted = True
+                summary.signum = stop.signum or signal.SIGINT
+                summary.stopped = signal.Signals(summary.signum).name
             except StrictStop:
                 pass
+            except DestinationUnusable as exc:
+                unusable = exc
             finally:
-                # Every way out ends here: a second Ctrl-C cannot cut the cleanup short,
-                # writes in flight finish (each is atomic) and are recorded, nothing new
-                # starts, the manifest is compacted.
-                stop.ignore()
-                if executor is not None:
-                    executor.stop_decoding()
-                recorder.cancel_pending()  # not started: redone next run (first, so chunks skip them)
-                if executor is not None:
-                    executor.shutdown()
-                recorder.finish_pending()
-                self.sink.close()
-                recorder.close(manifest_path, listed)
-                stop.restore()
-                summary.seconds = time.perf_counter() - self.started
+                unusable = self._wind_down(stop, executor, recorder, manifest_path, listed) or unusable
+        return unusable
+
+    def _wind_down(self, stop: StopRequest, executor, recorder: Recorder, manifest_path: Path,
+                   listed: List[str]) -> Optional[DestinationUnusable]:
+        """Every way out ends here: a second Ctrl-C cannot cut the cleanup short, writes in
+        flight finish (each is atomic) and are recorded, nothing new starts, the manifest
+        is compacted."""
+        stop.ignore()
+        if executor is not None:
+            executor.stop_decoding()
+        recorder.cancel_pending()  # not started: redone next run (first, so chunks skip them)
+        if executor is not None:
+            executor.shutdown()
+        unusable = recorder.finish_pending()
+        self.sink.close()
+        unusable = recorder.close(manifest_path, listed) or unusable
+        stop.restore()
+        self.summary.seconds = time.perf_counter() - self.started
+        return unusable

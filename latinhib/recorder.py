@@ -10,6 +10,7 @@ recorded; and the number of files in flight is bounded by waiting for the oldest
 from __future__ import annotations
 
 import collections
+import signal
 import sys
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .data import Item, display
-from .writer import Manifest
+from .writer import DestinationUnusable, Manifest
 
 __all__ = ["PassFailed", "Recorder", "StrictStop", "Summary", "describe", "entry", "progress_bar"]
 
@@ -50,17 +51,27 @@ class Summary:
     target: Optional[str] = None
     device: str = "cpu"
     interrupted: bool = False
+    #: the signal that interrupted the job (SIGINT: Ctrl-C; SIGTERM: kill, SLURM, docker stop)
+    signum: Optional[int] = None
+    #: why the job stopped before its end: the signal's name (SIGINT, SIGTERM) or the
+    #: errno's (ENOSPC, EDQUOT, EROFS); None when it ran to its end
+    stopped: Optional[str] = None
     failures: List[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
-        if self.interrupted:
-            return 130
+        if self.interrupted:  # the shell's convention: 128 + the signal (130 Ctrl-C, 143 SIGTERM)
+            return 128 + (self.signum or signal.SIGINT)
         return 1 if self.failed else 0
+
+    @property
+    def done(self) -> int:
+        """Files whose output is in DST (this run's and earlier runs')."""
+        return self.enhanced + self.copied + self.unchanged + self.already_done
 
     def as_dict(self) -> Dict[str, Any]:
         keys = ("dst", "total", "enhanced", "copied", "unchanged", "skipped", "failed", "already_done",
-                "seconds", "target", "device", "interrupted")
+                "seconds", "target", "device", "interrupted", "stopped")
         return {k: getattr(self, k) for k in keys}
 
     def line(self) -> str:
@@ -196,6 +207,8 @@ class Recorder:
                 line = future.result()
             except PassFailed as exc:  # the model pass itself failed: the job stops
                 return done, exc.error
+            except DestinationUnusable as exc:  # a full disk: no later write can succeed either
+                return done, exc
             except Exception as exc:  # noqa: BLE001 - one file's failure, reported with its name
                 line = entry(item, selected, "failed", error=describe(exc))
             done.append((line, item))
@@ -207,9 +220,10 @@ class Recorder:
         for _, future, _ in self.pending:
             future.cancel()
 
-    def finish_pending(self) -> None:
-        """After every pool has ended: record what did finish; failures in flight are
-        redone on the next run."""
+    def finish_pending(self) -> Optional[DestinationUnusable]:
+        """After every pool has ended: record the files in flight that were written;
+        failures in flight are redone on the next run. Returns the error when the
+        manifest itself could not be written (those files are redone next run)."""
         done = []
         for item, future, _ in self.pending:
             if future.cancelled():
@@ -218,17 +232,27 @@ class Recorder:
                 done.append((future.result(), item))
             except Exception:  # noqa: BLE001 - it is redone on the next run
                 continue
-        self.manifest.write(e for e, _ in done)
+        try:
+            self.manifest.write(e for e, _ in done)
+        except DestinationUnusable as exc:
+            return exc
         for line, item in done:
             self.record(line, item)
+        return None
 
-    def close(self, path: Path, listed: Iterable[str]) -> None:
+    def close(self, path: Path, listed: Iterable[str]) -> Optional[DestinationUnusable]:
         """Close the manifest and the bar, and compact the manifest: one line per input in
         listing order, then entries of files outside this listing (an earlier
-        ``--files-from`` subset), which are kept."""
+        ``--files-from`` subset), which are kept. On a full disk the rewrite (a whole new
+        copy) may not fit: the appended manifest then stays as it is (it holds the same
+        entries, in the order they were done) and the error is returned."""
         self.manifest.close()
         if self.bar is not None:
             self.bar.close()
         order = list(listed)
         known = set(order)
-        Manifest.compact(path, order + [rel for rel in self.entries if rel not in known], self.entries)
+        try:
+            Manifest.compact(path, order + [rel for rel in self.entries if rel not in known], self.entries)
+        except DestinationUnusable as exc:
+            return exc
+        return None

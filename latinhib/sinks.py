@@ -37,7 +37,16 @@ def _copy_entry(item: Item, copy: Callable[[], None]) -> Dict[str, Any]:
         if exc.filename is None or os.fsdecode(exc.filename) != str(item.path):
             raise  # the write failed: reported as "cannot write: ..."
         return entry(item, False, "failed", error=read_error(exc))
-    return entry(item, False, "copied", error=getattr(item, "note", None))
+    return entry(item, False, "copied", error=_note(item))
+
+
+def _note(item: Item) -> Optional[str]:
+    """Why an item is copied rather than enhanced, when it is not simply unselected."""
+    if isinstance(item, SampleItem):
+        return item.note
+    if item.is_image:
+        return None
+    return f"not a format latinhib enhances ({Path(item.rel).suffix or 'no extension'}): copied byte for byte"
 
 
 class FolderSink:
@@ -199,7 +208,7 @@ class TarSink:
         """Copies are made when the shard is assembled; a folder file must be readable."""
         if not isinstance(item, SampleItem):
             return _copy_entry(item, lambda: os.close(os.open(item.path, os.O_RDONLY)))
-        return entry(item, False, "copied", error=item.note)
+        return entry(item, False, "copied", error=_note(item))
 
     def copy_unchanged(self, item: Item) -> None:
         """Nothing to spool: the input's bytes go in as they are."""

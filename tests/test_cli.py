@@ -87,10 +87,12 @@ def test_enhance_mirrors_tree_and_blurs_only_where_mask_is_zero(src, tmp_path, c
     result = invoke("enhance", src, dst, *base_args(checkpoint), "--ratio", "0.5", "--save-masks", masks)
     assert result.exit_code == 0, result.output
     images = [f for f in files(src) if not f.endswith(".txt")]
-    assert files(dst) == sorted(images + ["latinhib-config.yaml", "latinhib-manifest.jsonl"])
+    # a complete copy: the text file too, byte for byte
+    assert files(dst) == sorted(files(src) + ["latinhib-config.yaml", "latinhib-manifest.jsonl"])
+    assert (dst / "notes.txt").read_bytes() == (src / "notes.txt").read_bytes()
     entries = {e["path"]: e for e in manifest(dst)}
-    assert set(entries) == set(files(src))  # one line per input, the skipped text file too
-    assert entries["notes.txt"]["status"] == "skipped"
+    assert set(entries) == set(files(src))  # one line per input, the text file too
+    assert entries["notes.txt"]["status"] == "copied" and entries["notes.txt"]["selected"] is False
     enhanced = [p for p in images if entries[p]["status"] == "enhanced"]
     copied = [p for p in images if entries[p]["status"] == "copied"]
     assert enhanced and copied
@@ -125,7 +127,7 @@ def test_rerun_skips_everything_and_overwrite_redoes(src, tmp_path, checkpoint):
     result = invoke("enhance", src, dst, *base_args(checkpoint), "--ratio", "0.5", "--json")
     assert result.exit_code == 0
     summary = json.loads(result.stdout)
-    assert summary["already_done"] == len(first) - 1 and summary["enhanced"] == summary["copied"] == 0
+    assert summary["already_done"] == len(first) and summary["enhanced"] == summary["copied"] == 0
     assert {p: (dst / p).stat().st_mtime_ns for p in stamp} == stamp
     assert manifest(dst) == first
     result = invoke("enhance", src, dst, *base_args(checkpoint), "--ratio", "0.5", "--overwrite", "--json")
@@ -227,7 +229,7 @@ def test_subprocess_stdout_carries_only_outputs(src, tmp_path, checkpoint):
     )
     assert proc.returncode == 0, proc.stderr
     printed = sorted(proc.stdout.splitlines())
-    expected = sorted(str(dst / f) for f in files(src) if not f.endswith(".txt"))
+    expected = sorted(str(dst / f) for f in files(src))  # the copied text file is an output too
     assert printed == expected
 
 

@@ -45,6 +45,8 @@ GOOD = {
     "cmyk.jpg": ("CMYK", (64, 48)),
     "gray16.png": ("I;16", (50, 40)),
     "palette.png": ("RGBA", (50, 40)),  # palette + transparency -> RGBA, alpha kept
+    "opaque_palette.png": ("P", (50, 40)),  # a palette without transparency stays a palette
+    "onebit.png": ("1", (50, 40)),  # 1-bit stays 1-bit
     "rotated.jpg": ("RGB", (40, 60)),  # EXIF orientation 6 applied: 60x40 stored -> 40x60
     "one.png": ("RGB", (1, 1)),
     NON_UTF8: ("RGB", (40, 30)),
@@ -88,6 +90,8 @@ def build_corpus(root: Path) -> None:
     texture(64, 48).convert("CMYK").save(root / "cmyk.jpg", "JPEG", quality=90)
     Image.fromarray(np.linspace(0, 65535, 40 * 50).reshape(40, 50).astype(np.uint16)).save(root / "gray16.png")
     texture(50, 40).quantize(16).save(root / "palette.png", transparency=0)
+    texture(50, 40).quantize(16).save(root / "opaque_palette.png")
+    texture(50, 40).convert("1").save(root / "onebit.png")
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     texture(60, 40).save(root / "rotated.jpg", "JPEG", exif=exif.tobytes(), quality=90)
@@ -149,8 +153,9 @@ def test_every_hostile_file_becomes_an_output_or_one_error_line(corpus, tmp_path
     *paths, summary = proc.stdout.split(b"\0")
     summary = json.loads(summary)
     assert summary["failed"] == len(FAILS) and summary["total"] == len(listed)
-    assert summary["enhanced"] == len(GOOD) and summary["unchanged"] == 1 and summary["skipped"] == 1
-    assert sorted(paths) == sorted(os.fsencode(dst / n) for n in [*GOOD, "anim.webp"])
+    assert summary["enhanced"] == len(GOOD) and summary["unchanged"] == 1 and summary["copied"] == 1
+    assert summary["skipped"] == 0
+    assert sorted(paths) == sorted(os.fsencode(dst / n) for n in [*GOOD, "anim.webp", "anim.gif"])
     # the good files are correct outputs: they decode, at the right size and mode
     for name, (mode, size) in GOOD.items():
         with Image.open(dst / name) as out:
@@ -159,12 +164,14 @@ def test_every_hostile_file_becomes_an_output_or_one_error_line(corpus, tmp_path
         assert entries[name]["status"] == "enhanced"
     with Image.open(dst / "rotated.jpg") as out:
         assert out.getexif().get(0x0112) in (None, 1)  # not rotated a second time by viewers
-    # an animation is copied byte for byte, with a note; a GIF is not an extension we read
+    # an animation is copied byte for byte, with a note; so is a GIF, a format latinhib does not enhance
     assert (dst / "anim.webp").read_bytes() == (corpus / "anim.webp").read_bytes()
     assert entries["anim.webp"]["status"] == "unchanged" and "animated WEBP" in entries["anim.webp"]["error"]
-    assert entries["anim.gif"]["status"] == "skipped"
+    assert (dst / "anim.gif").read_bytes() == (corpus / "anim.gif").read_bytes()
+    assert entries["anim.gif"]["status"] == "copied" and entries["anim.gif"]["selected"] is False
+    assert entries["anim.gif"]["error"] == "not a format latinhib enhances (.gif): copied byte for byte"
     # DST holds the outputs and the job's two files, nothing else (no temporaries)
-    assert set(os.listdir(dst)) == {*GOOD, "anim.webp", "latinhib-manifest.jsonl", "latinhib-config.yaml"}
+    assert set(os.listdir(dst)) == {*GOOD, "anim.webp", "anim.gif", "latinhib-manifest.jsonl", "latinhib-config.yaml"}
 
 
 def test_rerun_retries_only_the_failures(corpus, tmp_path, checkpoint):
@@ -174,7 +181,7 @@ def test_rerun_retries_only_the_failures(corpus, tmp_path, checkpoint):
     again = CliRunner().invoke(main, ["enhance", str(corpus), str(dst), *args(checkpoint, "--workers", "0", "--json")])
     summary = json.loads(again.stdout)
     assert again.exit_code == 1 and summary["failed"] == len(FAILS)
-    assert summary["already_done"] == len(GOOD) + 1
+    assert summary["already_done"] == len(GOOD) + 2  # and the two copied animations
 
 
 def test_unreadable_file_fails_with_its_cause(tmp_path, checkpoint, monkeypatch):
@@ -207,7 +214,7 @@ def test_strict_stops_at_the_first_bad_file(corpus, tmp_path, checkpoint):
     result = CliRunner().invoke(main, ["enhance", str(corpus), str(dst),
                                        *args(checkpoint, "--workers", "0", "--batch-size", "1", "--strict")])
     assert result.exit_code == 1
-    # listing order is sorted: anim.gif (skipped), anim.webp (copied unchanged), badcrc.png
+    # listing order is sorted: anim.gif (copied), anim.webp (copied unchanged), badcrc.png
     assert result.stderr.splitlines() == [result.stderr.splitlines()[0]]
     assert result.stderr.startswith("latinhib: badcrc.png: cannot decode: ")
     entries = manifest(dst)

@@ -167,6 +167,8 @@ def enhance(src: str, dst: Path, config_file, sets, input_format, output_format,
 
 def _enhance(src, dst, config_file, sets, files_from, follow_symlinks, strict, print_outputs, print0, as_json, quiet,
              values, formats) -> None:
+    # The heavy imports (torch, torchvision, the pipeline) happen here, when a job runs, not
+    # at the top of this module: --help and --version stay fast (see the module docstring).
     from .allocator import keep_large_blocks
     from .config import ConfigError
     from .distributed import is_distributed, is_primary

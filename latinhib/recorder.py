@@ -145,6 +145,9 @@ class Recorder:
     def record_fresh(self, lines: Sequence[Dict[str, Any]]) -> None:
         """Entries the plan decided (files left out, problems the source found): written
         and counted before any work starts; no output, no progress step."""
+        if self.strict:  # --strict: the first problem found while listing stops the job
+            first = next((k for k, line in enumerate(lines) if line["status"] == "failed"), None)
+            lines = lines if first is None else lines[: first + 1]
         self.manifest.write(lines)
         for line in lines:
             self.entries[line["path"]] = line
@@ -176,10 +179,13 @@ class Recorder:
             self.bar.update(1)
 
     def record_all(self, done: Sequence[Tuple[Dict[str, Any], Item]]) -> None:
+        if self.strict:  # --strict: the first failure is the last file recorded; later ones stay undone
+            first = next((k for k, (line, _) in enumerate(done) if line["status"] == "failed"), None)
+            done = done if first is None else done[: first + 1]
         self.manifest.write(e for e, _ in done)
         for line, item in done:
             self.record(line, item)
-        if self.strict and self.summary.failed:  # --strict: stop after recording the whole group
+        if self.strict and self.summary.failed:
             raise StrictStop(self.summary.failures[0])
 
     def drain(self, images: int, files: Optional[int] = None) -> None:
@@ -229,9 +235,12 @@ class Recorder:
             if future.cancelled():
                 continue
             try:
-                done.append((future.result(), item))
+                line = future.result()
             except Exception:  # noqa: BLE001 - it is redone on the next run
                 continue
+            if line["status"] == "failed" and self.strict and self.summary.failed:
+                continue  # after --strict's stop only the first failure is reported; this one is redone
+            done.append((line, item))
         try:
             self.manifest.write(e for e, _ in done)
         except DestinationUnusable as exc:

@@ -117,9 +117,15 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("src", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("src")
 @click.argument("dst", type=click.Path(file_okay=False, path_type=Path))
 @config_options
+@click.option("--input-format", type=click.Choice(("auto", "folder", "webdataset")), default="auto", show_default=True,
+              help="SRC is a folder, or WebDataset tar shards (a .tar, a brace pattern, a folder of .tar files, "
+                   "pipe:CMD); auto tells them apart.")
+@click.option("--output-format", type=click.Choice(("folder", "webdataset")),
+              help="Write a mirrored folder or tar shards (default: as SRC).")
+@click.option("--shard-size", type=click.IntRange(min=1), help="Samples per output shard, folder -> webdataset.")
 @click.option("--files-from", type=click.File("r", encoding="utf-8", errors="surrogateescape"),
               help="Read input paths (relative to SRC) from FILE, or - for stdin.")
 @click.option("--save-masks", type=click.Path(file_okay=False), help="Write each enhanced image's mask here.")
@@ -137,26 +143,30 @@ def main() -> None:
 @click.option("--shard", metavar="I/N", callback=lambda ctx, param, value: _shard(value),
               help="Do only shard I of N (0-based; a stable hash of each path decides), e.g. for SLURM "
                    "arrays; then run 'latinhib merge DST'. Under torchrun each rank is a shard already.")
-def enhance(src: Path, dst: Path, config_file, sets, files_from, follow_symlinks, strict, print_outputs, print0,
-            as_json, quiet, **values) -> None:
+def enhance(src: str, dst: Path, config_file, sets, input_format, output_format, shard_size, files_from, follow_symlinks,
+            strict, print_outputs, print0, as_json, quiet, **values) -> None:
     """Enhance the images under SRC into DST.
 
     A fraction (--ratio) of the images, chosen by a stable hash of their path, has its
     unimportant regions blurred; every other file is copied byte for byte. DST mirrors
     SRC (same names, formats and sizes) and gets latinhib-manifest.jsonl and
-    latinhib-config.yaml. A rerun skips finished files.
+    latinhib-config.yaml. A rerun skips finished files. SRC may be WebDataset tar
+    shards: DST then gets one output shard per input shard, same members in the same
+    order, and SHARD/KEY is each sample's path.
 
     \b
     Example:
       latinhib enhance data/train data/train-li --ratio 0.3 -q 0.5 --save-masks masks/
+      latinhib enhance 'shards/train-{000000..000099}.tar' shards-li/
     """
     with _stop_before_start():  # SIGTERM or Ctrl-C while torch loads, the model loads, SRC is listed
+        formats = dict(input_format=input_format, output_format=output_format, shard_size=shard_size or 0)
         _enhance(src, dst, config_file, sets, files_from, follow_symlinks, strict, print_outputs, print0, as_json,
-                 quiet, values)
+                 quiet, values, formats)
 
 
 def _enhance(src, dst, config_file, sets, files_from, follow_symlinks, strict, print_outputs, print0, as_json, quiet,
-             values) -> None:
+             values, formats) -> None:
     # The heavy imports (torch, torchvision, the pipeline) happen here, when a job runs, not
     # at the top of this module: --help and --version stay fast (see the module docstring).
     from .allocator import keep_large_blocks
@@ -190,6 +200,7 @@ def _enhance(src, dst, config_file, sets, files_from, follow_symlinks, strict, p
             quiet=quiet,
             shard=shard,
             on_output=emit if (print0 or print_outputs) else None,
+            **formats,
         )
     except (JobError, ConfigError, CheckpointError) as exc:
         raise BadInput(str(exc)) from None
@@ -229,7 +240,15 @@ def _stop_before_start() -> Iterator[None]:
         signum = getattr(exc, "signum", signal.SIGINT)
         how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
         click.echo(f"latinhib: {how} before any file was processed", err=True)
+        previous = signal.SIG_IGN
         sys.exit(128 + signum)
+    except SystemExit as exc:
+        if isinstance(exc.code, int) and exc.code > 128:
+            # The job stopped on a signal and the process is on its way out: a second
+            # SIGTERM sent during the stop, arriving now, has nothing left to stop (with the
+            # default handler back it would kill the exiting process: exit -15, not 143).
+            previous = signal.SIG_IGN
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 

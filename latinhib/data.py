@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -218,7 +220,9 @@ def read_error(exc: OSError) -> str:
     return READ_ERRORS.get(exc.errno, f"cannot read: {exc.strerror or exc}")
 
 
-def _is_empty(path: Path) -> bool:
+def _is_empty(path: Union[Path, BinaryIO]) -> bool:
+    if not isinstance(path, (str, os.PathLike)):  # a tar member's bytes
+        return path.seek(0, os.SEEK_END) == 0
     try:
         return os.stat(path).st_size == 0
     except OSError:
@@ -236,6 +240,12 @@ def bomb_warnings_ignored() -> Iterator[None]:
         yield
 
 
+def _unnamed(exc: BaseException) -> str:
+    """Pillow's message without the ``<_io.BytesIO object at 0x...>`` it names for bytes
+    from a tar member (the caller names the sample)."""
+    return re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
+
+
 def _refuse_not_enhanceable(opened: Image.Image, fmt: str) -> None:
     """Raise :class:`NotEnhanceable` for an animation, a multi-page TIFF or a float image
     (a depth map, say: written back in 8 bits it would lose its values). MPO (a JPEG with
@@ -251,34 +261,42 @@ def _refuse_not_enhanceable(opened: Image.Image, fmt: str) -> None:
     raise NotEnhanceable(f"animated {fmt} with {frames} frames: copied unchanged (only still images are enhanced)")
 
 
-def webp_is_lossless(path: Path) -> bool:
+def webp_is_lossless(path: Union[Path, BinaryIO]) -> bool:
     """Whether a WebP file holds a lossless (VP8L) bitstream rather than a lossy (VP8) one.
 
     Pillow does not say (13.0): read the RIFF chunks. A simple file starts with its one
-    image chunk; an extended one (``VP8X``) has metadata/alpha chunks before it."""
+    image chunk; an extended one (``VP8X``) has metadata/alpha chunks before it. ``path``
+    may be a binary file object (a tar member's bytes)."""
+    if not isinstance(path, (str, os.PathLike)):  # its own copy: Pillow reads the same object
+        return _webp_chunks_lossless(io.BytesIO(path.getvalue()))
     with open(path, "rb") as handle:
-        header = handle.read(12)
-        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WEBP":
+        return _webp_chunks_lossless(handle)
+
+
+def _webp_chunks_lossless(handle: BinaryIO) -> bool:
+    header = handle.read(12)
+    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WEBP":
+        return False
+    while True:
+        chunk = handle.read(8)
+        if len(chunk) < 8:
             return False
-        while True:
-            chunk = handle.read(8)
-            if len(chunk) < 8:
-                return False
-            fourcc, size = chunk[:4], int.from_bytes(chunk[4:], "little")
-            if fourcc in (b"VP8L", b"VP8 "):
-                return fourcc == b"VP8L"
-            handle.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to even sizes
+        fourcc, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+        if fourcc in (b"VP8L", b"VP8 "):
+            return fourcc == b"VP8L"
+        handle.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to even sizes
 
 
 def decode(
-    path: Path,
+    path: Union[Path, BinaryIO],
     input_size: Tuple[int, int],
     mean: Sequence[float],
     std: Sequence[float],
     *,
     quiet_bombs: bool = True,
 ) -> Decoded:
-    """Decode ``path`` for the pipeline; raises :class:`DecodeError` with the cause.
+    """Decode ``path`` (a file, or a binary file object: a tar member's bytes) for the
+    pipeline; raises :class:`DecodeError` with the cause.
 
     ``quiet_bombs=False`` leaves the warning filters alone: for decoding threads, whose
     job holds :func:`bomb_warnings_ignored` from its main thread."""
@@ -306,9 +324,9 @@ def decode(
             raise DecodeError(read_error(exc)) from None
         if _is_empty(path):  # Pillow's "cannot identify image file" hides the real cause
             raise DecodeError("empty file (0 bytes)") from None
-        raise DecodeError(f"cannot decode: {exc}") from None
+        raise DecodeError(f"cannot decode: {_unnamed(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises SyntaxError, struct.error, ValueError...
-        raise DecodeError(f"cannot decode: {type(exc).__name__}: {exc}") from None
+        raise DecodeError(f"cannot decode: {type(exc).__name__}: {_unnamed(exc)}") from None
     if fmt == "MPO":
         fmt = "JPEG"
     channels = len(work.getbands())

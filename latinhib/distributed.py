@@ -131,15 +131,18 @@ def _sources(dst: Path) -> List[Path]:
     return sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
 
-def read_previous(dst: Path, shard: Optional[Shard]) -> Dict[str, Dict[str, Any]]:
+def read_previous(dst: Path, shard: Optional[Shard],
+                  key: Optional[Callable[[str], str]] = None) -> Dict[str, Dict[str, Any]]:
     """What earlier runs did, from the main manifest and all parts, restricted to the paths
-    ``shard`` owns (all paths when None)."""
+    ``shard`` owns (all paths when None); ``key`` maps a path to the unit ownership is
+    decided on (a tar sample's shard; the path itself by default)."""
     entries: Dict[str, Dict[str, Any]] = {}
     for path in _sources(dst):
         entries.update(read_manifest(path))
     if shard is None or shard.count == 1:
         return entries
-    return {rel: entry for rel, entry in entries.items() if shard.owns(rel)}
+    key = key or (lambda rel: rel)
+    return {rel: entry for rel, entry in entries.items() if shard.owns(key(rel))}
 
 
 def listing_key(rel: str) -> Tuple[Tuple[int, str], ...]:
@@ -265,11 +268,16 @@ class Context:
         else they may belong to another live rank or shard."""
         return self.shard is None and not self.distributed
 
-    def select(self, items: Sequence[Item]) -> List[Item]:
-        """The items this process handles."""
+    def select(self, items: Sequence[Item], key: Optional[Callable[[Item], str]] = None) -> List[Item]:
+        """The items this process handles: those whose unit (``key(item)``, by default its
+        path; an input or output tar shard's name for shard jobs) this shard owns."""
         if self.shard is None:
             return list(items)
-        return [item for item in items if self.shard.owns(item.rel)]
+        key = key or (lambda item: item.rel)
+        return [item for item in items if self.shard.owns(key(item))]
+
+    def owns_unit(self, unit: str) -> bool:
+        return self.shard is None or self.shard.owns(unit)
 
     def same_lines(self, lines: Iterable[str]) -> Iterable[str]:
         """``--files-from``'s lines as rank 0 reads them. Under torchrun every rank
@@ -287,8 +295,8 @@ class Context:
         """The main manifest, or this shard's part."""
         return dst / (MANIFEST_NAME if self.shard is None else part_name(self.shard))
 
-    def previous(self, dst: Path) -> Dict[str, Dict[str, Any]]:
-        return read_previous(dst, self.shard)
+    def previous(self, dst: Path, key: Optional[Callable[[str], str]] = None) -> Dict[str, Dict[str, Any]]:
+        return read_previous(dst, self.shard, key)
 
     def progress(self, todo: int, quiet: bool, make_bar: Callable[[int, bool], Any]):
         """A progress bar: the usual one outside torchrun; under torchrun one bar on rank 0

@@ -417,9 +417,9 @@ def evaluate(
 
 def folder_labels(images: Sequence[Item], classes: Optional[List[str]]) -> Dict[str, int]:
     """Class folder -> model output index, by the mapping ``target: auto/label`` uses
-    (``pipeline._class_labels``: exact, ignoring case and '_' vs ' ', or a numeric folder).
+    (``plan._class_labels``: exact, ignoring case and '_' vs ' ', or a numeric folder).
     Raises :class:`EvaluateError` naming the first folder (sorted) that does not map."""
-    from .pipeline import _class_labels
+    from .plan import _class_labels
 
     loose = [item for item in images if item.class_name is None]
     if loose:
@@ -625,7 +625,7 @@ def evaluate_folder(
     decoded); an unmapped class folder, no images, a bad config or checkpoint raise
     before any model pass."""
     from .models import load_model, resolve_device
-    from .pipeline import _progress
+    from .recorder import progress_bar
     from .preview import sample
 
     started = time.time()
@@ -648,7 +648,7 @@ def evaluate_folder(
     evaluator = Evaluator(models, config, loaded.input_size)
     all_labels = torch.tensor([mapping[item.class_name] for item in items])
     inputs = _Inputs(items, loaded, masks, cache_bytes)
-    bar = _progress(2 * len(items), quiet)
+    bar = progress_bar(2 * len(items), quiet)
     size = config.runtime.batch_size
     good, failed, store, first, fill = _first_pass(inputs, None if masks is not None else evaluator, all_labels,
                                                    size, config.runtime.workers, log, bar)

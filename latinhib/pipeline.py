@@ -1,581 +1,54 @@
-"""The one loop of ``latinhib enhance``: list the inputs, copy the unselected ones, and
-take the selected ones through decoding, the model pass, the inhibition and writing.
-Owns the progress bar; returns a :class:`Summary`.
+"""``latinhib enhance`` from end to end: :func:`run` takes the inputs through the stages
+named after the data's way, each in a module of its own:
 
-How the work is spread:
+    source (sources.py: a folder, --files-from, tar shards)   what to read
+      -> plan (plan.py)                                       done / left out / enhance / copy
+      -> executor (executors.py)                              decode, model pass, steps 6-8
+           finishing (finishing.py)                           one image after the model pass
+      -> sink (sinks.py: a mirrored folder, tar shards)       where the outputs go
+      -> recorder (recorder.py)                               manifest, summary, progress, in order
 
-- A CPU job with one stream per core (``streams.py``: one thread each) runs each chunk of
-  a batch start to end on its stream: decode, model pass, blur at full resolution, encode,
-  write (:func:`_run_chunk`). Every core runs one thread and never switches to another.
-- Otherwise (CUDA, or a CPU whose streams have several threads each) decoding threads
-  (DataLoader worker processes on CUDA) decode the next batches while the model runs, and
-  writer threads blur, encode and write.
-
-Unselected files are copied by a small pool, interleaved with the batches. The main
-thread hands out the work and records the results in order. Queues are bounded, so
-memory does not grow with the number of images.
+This module only wires them together: the job's set-up (torchrun ranks, device, model,
+DST), the Ctrl-C handling, and the one way out that every end of a job takes (the work
+in flight is written whole, nothing new starts, the manifest is compacted).
 """
 from __future__ import annotations
 
-import collections
-import dataclasses
-import errno
-import itertools
 import os
 import signal
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
-import yaml
-from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
-from .api import Importance, LateralInhibition
-from .config import Config, ConfigError, to_yaml
-from .data import (
-    Decoded,
-    DecodeError,
-    Item,
-    NotEnhanceable,
-    PathError,
-    bomb_warnings_ignored,
-    decode,
-    display,
-    list_files_from,
-    list_folder,
-    read_error,
-)
-from .filters import blur_uint8
-from .inhibition import inhibit, selection_score
+from .api import LateralInhibition
+from .config import Config, to_yaml
+from .data import bomb_warnings_ignored, display
+from .executors import _importance, make_executor
+from .finishing import Finisher, enhance_pixels, enhance_uint8, kept_fraction
 from .locking import DstBusy, DstLock
-from .models import LoadedModel, load_model
-from .streams import ModelStreams
-from .writer import (
-    CONFIG_NAME,
-    UNUSABLE_ERRNOS,
-    DestinationUnusable,
-    Manifest,
-    atomic_write,
-    copy_file,
-    is_job_file,
-    mask_path,
-    output_path,
-    remove_stale_temps,
-    save_heatmap,
-    save_image,
-    save_mask,
-)
+from .models import load_model
+from .plan import RESULT_SECTIONS, JobError, Plan, check_previous_config, make_plan, recorded_config, resolve_labels
+from .recorder import Recorder, StrictStop, Summary, progress_bar
+from .sinks import DONE, FolderSink, TarSink
+from .sources import FORMATS, Listing, SourceError, open_source
+from .stopping import DestinationFull, Interrupted, StopRequest, Stopped, folder_of, rank_of
+from .writer import CONFIG_NAME, UNUSABLE_ERRNOS, DestinationUnusable, Manifest, atomic_write, remove_stale_temps
 
-__all__ = ["DestinationFull", "JobError", "Interrupted", "Stopped", "Summary", "run", "STATUSES"]
+__all__ = ["DestinationFull", "FORMATS", "JobError", "Interrupted", "Stopped", "Summary", "run", "STATUSES"]
 
 STATUSES = distributed.STATUSES
-#: Config sections that change outputs; a rerun into the same DST must match them.
-RESULT_SECTIONS = ("model", "inhibition", "blur")
-DONE = ("enhanced", "copied", "unchanged")
-
-
-class JobError(Exception):
-    """The job cannot start (bad paths, config, checkpoint): nothing was written."""
-
-
-class StrictStop(Exception):
-    """``--strict`` and a file failed."""
-
-
-@dataclass
-class Summary:
-    """Counts per status for the files this run handled, plus those already done."""
-
-    dst: str
-    total: int = 0
-    enhanced: int = 0
-    copied: int = 0
-    unchanged: int = 0
-    skipped: int = 0
-    failed: int = 0
-    already_done: int = 0
-    seconds: float = 0.0
-    target: Optional[str] = None
-    device: str = "cpu"
-    interrupted: bool = False
-    #: the signal that interrupted the job (SIGINT: Ctrl-C; SIGTERM: kill, SLURM, docker stop)
-    signum: Optional[int] = None
-    #: why the job stopped before its end: the signal's name (SIGINT, SIGTERM) or the
-    #: errno's (ENOSPC, EDQUOT, EROFS); None when it ran to its end
-    stopped: Optional[str] = None
-    failures: List[str] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        if self.interrupted:  # the shell's convention: 128 + the signal (130 Ctrl-C, 143 SIGTERM)
-            return 128 + (self.signum or signal.SIGINT)
-        return 1 if self.failed else 0
-
-    @property
-    def done(self) -> int:
-        """Files whose output is in DST (this run's and earlier runs')."""
-        return self.enhanced + self.copied + self.unchanged + self.already_done
-
-    def as_dict(self) -> Dict[str, Any]:
-        keys = ("dst", "total", "enhanced", "copied", "unchanged", "skipped", "failed", "already_done",
-                "seconds", "target", "device", "interrupted", "stopped")
-        return {k: getattr(self, k) for k in keys}
-
-    def line(self) -> str:
-        rate = (self.enhanced + self.copied + self.unchanged) / self.seconds if self.seconds > 0 else 0.0
-        return (
-            f"{self.total} files: {self.enhanced} enhanced, {self.copied} copied, {self.unchanged} unchanged, "
-            f"{self.skipped} skipped, {self.failed} failed, {self.already_done} already done "
-            f"({self.seconds:.1f} s, {rate:.1f} files/s) -> {display(self.dst)}"
-        )
-
-
-class Stopped(Exception):
-    """The job stopped before its end. What was written is complete and in the manifest;
-    rerunning the same command finishes the job. ``summary``: how far it got;
-    ``where``: "rank R of W" under torchrun, else empty."""
-
-    exit_code = 1
-
-    def __init__(self, summary: Summary, where: str = ""):
-        super().__init__(self.__class__.__name__)
-        self.summary = summary
-        self.where = where
-
-    def line(self) -> str:
-        """The one line that says why, how far the job got and what to do."""
-        raise NotImplementedError
-
-    def _progress(self) -> str:
-        total = self.summary.total
-        return f"after {self.summary.done} of {total} files" if total else "before any file was done"
-
-
-class Interrupted(Stopped):
-    """Ctrl-C (SIGINT) or SIGTERM: stopped at the next safe point. Exit code 128 + signal."""
-
-    @property
-    def exit_code(self) -> int:
-        return self.summary.exit_code
-
-    def line(self) -> str:
-        signum = self.summary.signum
-        how = "interrupted" if signum in (None, signal.SIGINT) else f"stopped by {signal.Signals(signum).name}"
-        where = f"{self.where}: " if self.where else ""
-        return f"{where}{how} {self._progress()}; rerun the same command to resume"
-
-
-class DestinationFull(Stopped):
-    """DST, or the masks or heat-maps folder, can take no more writes (full disk or quota,
-    read-only file system): nothing else could succeed, so the job stopped at the first
-    such write. Exit code 1."""
-
-    HINTS = {"ENOSPC": "free some space", "EDQUOT": "free some space or raise the quota",
-             "EROFS": "make it writable"}
-
-    def __init__(self, summary: Summary, error: DestinationUnusable, folder: str, where: str = ""):
-        super().__init__(summary, where)
-        self.error = error
-        self.folder = folder
-        summary.stopped = errno.errorcode.get(error.errno, str(error.errno))
-
-    def line(self) -> str:
-        hint = self.HINTS.get(errno.errorcode.get(self.error.errno, ""), "fix it")
-        where = f"{self.where}: " if self.where else ""
-        return (f"{where}{self.folder}: {self.error.strerror} (writing {display(str(self.error.path))!r}); "
-                f"stopped {self._progress()}; {hint}, then rerun the same command to finish")
-
-
-class _Decoding(Dataset):
-    """Decodes selected files (in decoding threads on a CPU, DataLoader worker processes
-    on CUDA); a failure is returned, not raised."""
-
-    def __init__(self, items: Sequence[Item], loaded: LoadedModel, threads: bool = False):
-        self.items = items
-        self.input_size = loaded.input_size
-        self.mean = loaded.mean
-        self.std = loaded.std
-        self.threads = threads  # in threads the job's main thread silences bomb warnings
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> Tuple[int, Optional[Decoded], Optional[DecodeError]]:
-        try:
-            decoded = decode(self.items[index].path, self.input_size, self.mean, self.std, quiet_bombs=not self.threads)
-            return index, decoded, None
-        except DecodeError as exc:
-            return index, None, exc
-        except MemoryError:
-            return index, None, DecodeError("out of memory while decoding")
-
-
-#: The signals that stop a job cleanly: Ctrl-C, and SIGTERM (what ``kill``, SLURM at a
-#: time limit or preemption, ``docker stop`` and torchrun's shutdown of its workers send).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class _StopRequest:
-    """Ctrl-C (SIGINT) or SIGTERM as a request: the first one is acted on at the next safe
-    point (after the model pass in flight, between batches, where no DataLoader iterator is
-    half built), where :meth:`check` raises KeyboardInterrupt; a second one interrupts at
-    once (the writes in flight still finish: each is atomic). ``signum`` is the first
-    signal. Only installed from the main thread (``signal`` allows no other); the previous
-    handlers are put back by :meth:`restore`."""
-
-    def __init__(self) -> None:
-        self.signum: Optional[int] = None
-        self.ignoring = False
-        self.previous: Dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and not self.ignoring:
-            raise KeyboardInterrupt
-        if self.signum is None:
-            self.signum = signum
-
-    def ignore(self) -> None:
-        """From here on a signal only marks the request (the cleanup must run to its end)."""
-        self.ignoring = True
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-
-    def restore(self) -> None:
-        for signum, previous in self.previous.items():
-            signal.signal(signum, previous)
-        self.previous = {}
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Ctrl-C reaches the whole process group, and SLURM sends SIGTERM to every process of
-    a job step: decoding workers ignore both (no traceback per worker, no worker dying
-    under the DataLoader) and the main process alone stops the job; the DataLoader then
-    ends them.
-
-    A main process interrupted while it fetches a decoded tensor's file descriptor resets
-    the connection to the worker's ``multiprocessing.resource_sharer`` thread, which then
-    prints a ConnectionResetError traceback through ``sys.excepthook``: in a worker, such
-    errors only mean that the main process has stopped (and says so itself), so they are
-    not printed."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
-    default_hook = sys.excepthook
-
-    def hook(kind, value, traceback) -> None:
-        if not issubclass(kind, (ConnectionError, EOFError)):
-            default_hook(kind, value, traceback)
-
-    sys.excepthook = hook
-
-
-def _as_list(batch):
-    return batch
-
-
-def _decode_in_threads(device: torch.device) -> bool:
-    """CPU jobs decode in threads, CUDA jobs in DataLoader worker processes (plenty of
-    cores there, and no GIL shared with the writers)."""
-    return device.type == "cpu"
-
-
-def _decode_pool(workers: int) -> Optional[ThreadPoolExecutor]:
-    """Decoding threads for a CPU job (None: decode in the calling thread).
-
-    On a CPU the model needs every cycle: worker processes would cost each image a copy
-    of its pixels into shared memory and a file descriptor passed back, ~2 ms of CPU per
-    image (measured: resnet18, 2 cores, 35.7 -> 38.2 img/s with threads). Pillow and
-    torch release the GIL while they decode and resize, so threads decode in parallel."""
-    if workers <= 0:
-        return None
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="latinhib-decode", initializer=_one_torch_thread)
-
-
-def _decode_ahead(dataset: "_Decoding", batch_size: int, pool: Optional[ThreadPoolExecutor]) -> Iterator[list]:
-    """Batches of ``dataset`` items in order, decoded on ``pool`` up to two batches ahead
-    of the one handed out (in the calling thread when ``pool`` is None)."""
-    n = len(dataset)
-    if pool is None:
-        for start in range(0, n, batch_size):
-            yield [dataset[i] for i in range(start, min(start + batch_size, n))]
-        return
-    ahead: Deque[Future] = collections.deque()
-    submitted = 0
-    while True:
-        while submitted < n and len(ahead) < 2 * batch_size:
-            ahead.append(pool.submit(dataset.__getitem__, submitted))
-            submitted += 1
-        if not ahead:
-            return
-        yield [ahead.popleft().result() for _ in range(min(batch_size, len(ahead)))]
-
-
-def check_paths(src: Path, dst: Path) -> None:
-    """Refuse a missing SRC, DST == SRC and DST inside SRC, before anything is written."""
-    if not src.exists():
-        raise JobError(f"SRC {display(str(src))!r}: no such directory")
-    if not src.is_dir():
-        raise JobError(f"SRC {display(str(src))!r}: not a directory")
-    src_real = Path(os.path.realpath(src))
-    dst_real = Path(os.path.realpath(dst))
-    if dst_real == src_real:
-        raise JobError(f"DST {display(str(dst))!r} is SRC itself; choose another folder")
-    if src_real in dst_real.parents:
-        raise JobError(f"DST {display(str(dst))!r} is inside SRC {display(str(src))!r}; choose a folder outside it")
-    if dst.exists() and not dst.is_dir():
-        raise JobError(f"DST {display(str(dst))!r}: exists and is not a directory")
-
-
-def _check_previous_config(dst: Path, config: Config, recorded: Config) -> None:
-    """A rerun into a DST made with other settings would mix two results: refuse.
-
-    ``recorded`` is what this run writes to DST (:func:`_recorded`); a key matches when
-    the file holds the recorded value or the value asked for, so a DST written before
-    the config recorded resolved values (``layers: null``) still resumes."""
-    path = dst / CONFIG_NAME
-    if config.output.overwrite or not path.is_file():
-        return
-    try:
-        previous = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        previous = None
-    if not isinstance(previous, dict) or not all(isinstance(previous.get(s) or {}, dict) for s in RESULT_SECTIONS):
-        raise JobError(f"DST {display(str(dst))!r}: {CONFIG_NAME} is unreadable or not a latinhib config; "
-                       f"use --overwrite to redo DST, or another DST")
-    asked, current = config.to_dict(), recorded.to_dict()
-    for section in RESULT_SECTIONS:
-        for key, value in current[section].items():
-            old = (previous.get(section) or {}).get(key, value)
-            if old != value and old != asked[section][key]:
-                raise JobError(
-                    f"DST {display(str(dst))!r} was made with {section}.{key} = {old!r}, this run has {value!r}; "
-                    f"use --overwrite to redo it, or another DST"
-                )
-
-
-def _recorded(config: Config, loaded: LoadedModel, enhancer: LateralInhibition) -> Config:
-    """The config as this job really runs it, for DST's provenance: resolved layers, input
-    size, mean and std, the weights only when weights were loaded, the checkpoint's
-    sha256 and size."""
-    return dataclasses.replace(config, model=loaded.resolved(config.model, enhancer.layers))
-
-
-def _class_labels(items: Sequence[Item], classes: Optional[List[str]]) -> Optional[Dict[str, int]]:
-    """Folder class -> model output index, when every folder class maps onto the model's
-    classes (exactly, or ignoring case and '_' vs ' '); else None."""
-    names = {item.class_name for item in items if item.is_image}
-    if not names or None in names or not classes:
-        return None
-    exact = {name: i for i, name in enumerate(classes)}
-    loose = {name.lower().replace("_", " "): i for i, name in enumerate(classes)}
-    mapping = {}
-    for name in names:
-        if name in exact:
-            mapping[name] = exact[name]
-        elif name.lower().replace("_", " ") in loose:
-            mapping[name] = loose[name.lower().replace("_", " ")]
-        elif name.isdigit() and int(name) < len(classes):
-            mapping[name] = int(name)
-        else:
-            return None
-    return mapping
-
-
-def resolve_labels(items: Sequence[Item], config: Config, classes: Optional[List[str]]) -> Optional[Dict[str, int]]:
-    """The folder labels the loss uses (``target: auto``/``label``), or None for ``pred``/
-    ``entropy``; ``target: label`` without a mapping is a :class:`ConfigError`. Shared by
-    ``enhance`` and ``preview`` so both pick the same target."""
-    labels = _class_labels(items, classes) if config.model.target in ("auto", "label") else None
-    if config.model.target == "label" and labels is None:
-        raise ConfigError(
-            "model.target: 'label' needs every image in a class folder whose name is one of the model's classes "
-            "(set model.classes, or use target auto/pred/entropy)"
-        )
-    return labels
-
-
-def _entry(item: Item, selected: bool, status: str, **values: Any) -> Dict[str, Any]:
-    entry = {
-        "path": item.rel,
-        "selected": selected,
-        "status": status,
-        "kept_fraction": None,
-        "threshold": None,
-        "target": None,
-        "predicted_class": None,
-        "error": None,
-    }
-    entry.update(values)
-    return entry
-
-
-def enhance_pixels(
-    decoded: Decoded, imp: Importance, index: int, config: Config, input_size: Tuple[int, int], device: torch.device
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Steps 6-8 for sample ``index`` of ``imp`` at the image's own resolution, exactly as
-    ``latinhib enhance`` writes it (``latinhib preview`` shows the same pixels).
-
-    8-bit images with a hard mask (the default, ``blur.feather: 0``) stay in uint8 from
-    file to file (:func:`enhance_uint8`); 16-bit images and feathered masks go through
-    float (:func:`~latinhib.inhibition.inhibit`) and are rounded once at the end.
-
-    Returns (pixels (C, H, W) in the decoded dtype with alpha passed through, mask (1, H, W):
-    bool on the 8-bit path, float in [0, 1] otherwise; :func:`kept_fraction` reads both).
-    """
-    pixels = decoded.pixels.to(device, non_blocking=True)
-    channels = decoded.color_channels
-    h, w = pixels.shape[-2:]
-    # blur.sigma is in model-input pixels; scale it to this image's resolution.
-    scale = min(h, w) / min(input_size)
-    combined = imp.combined[index : index + 1]
-    threshold = imp.threshold[index : index + 1]
-    valid = imp.valid[index : index + 1]
-    if decoded.max_value == 255 and config.blur.feather <= 0:
-        values, mask = enhance_uint8(pixels[:channels][None], combined, threshold, valid, config.blur.sigma * scale)
-        values = values[0]
-    else:
-        color = pixels[:channels][None].float().div_(decoded.max_value)
-        enhanced, mask = inhibit(
-            color, combined, threshold, valid,
-            blur_sigma=config.blur.sigma * scale,
-            feather_sigma=config.blur.feather * scale,
-        )
-        values = enhanced[0].mul_(decoded.max_value).round_().clamp_(0, decoded.max_value).to(pixels.dtype)
-    if pixels.shape[0] > channels:  # alpha passes through untouched
-        values = torch.cat([values, pixels[channels:]], dim=0)
-    return values, mask
-
-
-def enhance_uint8(
-    image: torch.Tensor, combined: torch.Tensor, threshold: torch.Tensor, valid: torch.Tensor, blur_sigma: float
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Steps 6-8 for one 8-bit image (1, C, H, W) uint8 with a hard mask, all in uint8.
-
-    The map is scaled to (H, W) and thresholded exactly as in
-    :func:`~latinhib.inhibition.inhibit`; kept pixels are the input's bits, inhibited ones
-    :func:`~latinhib.filters.blur_uint8`'s. The select is three bitwise passes
-    (``b ^ ((a ^ b) & m)`` with m = 0xFF where kept), ~6x cheaper on CPU than
-    ``torch.where`` with a mask broadcast over the channels. Returns (pixels (1, C, H, W)
-    uint8 in channels_last order, mask (1, H, W) bool).
-    """
-    h, w = image.shape[-2:]
-    if combined.shape[-2:] != (h, w):
-        combined = F.interpolate(combined[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-    # A map without spatial information keeps every pixel: its threshold becomes -inf (one
-    # scalar op instead of a full-size OR; the map is never NaN).
-    keep = combined[0] > torch.where(valid[0], threshold[0], float("-inf"))
-    if not image.is_contiguous(memory_format=torch.channels_last):
-        image = image.contiguous(memory_format=torch.channels_last)
-    blurred = blur_uint8(image, blur_sigma)
-    select = keep.to(torch.uint8).neg_()  # 255 where kept, 0 where blurred
-    select = select[:, :, None].expand(h, w, image.shape[1]).permute(2, 0, 1)[None]
-    out = torch.bitwise_xor(image, blurred).bitwise_and_(select).bitwise_xor_(blurred)
-    return out, keep[None]
-
-
-def kept_fraction(mask: torch.Tensor) -> float:
-    """The share of an image kept sharp: the mean of a float mask, or of a bool one."""
-    if mask.dtype == torch.bool:
-        return float(torch.count_nonzero(mask)) / max(mask.numel(), 1)
-    return float(mask.sum()) / max(mask.numel(), 1)
-
-
-class _Finisher:
-    """Steps 6-8 at full resolution, encoding and writing, run in writer threads."""
-
-    def __init__(self, config: Config, loaded: LoadedModel, dst: Path, device: torch.device):
-        self.config = config
-        self.loaded = loaded
-        self.dst = dst
-        self.device = device
-        self.masks = Path(config.output.save_masks) if config.output.save_masks else None
-        self.heatmaps = Path(config.output.save_heatmaps) if config.output.save_heatmaps else None
-
-    def __call__(self, item: Item, decoded: Decoded, imp: Importance, index: int) -> Dict[str, Any]:
-        target = imp.target
-        predicted = int(imp.predicted[index])
-        classes = self.loaded.classes
-        common = dict(
-            target=target,
-            predicted_class=classes[predicted] if classes and predicted < len(classes) else predicted,
-            predicted_index=predicted,
-        )
-        out = output_path(self.dst, item.rel)
-        if not bool(imp.valid[index]):
-            copy_file(item.path, out)
-            return _entry(item, True, "unchanged", error="importance map has no spatial information (constant gradient)",
-                          **common)
-        values, mask = enhance_pixels(decoded, imp, index, self.config, self.loaded.input_size, self.device)
-        save_image(values.cpu(), decoded, out, self.config.output.jpeg_quality)
-        if self.masks is not None:
-            save_mask(mask[0].cpu(), mask_path(self.masks, item.rel))
-        if self.heatmaps is not None:
-            save_heatmap(imp.combined[index], tuple(mask.shape[-2:]), mask_path(self.heatmaps, item.rel))
-        return _entry(
-            item,
-            True,
-            "enhanced",
-            kept_fraction=round(kept_fraction(mask), 6),
-            threshold=round(float(imp.threshold[index]), 6),
-            **common,
-        )
-
-
-def _left_out(item: Item, config: Config) -> Optional[str]:
-    """Why a listed file gets no output (status ``skipped``), or None: a name that would
-    overwrite the job's own files in DST, or a file latinhib does not enhance under
-    ``output.images_only``."""
-    if is_job_file(item.rel):
-        return "has the name of a file latinhib writes in DST (is SRC a latinhib DST?): not copied"
-    if config.output.images_only and not item.is_image:
-        return f"not a format latinhib enhances ({_extension(item)}): left out (output.images_only)"
-    return None
-
-
-def _extension(item: Item) -> str:
-    return Path(item.rel).suffix or "no extension"
-
-
-def _copy(item: Item, dst: Path) -> Dict[str, Any]:
-    """An unselected image, or a file latinhib does not enhance, copied byte for byte."""
-    try:
-        copy_file(item.path, output_path(dst, item.rel))
-    except OSError as exc:
-        if exc.filename is None or os.fsdecode(exc.filename) != str(item.path):
-            raise  # the write failed: reported as "cannot write: ..."
-        # The source could not be read: the same causes decode() names.
-        return _entry(item, False, "failed", error=read_error(exc))
-    note = None if item.is_image else f"not a format latinhib enhances ({_extension(item)}): copied byte for byte"
-    return _entry(item, False, "copied", error=note)
-
-
-def _undecodable(item: Item, error: DecodeError, dst: Path) -> Dict[str, Any]:
-    """The entry of a selected file that did not decode: a good image latinhib does not
-    enhance (an animation, :class:`NotEnhanceable`) is copied byte for byte as
-    ``unchanged``; anything else is ``failed`` with the cause."""
-    if isinstance(error, NotEnhanceable):
-        copy_file(item.path, output_path(dst, item.rel))
-        return _entry(item, True, "unchanged", error=str(error))
-    return _entry(item, True, "failed", error=str(error))
+# Kept importable from here: the API, preview and tests use these names.
+_ = (DONE, RESULT_SECTIONS, enhance_pixels, enhance_uint8, kept_fraction, resolve_labels, _importance)
 
 
 def run(
     config: Config,
-    src: Path,
+    src: Union[str, Path],
     dst: Path,
     *,
     files_from: Optional[Iterable[str]] = None,
@@ -585,63 +58,129 @@ def run(
     shard: Optional[distributed.Shard] = None,
     on_output: Optional[Callable[[Path], None]] = None,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    input_format: str = "auto",
+    output_format: Optional[str] = None,
+    shard_size: int = 0,
 ) -> Summary:
     """Run ``latinhib enhance`` from SRC to DST with ``config``; see the CLI's help.
 
+    SRC is a folder, or WebDataset tar shards (a .tar file, a brace pattern, a folder of
+    .tar files, ``pipe:CMD``); ``input_format`` (auto, folder, webdataset) says which
+    when detection is not enough. ``output_format`` is the input's by default;
+    folder -> webdataset writes ``shard_size`` samples per shard.
+
     Raises :class:`JobError` (or ``ConfigError``/``CheckpointError``) before writing
-    anything when the job cannot start (another job holds DST, too), and a
-    :class:`Stopped` once the work in flight is safely written: :class:`Interrupted` after
-    Ctrl-C or SIGTERM, :class:`DestinationFull` when DST or a masks/heat-maps folder can
-    take no more writes.
+    anything when the job cannot start, and :class:`Interrupted` after Ctrl-C, once the
+    work in flight is safely written.
     """
     started = time.perf_counter()
-    src, dst = Path(src), Path(dst)
-    check_paths(src, dst)
+    dst = Path(dst)
+    exclude = [Path(p) for p in (config.output.save_masks, config.output.save_heatmaps) if p]
+    source = _open_source(src, dst, input_format, files_from=files_from, follow_symlinks=follow_symlinks,
+                          exclude=exclude)
     if config.runtime.threads:
         torch.set_num_threads(config.runtime.threads)
-    # torchrun rank / --shard I/N: which files are ours, which device (cuda:LOCAL_RANK).
+    # torchrun rank / --shard I/N: which inputs are ours, which device (cuda:LOCAL_RANK).
     # Other ranks/shards may be writing into DST right now: any cleanup of stale temporary
     # files there must be guarded by ctx.owns_all_temp_files.
     ctx = distributed.setup(shard, config.runtime.device)
     # One job per DST, or per shard of it (locking.py). Taken here when DST exists, so a
-    # second job is refused before it loads a model; else _job takes it on creating DST.
+    # second job is refused before it loads a model; else _prepare_dst takes it on creating DST.
     lock = DstLock(dst, ctx.shard, log=log)
+    options = dict(strict=strict, quiet=quiet, on_output=on_output, log=log, output_format=output_format,
+                   shard_size=shard_size, started=started)
     try:
         if dst.is_dir():
             lock.acquire()
-        return _job(config, src, dst, ctx, lock, started, files_from=files_from, follow_symlinks=follow_symlinks,
-                    strict=strict, quiet=quiet, on_output=on_output, log=log)
+        if files_from is not None:
+            source.files_from = ctx.same_lines(files_from)
+        return _job(config, source, src, dst, ctx, lock, exclude, **options)
     except DstBusy as exc:
         raise JobError(str(exc)) from None
-    except DestinationUnusable as exc:  # before the loop: DST's config, or the first manifest lines
-        raise DestinationFull(Summary(dst=str(dst)), exc, _folder_of(exc.path, dst, config), _rank(ctx)) from None
+    except DestinationUnusable as exc:  # before the loop: DST's config, the first manifest lines, a shard
+        raise DestinationFull(Summary(dst=str(dst)), exc, folder_of(exc.path, dst, config), rank_of(ctx)) from None
     finally:
         lock.release()
+        source.close()
 
 
-def _job(config: Config, src: Path, dst: Path, ctx: distributed.Context, lock: DstLock, started: float, *,
-         files_from: Optional[Iterable[str]], follow_symlinks: bool, strict: bool, quiet: bool,
-         on_output: Optional[Callable[[Path], None]], log: Callable[[str], None]) -> Summary:
-    """:func:`run` once DST is locked (or is locked as soon as this creates it)."""
-    if files_from is not None:
-        files_from = ctx.same_lines(files_from)
-    device = ctx.device
-    loaded = load_model(config.model, device)
+def _job(config: Config, source, src, dst: Path, ctx: distributed.Context, lock: DstLock, exclude: List[Path], *,
+         output_format: Optional[str], shard_size: int, started: float, **options) -> Summary:
+    """:func:`run` once DST is locked (or is locked as soon as this creates it): the
+    stages in turn, then the stop or the job-wide summary."""
+    loaded = load_model(config.model, ctx.device)
     enhancer = LateralInhibition(loaded.model, config, input_size=loaded.input_size)
-    exclude = [Path(p) for p in (config.output.save_masks, config.output.save_heatmaps) if p]
-    try:
-        items = list_files_from(src, files_from, follow_symlinks=follow_symlinks) if files_from is not None else list_folder(
-            src, follow_symlinks=follow_symlinks, exclude=exclude
-        )
-    except PathError as exc:
-        raise JobError(str(exc)) from None
-    labels = resolve_labels(items, config, loaded.classes)
+    listing = _list(source)
+    labels = resolve_labels(listing.items, config, loaded.classes)
     # Labels above are decided on the whole listing, so every shard picks the same target.
-    all_items, items = items, ctx.select(items)
-    recorded = _recorded(config, loaded, enhancer)
-    _check_previous_config(dst, config, recorded)
+    sink = _open_sink(listing, src, dst, output_format, shard_size)
+    items = ctx.select(listing.items, key=sink.unit_of)  # torchrun / --shard: by output unit
+    problems = [p for p in listing.problems if ctx.owns_unit(p[0].split("/", 1)[0])]
+    recorded = recorded_config(config, loaded, enhancer)
+    check_previous_config(dst, config, recorded)
+    manifest = _prepare_dst(dst, recorded, ctx, lock, exclude)
+    previous = ctx.previous(dst, key=sink.unit_of_rel)
+    plan = make_plan(items, previous, config, sink, problems)
+    summary = Summary(dst=str(dst), total=len(items) + len(problems), device=str(ctx.device),
+                      already_done=plan.already_done)
+    summary.target = "label" if labels is not None else ("pred" if config.model.target == "auto" else config.model.target)
+    sink.prepare(plan.todo, ctx.owns_unit)
+    job = _Job(config, loaded, enhancer, labels, ctx, sink, plan, summary, started=started, **options)
+    listed = [rel for rel, _ in problems] + [item.rel for item in items]
+    unusable = job.run(manifest, ctx.manifest_path(dst), previous, listed)
+    if unusable is not None:
+        raise DestinationFull(summary, unusable, folder_of(unusable.path, dst, config), rank_of(ctx))
+    if summary.interrupted:
+        raise Interrupted(summary, rank_of(ctx))
+    # torchrun: job-wide counts on every rank, rank 0 merges the manifest parts.
+    try:
+        return ctx.finish(summary, dst, [rel for rel, _ in listing.problems] + [item.rel for item in listing.items])
+    except DestinationUnusable as exc:  # no room for the merged manifest: the parts stay
+        raise DestinationFull(summary, exc, folder_of(exc.path, dst, config), rank_of(ctx)) from None
 
-    manifest_path = ctx.manifest_path(dst)  # a shard writes its own part
+
+def _open_source(src, dst: Path, input_format: str, **options):
+    """The source for SRC, checked against DST (nothing written yet)."""
+    if input_format not in ("auto",) + FORMATS:
+        raise JobError(f"--input-format: {input_format!r} is not allowed; choose auto, {', '.join(FORMATS)}")
+    try:
+        source = open_source(src, input_format, spool_dir=dst, **options)
+        source.check(dst)
+    except SourceError as exc:
+        raise JobError(str(exc)) from None
+    return source
+
+
+def _list(source) -> Listing:
+    try:
+        return source.list()
+    except SourceError as exc:  # a --files-from path outside SRC, say
+        raise JobError(str(exc)) from None
+
+
+def _open_sink(listing: Listing, src, dst: Path, output_format: Optional[str], shard_size: int):
+    """Shards out for shards in, a folder for a folder, unless ``output_format`` says."""
+    output_format = output_format or listing.format
+    if output_format not in FORMATS:
+        raise JobError(f"--output-format: {output_format!r} is not allowed; choose {', '.join(FORMATS)}")
+    if output_format == "folder":
+        if shard_size:
+            raise JobError("--shard-size is for --output-format webdataset")
+        return FolderSink(dst, from_shards=listing.format == "webdataset")
+    if listing.format == "webdataset":
+        if shard_size:
+            raise JobError("--shard-size is for a folder SRC: shards in give one output shard per input shard")
+        return TarSink(dst, indexes=listing.indexes)
+    if shard_size < 1:
+        raise JobError("--output-format webdataset from a folder needs --shard-size N (samples per shard)")
+    prefix = Path(os.path.abspath(src)).name or "shard"
+    return TarSink(dst, items=listing.items, shard_size=shard_size, prefix=prefix)
+
+
+def _prepare_dst(dst: Path, recorded: Config, ctx, lock: DstLock, exclude: List[Path]) -> Manifest:
+    """DST, locked, with a killed run's temporaries removed (only by a run that owns them
+    all), the config as this job runs it (provenance), and this process's manifest (a
+    shard writes its own part)."""
     try:
         dst.mkdir(parents=True, exist_ok=True)
         lock.acquire()  # no-op when DST existed (run took it then)
@@ -649,349 +188,68 @@ def _job(config: Config, src: Path, dst: Path, ctx: distributed.Context, lock: D
             for folder in (dst, *exclude):
                 remove_stale_temps(folder)
         atomic_write(dst / CONFIG_NAME, lambda tmp: tmp.write_text(to_yaml(recorded), encoding="utf-8"))
-        manifest = Manifest(manifest_path)
+        return Manifest(ctx.manifest_path(dst))
     except OSError as exc:
         if exc.errno in UNUSABLE_ERRNOS:  # a full or read-only DST: the same stop as in the loop
             raise DestinationUnusable(Path(os.fsdecode(exc.filename or dst)), exc) from exc
         where = display(os.fsdecode(exc.filename)) if exc.filename else display(str(dst))
         raise JobError(f"DST {display(str(dst))!r}: cannot write {where!r}: {exc.strerror or exc}") from None
-    # Entries of files outside this listing are kept; --overwrite only redoes the listed ones.
-    previous = ctx.previous(dst)
-    summary = Summary(dst=str(dst), total=len(items), device=str(device))
-    summary.target = "label" if labels is not None else ("pred" if config.model.target == "auto" else config.model.target)
-
-    entries: Dict[str, Dict[str, Any]] = dict(previous)
-    ratio, seed = config.inhibition.ratio, config.inhibition.seed
-    to_copy: List[Item] = []
-    to_enhance: List[Item] = []
-    fresh: List[Dict[str, Any]] = []
-    for item in items:
-        old = previous.get(item.rel)
-        if (not config.output.overwrite and old is not None and old.get("status") in DONE
-                and output_path(dst, item.rel).exists()):
-            summary.already_done += 1
-            continue
-        left_out = _left_out(item, config)
-        if left_out is not None:
-            fresh.append(_entry(item, False, "skipped", error=left_out))
-        elif item.is_image and selection_score(seed, item.rel) < ratio:
-            to_enhance.append(item)
-        else:  # unselected images, and files latinhib does not enhance: byte for byte
-            to_copy.append(item)
-    summary.skipped = len(fresh)
-    manifest.write(fresh)
-    for entry in fresh:
-        entries[entry["path"]] = entry
-
-    finisher = _Finisher(config, loaded, dst, device)
-    # On a GPU the CPU side (PIL encode, which releases the GIL) is the bottleneck: give
-    # the writers half the cores; on a CPU the model needs the cores, so 2-4 threads.
-    cores = os.cpu_count() or 2
-    threads = max(2, min(16, cores // 2)) if device.type == "cuda" else max(2, min(4, cores))
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="latinhib-writer", initializer=_one_torch_thread)
-    pending: Deque[Tuple[Item, Future]] = collections.deque()
-    copies: set = set()  # the futures in `pending` that are byte-for-byte copies
-    batches = -(-len(to_enhance) // config.runtime.batch_size)
-    copies_per_batch = -(-len(to_copy) // batches) if batches else 0
-    # In flight at most: two batches of images (they hold pixels), and their copies on top
-    # (they hold nothing). Were the copies counted against the images, each batch's copies
-    # would make the main thread wait for that batch's own images before handing out the
-    # next one, and a stream would sit idle (r = 0.3 on 1600 files: 2.77 -> 3.21 x r = 1).
-    limit = max(2 * config.runtime.batch_size, 8)
-    files_limit = limit + max(2 * copies_per_batch, 64)
-    bar = ctx.progress(len(to_copy) + len(to_enhance), quiet, _progress)
-
-    def record(entry: Dict[str, Any], item: Item) -> None:
-        entries[item.rel] = entry
-        status = entry["status"]
-        setattr(summary, status, getattr(summary, status) + 1)
-        if status == "failed":
-            message = f"latinhib: {display(item.rel)}: {entry['error']}"
-            summary.failures.append(message)
-            bar.write(message, file=sys.stderr) if bar is not None else log(message)
-        elif on_output is not None:
-            on_output(output_path(dst, item.rel))
-        if bar is not None:
-            bar.update(1)
-
-    def drain(images: int, files: Optional[int] = None) -> None:
-        """Record finished files in order, waiting for the oldest while more than
-        ``images`` images (copies aside) or ``files`` files in all (default: ``images``)
-        are in flight; Ctrl-C is acted on between waits."""
-        files = images if files is None else files
-        while pending and (len(pending) - len(copies) > images or len(pending) > files or pending[0][1].done()):
-            done = []
-            failure = None
-            while pending and (not done or pending[0][1].done()):  # the oldest, then all done behind it
-                item, future = pending.popleft()
-                copies.discard(future)
-                try:
-                    entry = future.result()
-                except _PassFailed as exc:  # the model pass itself failed: the job stops, as below
-                    failure = exc.error
-                    break
-                except DestinationUnusable as exc:  # a full disk: no later write can succeed either
-                    failure = exc
-                    break
-                except Exception as exc:  # noqa: BLE001 - one file's failure, reported with its name
-                    entry = _entry(item, item in to_enhance_set, "failed", error=_describe(exc))
-                done.append((entry, item))
-            record_all(done)
-            if failure is not None:
-                raise failure
-            stop.check()
-
-    def record_all(done: List[Tuple[Dict[str, Any], Item]]) -> None:
-        manifest.write(e for e, _ in done)
-        for entry, item in done:
-            record(entry, item)
-        if strict and summary.failed:  # --strict: stop after recording the whole group
-            raise StrictStop(summary.failures[0])
-
-    to_enhance_set = set(to_enhance)
-    streams = ModelStreams(enhancer, device, config.runtime.batch_size)
-    passes: Deque[Tuple[List[Tuple[int, Decoded]], Future]] = collections.deque()
-
-    def finish(chunk: List[Tuple[int, Decoded]], model_pass: Future) -> None:
-        imp = model_pass.result()
-        for position, (i, decoded) in enumerate(chunk):
-            pending.append((to_enhance[i], pool.submit(finisher, to_enhance[i], decoded, imp, position)))
-        drain(limit, files_limit)
-
-    decoders: Optional[ThreadPoolExecutor] = None
-    uncopied = iter(to_copy)
-
-    def copy(count: int) -> None:
-        for item in itertools.islice(uncopied, count):
-            future = pool.submit(_copy, item, dst)
-            copies.add(future)
-            pending.append((item, future))
-            drain(limit, files_limit)
-            stop.check()
-
-    unusable: Optional[DestinationUnusable] = None  # the write that found DST full, if one did
-    stop = _StopRequest()
-    with bomb_warnings_ignored():  # for the decoding threads too, entered once here
-        try:
-            if to_enhance and _whole_core_streams(device, streams):
-                # Every core has its own one-thread stream: each chunk is decoded, passed
-                # through the model and finished on its stream, start to end (_run_chunk).
-                dataset = _Decoding(to_enhance, loaded, threads=True)
-                for start in range(0, len(to_enhance), config.runtime.batch_size):
-                    stop.check()
-                    batch = range(start, min(start + config.runtime.batch_size, len(to_enhance)))
-                    for chunk in streams.split(batch):
-                        futures = [Future() for _ in chunk]
-                        pending.extend((to_enhance[i], f) for i, f in zip(chunk, futures))
-                        streams.submit(_run_chunk, chunk, futures, dataset, finisher, labels, device)
-                    copy(copies_per_batch)
-                    drain(limit, files_limit)  # one batch queued behind the one running: no core waits
-            elif to_enhance:
-                dataset = _Decoding(to_enhance, loaded, threads=_decode_in_threads(device))
-                if dataset.threads:
-                    decoders = _decode_pool(config.runtime.workers)
-                    loader: Iterable[list] = _decode_ahead(dataset, config.runtime.batch_size, decoders)
-                else:
-                    loader = DataLoader(
-                        dataset,
-                        batch_size=config.runtime.batch_size,
-                        num_workers=config.runtime.workers,
-                        collate_fn=_as_list,
-                        prefetch_factor=2 if config.runtime.workers else None,
-                        worker_init_fn=_ignore_stop_signals if config.runtime.workers else None,
-                    )
-                for batch in loader:
-                    stop.check()  # Ctrl-C: the batch just decoded is discarded, none is half done
-                    decoded_ok = [(i, d) for i, d, err in batch if d is not None]
-                    failed = []
-                    for i, _, err in (b for b in batch if b[1] is None):
-                        if isinstance(err, NotEnhanceable):  # a copy: on the pool
-                            pending.append((to_enhance[i], pool.submit(_undecodable, to_enhance[i], err, dst)))
-                        else:  # recorded at once, so --strict stops before the next batch
-                            failed.append((_undecodable(to_enhance[i], err, dst), to_enhance[i]))
-                    if failed:
-                        record_all(failed)
-                    for chunk in streams.split(decoded_ok):
-                        passes.append((chunk, streams.submit(_importance, chunk, to_enhance, labels, device)))
-                    copy(copies_per_batch)  # copies overlap the model passes instead of delaying the first
-                    # Each stream keeps one chunk queued behind the one it runs.
-                    while len(passes) > streams.count:
-                        finish(*passes.popleft())
-                while passes:
-                    finish(*passes.popleft())
-            copy(len(to_copy))
-            drain(0)
-        except KeyboardInterrupt:
-            summary.interrupted = True
-            summary.signum = stop.signum or signal.SIGINT
-            summary.stopped = signal.Signals(summary.signum).name
-        except StrictStop:
-            pass
-        except DestinationUnusable as exc:
-            unusable = exc
-        finally:
-            # Every way out (done, Ctrl-C, --strict, an error in the model pass or a full disk)
-            # ends here: a second Ctrl-C cannot cut the cleanup short, writes in flight finish
-            # (each is atomic) and are recorded, nothing new starts, the manifest is compacted.
-            stop.ignore()
-            if decoders is not None:
-                decoders.shutdown(wait=True, cancel_futures=True)
-            for _, future in pending:  # not started: redone next run (first, so chunks skip them)
-                future.cancel()
-            streams.shutdown()  # model passes in flight end, and the files they started
-            pool.shutdown(wait=True)
-            unusable = _finish_pending(pending, manifest, record) or unusable
-            unusable = _close(manifest, manifest_path, items, entries, bar) or unusable
-            stop.restore()
-            summary.seconds = time.perf_counter() - started
-    if unusable is not None:
-        raise DestinationFull(summary, unusable, _folder_of(unusable.path, dst, config), _rank(ctx))
-    if summary.interrupted:
-        raise Interrupted(summary, _rank(ctx))
-    # torchrun: job-wide counts on every rank, rank 0 merges the manifest parts.
-    try:
-        return ctx.finish(summary, dst, [item.rel for item in all_items])
-    except DestinationUnusable as exc:  # no room for the merged manifest: the parts stay
-        raise DestinationFull(summary, exc, _folder_of(exc.path, dst, config), _rank(ctx)) from None
 
 
-def _one_torch_thread() -> None:
-    """Writer and decoding threads run torch on one thread each (OpenMP's thread count is
-    per calling thread, so the model streams keep theirs). Left at the default,
-    2-4 writers each fork an OpenMP team per element-wise op of the blur and fight the
-    model for the cores: measured on 2 cores, the full-size blur of a 600x400 image went
-    from ~5 ms on one thread to 140-380 ms, and ``enhance`` ran at 0.3 img/s against a
-    floor of 4.5 (resnet18, batch 16, under load)."""
-    torch.set_num_threads(1)
+class _Job:
+    """The plan's files through the executor, recorded in order; :meth:`run`'s one way
+    out (finally) is the same for every end: done, Ctrl-C or SIGTERM, --strict, a failing
+    model pass, a full disk."""
 
+    def __init__(self, config: Config, loaded, enhancer, labels, ctx, sink, plan: Plan, summary: Summary, *,
+                 strict: bool, quiet: bool, on_output, log, started: float):
+        self.config, self.loaded, self.enhancer, self.labels, self.ctx = config, loaded, enhancer, labels, ctx
+        self.sink, self.plan, self.summary, self.started = sink, plan, summary, started
+        self.strict, self.quiet, self.on_output, self.log = strict, quiet, on_output, log
 
-def _whole_core_streams(device: torch.device, streams: ModelStreams) -> bool:
-    """A CPU job whose streams have one thread each (one per core, at most
-    ``MAX_STREAMS``): each chunk runs start to end on its stream (:func:`_run_chunk`).
+    def run(self, manifest: Manifest, manifest_path: Path, previous: Dict[str, Dict[str, Any]],
+            listed: List[str]) -> Optional[DestinationUnusable]:
+        """Returns the write that found DST full, if one did."""
+        summary, plan = self.summary, self.plan
+        stop = StopRequest()
+        bar = self.ctx.progress(len(plan.to_copy) + len(plan.to_enhance), self.quiet, progress_bar)
+        # Entries of files outside this listing are kept; --overwrite only redoes the listed ones.
+        recorder = Recorder(summary, manifest, dict(previous), self.sink, strict=self.strict, bar=bar, log=self.log,
+                            on_output=self.on_output, check=stop.check)
+        executor, unusable = None, None
+        with bomb_warnings_ignored():  # for the decoding threads too, entered once here
+            try:
+                recorder.record_fresh(plan.fresh)
+                finisher = Finisher(self.config, self.loaded, self.sink, self.ctx.device)
+                executor = make_executor(plan, recorder, finisher, self.enhancer, loaded=self.loaded, labels=self.labels,
+                                         config=self.config, device=self.ctx.device, check=stop.check)
+                executor.run()
+            except KeyboardInterrupt:
+                summary.interrupted = True
+                summary.signum = stop.signum or signal.SIGINT
+                summary.stopped = signal.Signals(summary.signum).name
+            except StrictStop:
+                pass
+            except DestinationUnusable as exc:
+                unusable = exc
+            finally:
+                unusable = self._wind_down(stop, executor, recorder, manifest_path, listed) or unusable
+        return unusable
 
-    Why: with separate decoding and writer threads, 2 cores ran 2 model threads plus up
-    to 6 others, switching between them. One thread per core doing everything in turn
-    keeps the cores busy with no switching and holds fewer images in memory. Measured on
-    2 cores (scripts/bench.py --rows r1, 480 JPEGs, batch 16, 3 alternating runs, the
-    allocator tuned in both): resnet18 43.1-45.9 -> 44.9-47.5 img/s, peak RSS 1190-1250
-    -> 1050-1060 MB; mobilenet_v2 57.7-60.0 -> 59.9-60.7 img/s, 1560-1660 -> 1340-1430 MB."""
-    return device.type == "cpu" and streams.threads_per_stream == 1
-
-
-class _PassFailed(Exception):
-    """A model pass raised: carried by each of its files' futures, re-raised by the job."""
-
-    def __init__(self, error: BaseException):
-        super().__init__(str(error))
-        self.error = error
-
-
-def _run_chunk(enhancer: LateralInhibition, chunk: Sequence[int], futures: Sequence[Future], dataset: "_Decoding",
-               finisher: "_Finisher", labels, device: torch.device) -> None:
-    """One chunk of ``dataset`` on one stream: decode, model pass, steps 6-8, encode and
-    write each file. ``futures[k]`` gets file ``chunk[k]``'s manifest entry (or its
-    error); files whose future the job cancelled before the chunk started are skipped."""
-    live = [(i, f) for i, f in zip(chunk, futures) if f.set_running_or_notify_cancel()]
-    items = dataset.items
-    decoded_ok = []
-    try:
-        for i, future in live:
-            _, decoded, err = dataset[i]
-            if decoded is not None:
-                decoded_ok.append((i, decoded, future))
-            else:
-                _settle(future, _undecodable, items[i], err, finisher.dst)
-        if decoded_ok:
-            imp = _importance(enhancer, [(i, d) for i, d, _ in decoded_ok], items, labels, device)
-    except BaseException as exc:  # the model pass (or decoding itself) raised: the job stops
-        for _, future in live:  # no future is left for the job to wait on
-            if not future.done():
-                future.set_exception(_PassFailed(exc))
-        return
-    for position, (i, decoded, future) in enumerate(decoded_ok):
-        _settle(future, finisher, items[i], decoded, imp, position)
-
-
-def _settle(future: Future, fn: Callable[..., Dict[str, Any]], *args: Any) -> None:
-    try:
-        future.set_result(fn(*args))
-    except BaseException as exc:  # noqa: BLE001 - one file's failure, recorded with its name
-        future.set_exception(exc)
-
-
-def _importance(enhancer: LateralInhibition, decoded_ok, items, labels, device) -> Importance:
-    inputs = torch.stack([d.model_input for _, d in decoded_ok])
-    if device.type == "cuda":
-        inputs = inputs.pin_memory()
-    inputs = inputs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    targets = None
-    if labels is not None:
-        targets = torch.tensor([labels[items[i].class_name] for i, _ in decoded_ok], device=device)
-    return enhancer.importance(inputs, targets)
-
-
-def _finish_pending(pending, manifest: Manifest, record) -> Optional[DestinationUnusable]:
-    """Record the files in flight that were written when the job stopped. Returns the
-    error when the manifest itself could not be written (those files are redone next run)."""
-    done = []
-    for item, future in pending:
-        if future.cancelled():
-            continue
-        try:
-            done.append((future.result(), item))
-        except Exception:  # noqa: BLE001 - it is redone on the next run
-            continue
-    try:
-        manifest.write(e for e, _ in done)
-    except DestinationUnusable as exc:
-        return exc
-    for entry, item in done:
-        record(entry, item)
-    return None
-
-
-def _close(manifest: Manifest, path: Path, items: Sequence[Item], entries: Dict[str, Dict[str, Any]],
-           bar) -> Optional[DestinationUnusable]:
-    """Close the manifest and rewrite it one line per input. On a full disk the rewrite
-    (a whole new copy) may not fit: the appended manifest then stays as it is (it holds
-    the same entries, in the order they were done) and the error is returned."""
-    manifest.close()
-    if bar is not None:
-        bar.close()
-    listed = [item.rel for item in items]
-    known = set(listed)
-    # Entries of files outside this listing (an earlier --files-from subset) are kept.
-    try:
-        Manifest.compact(path, listed + [rel for rel in entries if rel not in known], entries)
-    except DestinationUnusable as exc:
-        return exc
-    return None
-
-
-def _folder_of(path: Path, dst: Path, config: Config) -> str:
-    """The folder a stop message names for a write to ``path``: the masks or heat-maps
-    folder when ``path`` is inside one, else DST."""
-    target = os.path.abspath(path)
-    for option, folder in (("--save-masks", config.output.save_masks), ("--save-heatmaps", config.output.save_heatmaps)):
-        if folder and os.path.commonpath([target, os.path.abspath(folder)]) == os.path.abspath(folder):
-            return f"{option} folder {display(folder)!r}"
-    return f"DST {display(str(dst))!r}"
-
-
-def _rank(ctx: distributed.Context) -> str:
-    """"rank R of W" under torchrun (each rank says how far its own share got), else ""."""
-    return f"rank {ctx.rank} of {ctx.world_size}" if ctx.distributed else ""
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"cannot write: {exc.strerror}"
-    return f"{type(exc).__name__}: {exc}".splitlines()[0]
-
-
-def _progress(total: int, quiet: bool):
-    if quiet:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, file=sys.stderr, unit="img", dynamic_ncols=True, leave=True)
+    def _wind_down(self, stop: StopRequest, executor, recorder: Recorder, manifest_path: Path,
+                   listed: List[str]) -> Optional[DestinationUnusable]:
+        """Every way out ends here: a second Ctrl-C cannot cut the cleanup short, writes in
+        flight finish (each is atomic) and are recorded, nothing new starts, the manifest
+        is compacted."""
+        stop.ignore()
+        if executor is not None:
+            executor.stop_decoding()
+        recorder.cancel_pending()  # not started: redone next run (first, so chunks skip them)
+        if executor is not None:
+            executor.shutdown()
+        unusable = recorder.finish_pending()
+        self.sink.close()
+        unusable = recorder.close(manifest_path, listed) or unusable
+        stop.restore()
+        self.summary.seconds = time.perf_counter() - self.started
+        return unusable

@@ -15,6 +15,10 @@ mixed in). Each row runs in its own subprocess, so its peak RSS is its own:
    grad-cam``, the ``bench`` extra): GradCAM on the same layers over a DataLoader,
    thresholded at the same quantile, the background blurred with OpenCV, files written.
    Given the very same model object (channels_last, eval) as latinhib.
+5. ``r1-wds`` / ``r03-wds`` (not in the default set): ``enhance`` on the same JPEGs as
+   WebDataset tar shards (48 samples each, a ``.cls`` sidecar per image), shards out; the
+   r = 0.3 selection hashes ``SHARD/KEY``, so it enhances other files than ``r03``
+   (the count is printed).
 
 Usage::
 
@@ -31,6 +35,7 @@ no row pays for page faults the CLI does not (the floor varied 55-88 img/s witho
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import resource
@@ -42,6 +47,10 @@ import time
 from pathlib import Path
 
 ROWS = ("floor", "r1", "r03", "gradcam")
+#: The same images as WebDataset tar shards in and out (not in the default set), against
+#: r1/r03's folder in and out, e.g. --rows r1,r1-wds,r03,r03-wds --repeats 3.
+SHARD_ROWS = ("r1-wds", "r03-wds")
+SHARD_SIZE = 48  # samples per shard: 480 images -> 10 shards
 #: The same rows under glibc's default malloc (not in the default set): the baseline of
 #: latinhib.allocator, e.g. --rows floor,floor-m,r1,r1-m --repeats 3.
 MALLOC_ROWS = ("floor-m", "r1-m")
@@ -118,14 +127,33 @@ def row_floor(args, src: Path) -> dict:
     return {"images": batches * b, "seconds": seconds, "layers": layers}
 
 
-def row_enhance(args, src: Path, ratio: float) -> dict:
+def make_shards(src: Path, folder: Path, shard_size: int = SHARD_SIZE) -> Path:
+    """``src``'s JPEGs as tar shards (``KEY.jpg`` + ``KEY.cls``), in listing order."""
+    import tarfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = sorted(src.rglob("*.jpg"))
+    for number in range(0, len(paths), shard_size):
+        with tarfile.open(folder / f"bench-{number // shard_size:06d}.tar", "w") as tar:
+            for path in paths[number:number + shard_size]:
+                key = f"{path.parent.name}_{path.stem}"
+                tar.add(path, arcname=f"{key}.jpg")
+                info = tarfile.TarInfo(f"{key}.cls")
+                info.size = 1
+                tar.addfile(info, io.BytesIO(path.parent.name[-1].encode()))
+    return folder
+
+
+def row_enhance(args, src: Path, ratio: float, shards: bool = False) -> dict:
     from latinhib.pipeline import run
 
     config = _config(args, ratio)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        if shards:  # made before the clock starts, like the folder itself
+            src = make_shards(src, Path(tmp) / "shards")
         # Warm-up on a few images (imports, allocator, kernels), untimed.
         warm_src = Path(tmp) / "warm"
-        for path in sorted(src.rglob("*.jpg"))[: args.batch_size]:
+        for path in sorted(Path(args.src).rglob("*.jpg"))[: args.batch_size]:
             (warm_src / path.parent.name).mkdir(parents=True, exist_ok=True)
             shutil.copy(path, warm_src / path.parent.name / path.name)
         run(_config(args, 1.0), warm_src, Path(tmp) / "warm-out", quiet=True)
@@ -234,6 +262,8 @@ def run_row(args) -> None:
         result = row_enhance(args, src, 1.0)
     elif row == "r03":
         result = row_enhance(args, src, 0.3)
+    elif row in SHARD_ROWS:
+        result = row_enhance(args, src, 1.0 if row == "r1-wds" else 0.3, shards=True)
     else:
         result = row_gradcam(args, src)
     after = resource.getrusage(resource.RUSAGE_SELF)
@@ -259,7 +289,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="run every row this many times, alternating; "
                         "report each row's median run (the machine's speed drifts)")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}, "
-                        f"or {', '.join(MALLOC_ROWS)}: floor and r1 under glibc's default malloc")
+                        f"or {', '.join(MALLOC_ROWS)}: floor and r1 under glibc's default malloc, "
+                        f"or {', '.join(SHARD_ROWS)}: r1 and r03 on the same images as tar shards in and out")
     parser.add_argument("--src", default=None, help="use this image folder instead of generating one")
     parser.add_argument("--tmp", default=None, help="folder for temporary files")
     parser.add_argument("--row", default=None, help=argparse.SUPPRESS)
@@ -274,9 +305,9 @@ def main() -> None:
         return
 
     rows = [r for r in args.rows.split(",") if r]
-    unknown = set(rows) - set(ROWS) - set(MALLOC_ROWS)
+    unknown = set(rows) - set(ROWS) - set(MALLOC_ROWS) - set(SHARD_ROWS)
     if unknown:
-        parser.error(f"--rows: unknown {sorted(unknown)}; choose from {ROWS + MALLOC_ROWS}")
+        parser.error(f"--rows: unknown {sorted(unknown)}; choose from {ROWS + MALLOC_ROWS + SHARD_ROWS}")
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         src = Path(args.src) if args.src else Path(tmp) / "images"
         if not args.src:
@@ -304,7 +335,8 @@ def main() -> None:
         # Each row's median run (by img/s); its spread is printed below the table.
         results = {row: sorted(r, key=lambda x: x["ips"])[len(r) // 2] for row, r in runs.items() if r}
     names = {"floor": "floor (fwd + grad to layers)", "r1": "latinhib enhance r=1", "r03": "latinhib enhance r=0.3",
-             "gradcam": "grad-cam peer r=1", "floor-m": "floor, default malloc", "r1-m": "enhance r=1, default malloc"}
+             "gradcam": "grad-cam peer r=1", "floor-m": "floor, default malloc", "r1-m": "enhance r=1, default malloc",
+             "r1-wds": "enhance r=1, tar shards in/out", "r03-wds": "enhance r=0.3, tar shards in/out"}
     floor = results.get("floor", {}).get("ips")
     r1 = results.get("r1", {}).get("ips")
     print(f"\n{'row':32} {'img/s':>8} {'x floor':>8} {'x r=1':>7} {'peak RSS MB':>12}" + (" peak GPU MB" if cuda else "")
@@ -330,6 +362,9 @@ def main() -> None:
         print(f"r=0.3 enhanced {r03['enhanced']} of {r03['images']} ({r03['enhanced'] / r03['images']:.1%}, the hash "
               f"selection's draw): copies free and no start-up would make it {ceiling:.2f}x r=1; it ran at "
               f"{r03['ips'] / r1:.2f}x ({r03['ips'] / r1 / ceiling:.0%} of that)")
+    for row in ("r03", "r03-wds"):
+        if row in results:
+            print(f"{row}: {results[row]['enhanced']} of {results[row]['images']} enhanced")
     if r1 and "gradcam" in results:
         print(f"latinhib r=1 / grad-cam: {r1 / results['gradcam']['ips']:.2f}x")
     starts = {row: round(r["startup_s"], 2) for row, r in results.items() if r.get("startup_s") is not None}

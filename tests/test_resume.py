@@ -135,7 +135,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(src, tmp_path, checkpoint, 
     dst, masks = tmp_path / "dst", tmp_path / "masks"
     # workers 2: Ctrl-C reaches the whole process group, decoding workers included.
     # Two threads: batch 2 decodes and writes in their own threads, batch 8 runs each
-    # chunk start to end on one of two one-thread streams (pipeline._run_chunk).
+    # chunk start to end on one of two one-thread streams (executors._run_chunk).
     argv = command(src, dst, masks, checkpoint, "--set", "runtime.threads=2")
     argv[argv.index("--workers") + 1] = "2"
     argv[argv.index("--batch-size") + 1] = batch_size

@@ -3,7 +3,7 @@
 Guarded here: ``writer.tensor_bytes`` (one memcpy instead of ``bytes(storage)``), the
 hard-mask select in ``inhibition.inhibit`` (instead of ``blend``'s arithmetic), the
 one-thread section around steps 4-5 in the API (``api.single_thread``), the writer
-threads' one-thread torch (``pipeline._one_torch_thread``), and the whole ``enhance`` output
+threads' one-thread torch (``executors._one_torch_thread``), and the whole ``enhance`` output
 against a reference written the plain way (decode, importance, scale the map, threshold,
 8-bit blur, ``blend`` in float, round) from the same model.
 """
@@ -26,7 +26,8 @@ from latinhib.filters import blur_uint8, downsampled_gaussian_blur
 from latinhib.importance import importance_maps
 from latinhib.inhibition import blend, combine_maps, inhibit, make_mask, quantile_threshold
 from latinhib.models import load_model
-from latinhib.pipeline import _one_torch_thread, run
+from latinhib.executors import _one_torch_thread
+from latinhib.pipeline import run
 from latinhib.writer import tensor_bytes
 
 
@@ -226,7 +227,7 @@ def test_enhance_on_two_streams_equals_one(tiny_job, tmp_path):
 
 
 def test_decode_ahead_keeps_order_and_stays_two_batches_ahead():
-    from latinhib.pipeline import _decode_ahead, _decode_pool
+    from latinhib.executors import _decode_ahead, _decode_pool
 
     class Recording:
         def __init__(self, n):
@@ -259,13 +260,13 @@ def test_decoding_threads_and_worker_processes_write_the_same(tiny_job, tmp_path
     same files (the process path forced here on the CPU)."""
     import dataclasses
 
-    import latinhib.pipeline as pipeline
+    import latinhib.executors as executors
 
     config, src, _ = tiny_job
     config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, workers=2))
     outputs = {}
     for threads in (True, False):
-        monkeypatch.setattr(pipeline, "_decode_in_threads", lambda device, threads=threads: threads)
+        monkeypatch.setattr(executors, "_decode_in_threads", lambda device, threads=threads: threads)
         summary = run(config, src, tmp_path / str(threads), quiet=True)
         assert summary.enhanced == 4
         outputs[threads] = {p.name: p.read_bytes() for p in sorted((tmp_path / str(threads)).glob("*.png"))}
@@ -358,12 +359,12 @@ def test_which_cpu_jobs_run_each_chunk_start_to_end_on_its_stream(tiny_job, tmp_
     """One-thread streams (one per core) decode, pass and write their own chunks; a stream
     of several threads leaves decoding and writing to their own threads. Both write the
     same files."""
-    import latinhib.pipeline as pipeline
+    import latinhib.executors as executors
 
     config, src, _ = tiny_job
     chunks = []
-    original = pipeline._run_chunk
-    monkeypatch.setattr(pipeline, "_run_chunk", lambda *a: (chunks.append(list(a[1])), original(*a))[1])
+    original = executors._run_chunk
+    monkeypatch.setattr(executors, "_run_chunk", lambda *a: (chunks.append(list(a[1])), original(*a))[1])
     before = torch.get_num_threads()
     try:
         summary = run(_threads_and_batch(config, threads, batch_size), src, tmp_path / "out", quiet=True)
@@ -386,14 +387,14 @@ def test_a_failing_model_pass_stops_the_job_and_leaves_no_partial_file(tiny_job,
                                                                          threads, batch_size):
     """On both CPU paths the model pass's error reaches the caller (it would fail every
     file alike), after the files in flight are written or dropped whole."""
-    import latinhib.pipeline as pipeline
+    import latinhib.executors as executors
 
     config, src, _ = tiny_job
 
     def failing(*args):
         raise RuntimeError("boom: out of memory")
 
-    monkeypatch.setattr(pipeline, "_importance", failing)
+    monkeypatch.setattr(executors, "_importance", failing)
     dst = tmp_path / "out"
     before = torch.get_num_threads()
     try:
@@ -411,7 +412,10 @@ def test_run_chunk_settles_every_file_and_skips_cancelled_ones(tiny_job, tmp_pat
     from concurrent.futures import Future
 
     from latinhib.data import list_folder
-    from latinhib.pipeline import _Decoding, _Finisher, _PassFailed, _run_chunk
+    from latinhib.executors import _Decoding, _run_chunk
+    from latinhib.finishing import Finisher
+    from latinhib.recorder import PassFailed
+    from latinhib.sinks import FolderSink
 
     config, src, _ = tiny_job
     loaded = load_model(config.model, torch.device("cpu"))
@@ -421,7 +425,7 @@ def test_run_chunk_settles_every_file_and_skips_cancelled_ones(tiny_job, tmp_pat
     items = items[:2] + list_folder(tmp_path)[:1] + items[2:]
     dataset = _Decoding(items, loaded, threads=True)
     dst = tmp_path / "out"
-    finisher = _Finisher(config, loaded, dst, torch.device("cpu"))
+    finisher = Finisher(config, loaded, FolderSink(dst), torch.device("cpu"))
     futures = [Future() for _ in items]
     assert futures[3].cancel()
     _run_chunk(enhancer, range(5), futures, dataset, finisher, None, torch.device("cpu"))
@@ -438,7 +442,7 @@ def test_run_chunk_settles_every_file_and_skips_cancelled_ones(tiny_job, tmp_pat
 
     futures = [Future() for _ in range(3)]
     _run_chunk(enhancer, range(3), futures, Exploding(items, loaded, threads=True), finisher, None, torch.device("cpu"))
-    assert all(isinstance(f.exception(timeout=0), _PassFailed) for f in futures)
+    assert all(isinstance(f.exception(timeout=0), PassFailed) for f in futures)
     assert "decoder bug" in str(futures[0].exception(timeout=0))
 
 
@@ -448,7 +452,7 @@ def test_copies_do_not_hold_back_the_next_batch(tiny_job, tmp_path, monkeypatch)
     images in flight (else a stream sat idle after each batch)."""
     import dataclasses
 
-    import latinhib.pipeline as pipeline
+    import latinhib.executors as executors
     from latinhib.inhibition import selection_score
 
     config, _, _ = tiny_job
@@ -463,7 +467,7 @@ def test_copies_do_not_hold_back_the_next_batch(tiny_job, tmp_path, monkeypatch)
     assert selected > 8  # two batches at least
     submitted, waited = [], []
     second_batch = threading.Event()
-    original = pipeline._run_chunk
+    original = executors._run_chunk
 
     def chunk(*args):
         submitted.append(list(args[1]))
@@ -471,15 +475,15 @@ def test_copies_do_not_hold_back_the_next_batch(tiny_job, tmp_path, monkeypatch)
             waited.append(second_batch.wait(timeout=5))
         return original(*args)
 
-    real_submit = pipeline.ModelStreams.submit
+    real_submit = executors.ModelStreams.submit
 
     def submit(self, fn, *args):
         if fn is chunk and args[0][0] >= 8:
             second_batch.set()
         return real_submit(self, fn, *args)
 
-    monkeypatch.setattr(pipeline, "_run_chunk", chunk)
-    monkeypatch.setattr(pipeline.ModelStreams, "submit", submit)
+    monkeypatch.setattr(executors, "_run_chunk", chunk)
+    monkeypatch.setattr(executors.ModelStreams, "submit", submit)
     before = torch.get_num_threads()
     try:
         summary = run(config, src, tmp_path / "out", quiet=True)

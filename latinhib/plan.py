@@ -1,0 +1,156 @@
+"""What to do with each listed input, decided before any work starts: already done
+(skipped by a rerun), left out, selected for enhancement (``blake2b(seed, rel) < ratio``),
+or copied; plus the checks a rerun must pass (same result-changing settings as the DST it
+continues) and the folder labels the loss uses.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from .api import LateralInhibition
+from .config import Config, ConfigError
+from .models import LoadedModel
+from .data import Item, display
+from .inhibition import selection_score
+from .recorder import entry
+from .writer import CONFIG_NAME, is_job_file
+
+__all__ = ["JobError", "Plan", "RESULT_SECTIONS", "check_previous_config", "make_plan", "recorded_config", "resolve_labels"]
+
+#: Config sections that change outputs; a rerun into the same DST must match them.
+RESULT_SECTIONS = ("model", "inhibition", "blur")
+
+
+class JobError(Exception):
+    """The job cannot start (bad paths, config, checkpoint): nothing was written."""
+
+
+@dataclass
+class Plan:
+    """``to_enhance`` and ``to_copy`` in listing order; ``fresh``: entries decided here
+    (left out, or problems the source found); ``already_done``: skipped as done."""
+
+    to_enhance: List[Item] = field(default_factory=list)
+    to_copy: List[Item] = field(default_factory=list)
+    fresh: List[Dict[str, Any]] = field(default_factory=list)
+    already_done: int = 0
+
+    @property
+    def todo(self) -> List[Item]:
+        return self.to_enhance + self.to_copy
+
+
+def make_plan(items: Sequence[Item], previous: Dict[str, Dict[str, Any]], config: Config, sink: Any,
+              problems: Sequence[Tuple[str, str]] = ()) -> Plan:
+    """Decide every item: ``sink.done`` says whether an earlier run finished it."""
+    plan = Plan()
+    ratio, seed = config.inhibition.ratio, config.inhibition.seed
+    for rel, message in problems:
+        plan.fresh.append(entry(_Named(rel), False, "failed", error=message))
+    for item in items:
+        if not config.output.overwrite and sink.done(item, previous.get(item.rel)):
+            plan.already_done += 1
+            continue
+        left_out = _left_out(item, config)
+        if left_out is not None:
+            plan.fresh.append(entry(item, False, "skipped", error=left_out))
+        elif item.is_image and selection_score(seed, item.rel) < ratio:
+            plan.to_enhance.append(item)
+        else:  # unselected images, and files latinhib does not enhance: byte for byte
+            plan.to_copy.append(item)
+    return plan
+
+
+def _left_out(item: Item, config: Config) -> Optional[str]:
+    """Why a listed file gets no output (status ``skipped``), or None: a name that would
+    overwrite the job's own files in DST, or a file latinhib does not enhance under
+    ``output.images_only``."""
+    if is_job_file(item.rel):
+        return "has the name of a file latinhib writes in DST (is SRC a latinhib DST?): not copied"
+    if config.output.images_only and not item.is_image:
+        return f"not a format latinhib enhances ({extension(item)}): left out (output.images_only)"
+    return None
+
+
+def extension(item: Item) -> str:
+    return Path(item.rel).suffix or "no extension"
+
+
+@dataclass(frozen=True)
+class _Named:
+    """A manifest path with no item behind it (a problem found while listing)."""
+
+    rel: str
+
+
+def check_previous_config(dst: Path, config: Config, recorded: Config) -> None:
+    """A rerun into a DST made with other settings would mix two results: refuse.
+
+    ``recorded`` is what this run writes to DST (:func:`recorded_config`); a key matches when
+    the file holds the recorded value or the value asked for, so a DST written before
+    the config recorded resolved values (``layers: null``) still resumes."""
+    path = dst / CONFIG_NAME
+    if config.output.overwrite or not path.is_file():
+        return
+    try:
+        previous = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        previous = None
+    if not isinstance(previous, dict) or not all(isinstance(previous.get(s) or {}, dict) for s in RESULT_SECTIONS):
+        raise JobError(f"DST {display(str(dst))!r}: {CONFIG_NAME} is unreadable or not a latinhib config; "
+                       f"use --overwrite to redo DST, or another DST")
+    asked, current = config.to_dict(), recorded.to_dict()
+    for section in RESULT_SECTIONS:
+        for key, value in current[section].items():
+            old = (previous.get(section) or {}).get(key, value)
+            if old != value and old != asked[section][key]:
+                raise JobError(
+                    f"DST {display(str(dst))!r} was made with {section}.{key} = {old!r}, this run has {value!r}; "
+                    f"use --overwrite to redo it, or another DST"
+                )
+
+
+def recorded_config(config: Config, loaded: LoadedModel, enhancer: LateralInhibition) -> Config:
+    """The config as this job really runs it, for DST's provenance: resolved layers, input
+    size, mean and std, the weights only when weights were loaded, the checkpoint's
+    sha256 and size."""
+    return dataclasses.replace(config, model=loaded.resolved(config.model, enhancer.layers))
+
+
+def _class_labels(items: Sequence[Item], classes: Optional[List[str]]) -> Optional[Dict[str, int]]:
+    """Folder class -> model output index, when every folder class maps onto the model's
+    classes (exactly, or ignoring case and '_' vs ' '); else None."""
+    names = {item.class_name for item in items if item.is_image}
+    if not names or None in names or not classes:
+        return None
+    exact = {name: i for i, name in enumerate(classes)}
+    loose = {name.lower().replace("_", " "): i for i, name in enumerate(classes)}
+    mapping = {}
+    for name in names:
+        if name in exact:
+            mapping[name] = exact[name]
+        elif name.lower().replace("_", " ") in loose:
+            mapping[name] = loose[name.lower().replace("_", " ")]
+        elif name.isdigit() and int(name) < len(classes):
+            mapping[name] = int(name)
+        else:
+            return None
+    return mapping
+
+
+def resolve_labels(items: Sequence[Item], config: Config, classes: Optional[List[str]]) -> Optional[Dict[str, int]]:
+    """The folder labels the loss uses (``target: auto``/``label``), or None for ``pred``/
+    ``entropy``; ``target: label`` without a mapping is a :class:`ConfigError`. Shared by
+    ``enhance`` and ``preview`` so both pick the same target."""
+    labels = _class_labels(items, classes) if config.model.target in ("auto", "label") else None
+    if config.model.target == "label" and labels is None:
+        raise ConfigError(
+            "model.target: 'label' needs every image in a class folder whose name is one of the model's classes "
+            "(set model.classes, or use target auto/pred/entropy)"
+        )
+    return labels

@@ -630,16 +630,9 @@ def evaluate_folder(
 
     started = time.time()
     src = Path(src)
-    if not src.is_dir():
-        raise EvaluateError(f"SRC {display(str(src))!r}: no such folder")
+    items = _list_images(src)
     if config.runtime.threads:
         torch.set_num_threads(config.runtime.threads)
-    try:
-        items = [item for item in list_folder(src) if item.is_image]
-    except PathError as exc:
-        raise EvaluateError(str(exc)) from None
-    if not items:
-        raise EvaluateError(f"SRC {display(str(src))!r}: no images found")
     device = resolve_device(config.runtime.device)
     loaded = load_model(config.model, device)
     mapping = folder_labels(items, loaded.classes)
@@ -661,12 +654,7 @@ def evaluate_folder(
     parts = []
     for start in range(0, len(good), size):
         rows = list(range(start, min(start + size, len(good))))
-        own = [good[r] for r in rows]
-        lent = [good[int(partners[r])] for r in rows]
-        batch_masks = torch.stack([store.get(i) for i in own])
-        outcome = evaluator(torch.stack([inputs.again(i) for i in own]), labels[rows], batch_masks,
-                            torch.stack([inputs.again(i) for i in lent]), torch.stack([store.get(i) for i in lent]),
-                            fill, torch.tensor([first[i] for i in own]) if first is not None else None)
+        outcome, own, batch_masks = _variant_batch(evaluator, inputs, store, good, rows, labels, partners, fill, first)
         parts.append(outcome.correct)
         batch_items = [items[i] for i in own]
         if save_variants is not None:
@@ -690,6 +678,34 @@ def evaluate_folder(
 
         write_report(Path(report), run, samples, loaded.description)
     return run
+
+
+def _list_images(src: Path) -> List[Item]:
+    """The images under ``src`` (other files are not evaluated); a missing or empty SRC raises."""
+    if not src.is_dir():
+        raise EvaluateError(f"SRC {display(str(src))!r}: no such folder")
+    try:
+        items = [item for item in list_folder(src) if item.is_image]
+    except PathError as exc:
+        raise EvaluateError(str(exc)) from None
+    if not items:
+        raise EvaluateError(f"SRC {display(str(src))!r}: no images found")
+    return items
+
+
+def _variant_batch(evaluator: "Evaluator", inputs: "_Inputs", store: MaskStore, good: Sequence[int],
+                   rows: Sequence[int], labels: torch.Tensor, partners: torch.Tensor, fill: torch.Tensor,
+                   first: Optional[Sequence[bool]]):
+    """The second pass over one batch (``rows`` of the decoded images ``good``): each image
+    with its partner's input and mask, through every variant and model. Returns the outcome,
+    the batch's item indices and its masks."""
+    own = [good[r] for r in rows]
+    lent = [good[int(partners[r])] for r in rows]
+    masks = torch.stack([store.get(i) for i in own])
+    outcome = evaluator(torch.stack([inputs.again(i) for i in own]), labels[list(rows)], masks,
+                        torch.stack([inputs.again(i) for i in lent]), torch.stack([store.get(i) for i in lent]),
+                        fill, torch.tensor([first[i] for i in own]) if first is not None else None)
+    return outcome, own, masks
 
 
 def _sample_row(item: Item, index: int, outcome: BatchOutcome, masks: torch.Tensor, loaded) -> Dict[str, Any]:

@@ -351,7 +351,24 @@ fixed). One seed each: differences of 1-2 points are within seed noise (see the 
 Baseline for comparison (protocol, 3 seeds): val_rand {100 * np.mean([v['val_rand'] for k, v in state['protocol'].items() if k.startswith('baseline/')]):.1f}%. Chosen: q = {settings['q']}, r = {settings['r']},
 blur σ = {settings['blur']} (the best latinhib row on val_rand).
 """
-    results.write_text(text + conclusions(state, settings, chosen, rows) + "\n")
+    write_section(results, "fashion-mnist", text + conclusions(state, settings, chosen, rows))
+
+
+def write_section(results: Path, name: str, text: str) -> None:
+    """Replace the text between ``<!-- begin NAME -->`` and ``<!-- end NAME -->`` in
+    ``results`` (append the section if it is not there), keeping everything else: the page
+    has sections written by different scripts (and by hand). Written atomically."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    block = f"{begin}\n{text.strip()}\n{end}"
+    old = results.read_text() if results.exists() else ""
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + block + rest.split(end, 1)[1]
+    else:
+        new = old.rstrip("\n") + ("\n\n" if old.strip() else "") + block + "\n"
+    temporary = results.with_name(results.name + ".tmp")
+    temporary.write_text(new)
+    temporary.replace(results)
 
 
 def difference(state: dict, a: str, b: str, key: str = "test/mixed_rand") -> str:

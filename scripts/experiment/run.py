@@ -146,7 +146,21 @@ def evaluate(model, splits: dict[str, Split], names) -> dict[str, float]:
 
 def run_cli(src: Path, dst: Path, masks: Path, checkpoint: Path, num_classes: int,
             settings: dict, threads: int) -> dict:
-    """`latinhib enhance` as a user runs it; returns its JSON summary."""
+    """`latinhib enhance` as a user runs it, with the experiment's chosen ``settings``."""
+    mask_args = [
+        "--layers", ",".join(settings["layers"]), "--target", settings["target"],
+        "--filter", settings["filter"], "--sigma", str(settings["sigma"]),
+        "--kernel-size", str(settings["k"]), "-q", str(settings["q"]),
+    ]
+    return run_enhance(src, dst, masks, checkpoint, num_classes, mask_args, settings["r"],
+                       settings["blur"], threads)
+
+
+def run_enhance(src: Path, dst: Path, masks: Path, checkpoint: Path, num_classes: int,
+                mask_args: list[str], ratio: float, blur: float, threads: int) -> dict:
+    """`latinhib enhance` as a user runs it on the experiment's model, with ``mask_args``
+    (any CLI options: --filter, -q, --set KEY=VALUE ...) after the benchmark's own
+    (model, ratio r, blur sigma: the same for every enhancer); returns its JSON summary."""
     if dst.exists():
         shutil.rmtree(dst)
     if masks.exists():
@@ -157,10 +171,8 @@ def run_cli(src: Path, dst: Path, masks: Path, checkpoint: Path, num_classes: in
         "--set", f"model.kwargs={{num_classes: {num_classes}}}",
         "--set", "model.input_size=64",
         "--set", f"model.mean={list(MEAN)}", "--set", f"model.std={list(STD)}",
-        "--layers", ",".join(settings["layers"]), "--target", settings["target"],
-        "--filter", settings["filter"], "--sigma", str(settings["sigma"]),
-        "--kernel-size", str(settings["k"]), "-q", str(settings["q"]),
-        "--ratio", str(settings["r"]), "--blur-sigma", str(settings["blur"]),
+        *mask_args,
+        "--ratio", str(ratio), "--blur-sigma", str(blur),
         "--device", "cpu", "--workers", "0", "--batch-size", "64",
         "--set", f"runtime.threads={threads}",
         "--save-masks", str(masks), "--json", "--quiet",
@@ -231,7 +243,12 @@ def mean_std(values) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=ROOT / "out" / "experiment")
+    parser.add_argument("--benchmark", choices=("fashion", "pattern"), default="fashion",
+                        help="fashion: garment shape is the class (issue 8); pattern: shape x a fine "
+                             "print inside the garment, so blurring the object costs (issue 13)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="data and intermediate results (default out/experiment, "
+                             "out/experiment-pattern)")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "RESULTS.md")
     parser.add_argument("--seed", type=int, default=0, help="benchmark seed")
     # One thread: on a CPU shared with other jobs, two OpenMP threads spin-wait on each
@@ -242,6 +259,12 @@ def main() -> None:
                         help="device for the classifier trainings only (everything else runs on CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.work is None:
+        args.work = ROOT / "out" / ("experiment" if args.benchmark == "fashion" else "experiment-pattern")
+    if args.benchmark == "pattern":
+        from scripts.experiment.finedetail import run_pattern
+        run_pattern(args)
+        return
     started = time.time()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)

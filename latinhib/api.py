@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from .config import Config, ConfigError, InhibitionConfig, load_config
 from .importance import default_layers, importance_maps, resolve_layers
-from .inhibition import combine_maps, inhibit, quantile_threshold, select
+from .inhibition import auto_quantile, combine_maps, inhibit, quantile_threshold, select
 
 __all__ = ["Importance", "InhibitionResult", "LateralInhibition", "amp_dtype", "recombine"]
 
@@ -66,6 +66,7 @@ class Importance:
     predicted: (N,) the model's top-1 class. logits: (N, K).
     target: the loss target used. layer_maps: the raw IoM maps, one (N, h, w) per layer call.
     layers: the name of each layer map.
+    quantile: (N,) the q each threshold was taken at (one per image under ``quantile: auto``).
     """
 
     combined: torch.Tensor
@@ -76,22 +77,30 @@ class Importance:
     target: str
     layer_maps: List[torch.Tensor]
     layers: List[str]
+    quantile: Optional[torch.Tensor] = None
 
 
 def recombine(imp: Importance, settings: InhibitionConfig) -> Importance:
-    """Steps 4-5 again on ``imp``'s raw layer maps with the filter, sigma, k and q of
-    ``settings`` (a config's ``inhibition`` section): what
+    """Steps 4-5 again on ``imp``'s raw layer maps with the filter, sigma, k, scales and q
+    of ``settings`` (a config's ``inhibition`` section): what
     :meth:`LateralInhibition.importance` gives under those settings, with no model pass
-    (the layer maps depend only on the model, its layers and the target)."""
-    combined, threshold, valid = _steps_4_5(imp.layer_maps, tuple(imp.combined.shape[-2:]), settings)
-    return dataclasses.replace(imp, combined=combined, threshold=threshold, valid=valid)
+    (the layer maps depend only on the model, its layers, the target, ``importance`` and
+    ``flip``)."""
+    combined, threshold, valid, quantile = _steps_4_5(imp.layer_maps, tuple(imp.combined.shape[-2:]), settings)
+    return dataclasses.replace(imp, combined=combined, threshold=threshold, valid=valid, quantile=quantile)
 
 
 def _steps_4_5(layer_maps: Sequence[torch.Tensor], size: Tuple[int, int], s: InhibitionConfig):
     with single_thread(layer_maps[0].device):
-        combined, valid = combine_maps(layer_maps, size, kind=s.filter, kernel_size=s.kernel_size, sigma=s.sigma)
-        threshold = quantile_threshold(combined, s.quantile)
-    return combined, threshold, valid
+        combined, valid = combine_maps(
+            layer_maps, size, kind=s.filter, kernel_size=s.kernel_size, sigma=s.sigma, scales=s.scales
+        )
+        if s.quantile == "auto":
+            quantile = auto_quantile(combined)
+        else:
+            quantile = combined.new_full((combined.shape[0],), float(s.quantile))
+        threshold = quantile_threshold(combined, quantile if s.quantile == "auto" else float(s.quantile))
+    return combined, threshold, valid, quantile
 
 
 @dataclass
@@ -159,6 +168,13 @@ class LateralInhibition:
     def importance(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> Importance:
         """Steps 1-5 on model inputs (N, C, H, W): combined maps and thresholds."""
         s = self.settings
+        n = images.shape[0]
+        if s.flip:
+            # The mirrored copy rides in the same batch; its maps are mirrored back and
+            # averaged with the originals, which cancels left-right artefacts of strided
+            # convolutions and padding. The logits are the original images' own.
+            images = torch.cat([images, images.flip(-1)])
+            targets = torch.cat([targets, targets]) if targets is not None else None
         maps = importance_maps(
             self.model,
             images,
@@ -167,9 +183,14 @@ class LateralInhibition:
             labels=targets,
             norm=s.norm,
             autocast_dtype=amp_dtype(self.config.runtime.amp, images.device),
+            kind=s.importance,
         )
-        combined, threshold, valid = _steps_4_5(maps.maps, tuple(images.shape[-2:]), self.settings)
-        return Importance(combined, threshold, valid, maps.predicted, maps.logits, maps.target, maps.maps, maps.names)
+        layer_maps, logits, predicted = maps.maps, maps.logits, maps.predicted
+        if s.flip:
+            layer_maps = [(m[:n] + m[n:].flip(-1)) / 2 for m in layer_maps]
+            logits, predicted = logits[:n], predicted[:n]
+        combined, threshold, valid, quantile = _steps_4_5(layer_maps, tuple(images.shape[-2:]), self.settings)
+        return Importance(combined, threshold, valid, predicted, logits, maps.target, layer_maps, maps.names, quantile)
 
     def select(self, n: int, keys: Optional[Sequence[str]] = None) -> torch.Tensor:
         """(n,) bool: which samples to enhance. With ``keys`` (e.g. file paths) the choice

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import yaml
 
-from .importance import TARGETS
+from .importance import IMPORTANCE_KINDS, TARGETS
 from .inhibition import FILTERS
 
 __all__ = [
@@ -75,7 +75,7 @@ class InhibitionConfig:
     # importance map is the threshold. Set it to the share of the frame that is background:
     # 0.5 for ImageNet-like photos whose object fills about half the frame (docs/RESULTS.md:
     # on a benchmark whose objects fill 20%, validation chose 0.95).
-    quantile: float = 0.5
+    quantile: Union[float, str] = 0.5
     # filter applied to each layer's importance map: log (Mexican hat, as in the paper),
     # gaussian (same sigma, no inhibitory surround) or none. log gave the best masks in
     # docs/RESULTS.md (IoU 0.464 vs 0.429 Gaussian, 0.401 none at equal settings), though
@@ -98,6 +98,13 @@ class InhibitionConfig:
     norm: float = 2.0
     # seed of the per-image selection hash: same seed, same selected files.
     seed: int = 0
+    # scale-selected Mexican hat: stride-16 sigmas to take the per-position maximum over
+    # (scale-normalised responses); null = the fixed `sigma` (the paper's filter).
+    scales: Optional[Tuple[float, ...]] = None
+    # what the p-norm is taken of: gradient (the paper's) or gradient_x_activation.
+    importance: str = "gradient"
+    # average each map with that of the mirrored image (a second pass in the same batch).
+    flip: bool = False
 
 
 @dataclass(frozen=True)
@@ -269,7 +276,9 @@ def _validate(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
             raise _fail(k("kwargs"), out["kwargs"], "a mapping of keyword arguments")
         out["kwargs"] = dict(out["kwargs"])
     elif section == "inhibition":
-        out["quantile"] = _number(k("quantile"), out["quantile"], 0.0, 1.0)
+        if out["quantile"] != "auto":
+            out["quantile"] = _number(k("quantile"), out["quantile"], 0.0, 1.0,
+                                      allowed="a number in [0.0, 1.0] or auto")
         out["filter"] = _choice(k("filter"), out["filter"], FILTERS)
         out["sigma"] = _number(k("sigma"), out["sigma"], 0.0, 1000.0, low_open=True,
                                allowed="a number > 0")
@@ -281,6 +290,14 @@ def _validate(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
         out["norm"] = _number(k("norm"), out["norm"], 1.0, math.inf, allowed="a number >= 1 (p of the p-norm)") \
             if out["norm"] != math.inf else math.inf
         out["seed"] = _number(k("seed"), out["seed"], -2**63, 2**63 - 1, integer=True, allowed="an integer")
+        if out["scales"] is not None:
+            scales = out["scales"]
+            if (not isinstance(scales, (list, tuple)) or not scales
+                    or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 100 for v in scales)):
+                raise _fail(k("scales"), scales, "null or a list of sigmas, each in (0, 100]")
+            out["scales"] = tuple(float(v) for v in scales)
+        out["importance"] = _choice(k("importance"), out["importance"], IMPORTANCE_KINDS)
+        out["flip"] = _bool(k("flip"), out["flip"])
     elif section == "blur":
         out["sigma"] = _number(k("sigma"), out["sigma"], 0.0, 1000.0, low_open=True, allowed="a number > 0")
         out["feather"] = _number(k("feather"), out["feather"], 0.0, 1000.0, allowed="a number >= 0")

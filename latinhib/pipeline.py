@@ -440,6 +440,7 @@ class _Finisher:
             "enhanced",
             kept_fraction=round(kept_fraction(mask), 6),
             threshold=round(float(imp.threshold[index]), 6),
+            quantile=round(float(imp.quantile[index]), 6) if imp.quantile is not None else None,
             **common,
         )
 

@@ -14,8 +14,8 @@ keeps the object sharp and blurs the background can win.
 Steps (each skipped when its output is already under --work, so a rerun resumes):
  1. generate the data and train the unbiased "pretrain" checkpoint latinhib and Grad-CAM use;
  2. latinhib's rows (scripts/experiment/rows.yaml, section "pattern"): the real CLI on the
-    biased train set, each row with its own arguments; a row whose arguments changed since
-    the last run is redone, with its trainings;
+    biased train set, each row with its own arguments, redone on every run; a row's
+    trainings are kept only while its output images are byte-identical;
  3. references on exactly the files the CLI enhanced: the oracle (true background blurred),
     blur-all (q = 1) and Grad-CAM at its best layer on val_rand, thresholded per image at the
     share of the image that one latinhib row keeps (rows.yaml `gradcam_matches`), so both
@@ -28,6 +28,7 @@ Fashion-MNIST benchmark's val sweep chose, kept fixed here (no second sweep).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -59,6 +60,11 @@ def load_rows(section: str, path: Path = ROWS_FILE) -> dict:
         if any(arg in ("--ratio", "-r", "--blur-sigma") for arg in row["args"]):
             raise SystemExit(f"{path}: {section}.{row['name']}: r and the blur are the benchmark's, not a row's")
     return config
+
+
+def drop(state: dict, method: str) -> None:
+    """Forget ``method``'s trainings (its enhanced images changed)."""
+    state["protocol"] = {k: v for k, v in state["protocol"].items() if k.rsplit("/", 1)[0] != method}
 
 
 def kept_share(masks: torch.Tensor) -> torch.Tensor:
@@ -108,29 +114,30 @@ def run_pattern(args) -> None:
     pretrained.eval().requires_grad_(False)
     log(f"pretrain: {state['pretrain']}")
 
-    # 2. latinhib's rows through the real CLI
+    # 2. latinhib's rows through the real CLI. Every run redoes the CLI passes (seconds) and
+    # keeps a row's trainings only while its output images are the same bytes: results
+    # always come from the code and config at hand, and only rows whose output changed train.
     config = load_rows("pattern")
     state.setdefault("cli", {})
     state.setdefault("protocol", {})
     enhanced_sets, row_masks = {}, {}
     for row in config["rows"]:
         name, dst, masks_dir = row["name"], work / f"enhanced-{row['name']}", work / f"masks-{row['name']}"
-        previous = state["cli"].get(name)
-        if previous is None or previous["args"] != row["args"] or not dst.exists():
-            state["protocol"] = {k: v for k, v in state["protocol"].items() if k.rsplit("/", 1)[0] != name}
-            summary = helpers.run_enhance(data_root / "images" / "train", dst, masks_dir, checkpoint,
-                                          len(classes), row["args"], RATIO, BLUR, args.threads)
-            images, masks, which, _ = helpers.cli_outputs(dst, masks_dir, train, classes)
-            state["cli"][name] = {"args": row["args"], "label": row["label"], "summary": summary,
-                                  "enhanced": int(which.sum()),
-                                  "kept_share": float(kept_share(masks[which]).mean()),
-                                  "mask_quality_train": mask_scores(masks[which], train.masks[which])}
-            save()
+        summary = helpers.run_enhance(data_root / "images" / "train", dst, masks_dir, checkpoint,
+                                      len(classes), row["args"], RATIO, BLUR, args.threads)
         images, masks, which, _ = helpers.cli_outputs(dst, masks_dir, train, classes)
+        digest = hashlib.sha1(images.numpy().tobytes()).hexdigest()
+        if state["cli"].get(name, {}).get("digest") != digest:
+            drop(state, name)
+        state["cli"][name] = {"args": row["args"], "label": row["label"], "summary": summary,
+                              "digest": digest, "enhanced": int(which.sum()),
+                              "kept_share": float(kept_share(masks[which]).mean()),
+                              "mask_quality_train": mask_scores(masks[which], train.masks[which])}
+        save()
         enhanced_sets[name], row_masks[name] = images, (masks, which)
     for stale in set(state["cli"]) - {row["name"] for row in config["rows"]}:
         del state["cli"][stale]  # a row removed from rows.yaml leaves the report
-        state["protocol"] = {k: v for k, v in state["protocol"].items() if k.rsplit("/", 1)[0] != stale}
+        drop(state, stale)
 
     # 3. references on the same files
     which = torch.tensor([selected(name, RATIO) for name in train.names])
@@ -156,9 +163,10 @@ def run_pattern(args) -> None:
     enhanced_sets["blur-all"] = enhance(train.images, torch.zeros_like(train.masks), train.names,
                                         RATIO, BLUR)[0]
     enhanced_sets["baseline"] = train.images
-    if state.get("gradcam_key") != [gradcam_layer, matched, state["cli"][matched]["args"]]:
-        state["protocol"] = {k: v for k, v in state["protocol"].items() if k.rsplit("/", 1)[0] != "gradcam"}
-        state["gradcam_key"] = [gradcam_layer, matched, state["cli"][matched]["args"]]
+    gradcam_key = [gradcam_layer, matched, state["cli"][matched]["digest"]]
+    if state.get("gradcam_key") != gradcam_key:
+        drop(state, "gradcam")
+        state["gradcam_key"] = gradcam_key
     save()
 
     # 4. trainings, seed-major

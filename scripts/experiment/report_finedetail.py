@@ -147,7 +147,8 @@ def write_finedetail(state: dict, info: dict, config: dict, results: Path, work:
     text = f"""## Fine-detail benchmark: blurring the object costs (issue 13)
 
 Written by one command, from the repository root (`--work`, default `out/experiment-pattern`,
-resumes; a row whose arguments change in `scripts/experiment/rows.yaml` is redone alone):
+resumes; the CLI passes are redone on every run and a row trains again only when its
+output images changed; latinhib's rows are `scripts/experiment/rows.yaml`):
 
     .venv/bin/python -m scripts.experiment.run --benchmark pattern
 

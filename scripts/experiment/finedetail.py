@@ -49,12 +49,12 @@ GRADCAM_LAYERS = ("layer2", "layer3", "layer4")
 REFERENCES = ("baseline", "oracle", "blur-all", "gradcam")
 
 
-def load_rows(section: str, path: Path = ROWS_FILE) -> dict:
+def load_rows(section: str, path: Path = ROWS_FILE, reserved=REFERENCES) -> dict:
     """rows.yaml's ``section``: {"rows": [{name, label, args}], ...}, checked."""
     config = yaml.safe_load(path.read_text())[section]
     names = [row["name"] for row in config["rows"]]
-    if len(set(names)) != len(names) or set(names) & set(REFERENCES):
-        raise SystemExit(f"{path}: {section}: row names must be unique and not one of {REFERENCES}")
+    if len(set(names)) != len(names) or set(names) & set(reserved) or any("/" in n for n in names):
+        raise SystemExit(f"{path}: {section}: row names must be unique, without '/', and not one of {tuple(reserved)}")
     for row in config["rows"]:
         row["args"] = [str(arg) for arg in row.get("args", [])]
         if any(arg in ("--ratio", "-r", "--blur-sigma") for arg in row["args"]):

@@ -183,10 +183,13 @@ def write_report(state: dict, info: dict, results: Path, work: Path) -> None:
     def diff(a: str, b: str, key: str = "test/mixed_rand") -> str:
         return difference(state, a, b, key)
 
+    extra = [row["name"] for row in state.get("extra_rows", [])]
+    labels = dict(LABELS, **{row["name"]: row["label"] for row in state.get("extra_rows", [])})
     protocol_table = table(
         ["enhancer", "original", "only_fg", "mixed_same", "mixed_rand", "BG-gap", "share of oracle's mixed_rand gain"],
-        [[LABELS[m]] + [pm(state, m, key) for key in TESTS] + [recovered(m) if m != "baseline" else "-"]
-         for m in ORDER if stats(state, m, "bg_gap")[2]])
+        [[labels[m]] + [pm(state, m, key) for key in TESTS] + [recovered(m) if m != "baseline" else "-"]
+         for m in ORDER + extra if stats(state, m, "bg_gap")[2]])
+    extra_lines = extra_rows_text(state, extra, labels)
 
     def per_filter(layers: str, tgt: str) -> list[str]:
         cells = []
@@ -298,6 +301,7 @@ thresholded at the same q. The Gaussian and no-filter rows are latinhib with onl
   {diff('latinhib-log', 'latinhib-none')}.
 - BG-gap: baseline {pm(state, 'baseline', 'bg_gap')}, oracle {pm(state, 'oracle', 'bg_gap')},
   latinhib {pm(state, 'latinhib-log', 'bg_gap')}, Grad-CAM {pm(state, 'gradcam', 'bg_gap')}.
+{extra_lines}
 
 ## Mask quality against the true masks (val_rand)
 
@@ -352,6 +356,33 @@ Baseline for comparison (protocol, 3 seeds): val_rand {100 * np.mean([v['val_ran
 blur σ = {settings['blur']} (the best latinhib row on val_rand).
 """
     write_section(results, "fashion-mnist", text + conclusions(state, settings, chosen, rows))
+
+
+def extra_rows_text(state: dict, extra: list[str], labels: dict) -> str:
+    """Bullets for rows.yaml's extra latinhib rows: their CLI options and paired differences
+    (by training seed) against the val-tuned Mexican hat and the baseline."""
+    from scripts.experiment.report_finedetail import fmt, paired
+
+    lines = []
+    for row in state.get("extra_rows", []):
+        name = row["name"]
+        if not stats(state, name, "bg_gap")[2]:
+            continue
+        options = " ".join(row["args"]) or "no mask options: configs/default.yaml as committed"
+        cli = state["cli"][name]
+        lines.append(
+            f"- {labels[name]} (`latinhib enhance` with the same model, r and blur; {options}; kept share "
+            f"{cli['kept_share']:.2f}, train-mask IoU {cli['mask_quality_train']['iou']:.3f}): on mixed_rand, "
+            f"{fmt(paired(state, name, 'latinhib-log'))} points vs the val-tuned Mexican hat above and "
+            f"{fmt(paired(state, name, 'baseline'))} vs the baseline (paired by training seed, ± standard error); "
+            f"{recovered_share(state, name)} of the oracle's gain.")
+    return "\n".join(lines)
+
+
+def recovered_share(state: dict, method: str) -> str:
+    base, oracle = stats(state, "baseline", "test/mixed_rand")[0], stats(state, "oracle", "test/mixed_rand")[0]
+    value = stats(state, method, "test/mixed_rand")[0]
+    return f"{100 * (value - base) / (oracle - base):.0f}%" if oracle != base else "-"
 
 
 def write_section(results: Path, name: str, text: str) -> None:

@@ -21,6 +21,7 @@ Nothing in 2-3 looks at a test set.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -64,6 +65,8 @@ KERNELS = (3, 5, 7)
 MASK_Q = 0.7                            # q at which mask settings are compared
 QUANTILES = (0.5, 0.6, 0.7, 0.8)
 GRADCAM_LAYERS = ("layer2", "layer3", "layer4")
+KINDS = ("log", "gaussian", "none")   # the val-tuned latinhib rows, one per filter
+ORDER_KINDS = KINDS + ("baseline", "oracle", "gradcam", "blur-all")  # names rows.yaml may not use
 
 
 def log(message: str) -> None:
@@ -144,16 +147,11 @@ def evaluate(model, splits: dict[str, Split], names) -> dict[str, float]:
     return scores
 
 
-def run_cli(src: Path, dst: Path, masks: Path, checkpoint: Path, num_classes: int,
-            settings: dict, threads: int) -> dict:
-    """`latinhib enhance` as a user runs it, with the experiment's chosen ``settings``."""
-    mask_args = [
-        "--layers", ",".join(settings["layers"]), "--target", settings["target"],
-        "--filter", settings["filter"], "--sigma", str(settings["sigma"]),
-        "--kernel-size", str(settings["k"]), "-q", str(settings["q"]),
-    ]
-    return run_enhance(src, dst, masks, checkpoint, num_classes, mask_args, settings["r"],
-                       settings["blur"], threads)
+def mask_arguments(settings: dict) -> list[str]:
+    """The CLI options of the experiment's val-chosen mask ``settings``."""
+    return ["--layers", ",".join(settings["layers"]), "--target", settings["target"],
+            "--filter", settings["filter"], "--sigma", str(settings["sigma"]),
+            "--kernel-size", str(settings["k"]), "-q", str(settings["q"])]
 
 
 def run_enhance(src: Path, dst: Path, masks: Path, checkpoint: Path, num_classes: int,
@@ -372,22 +370,32 @@ def main() -> None:
     log(f"chosen settings: {settings}")
     save()
 
-    # 4. the protocol: real CLI, references on the same files, 3 seeds
-    if "cli" not in state:
-        state["cli"] = {}
+    # 4. the protocol: real CLI, references on the same files, 3 seeds. The CLI passes are
+    # redone on every run (seconds); a row's trainings are kept only while its output images
+    # are byte-identical, so the results are always those of the code and config at hand.
+    from scripts.experiment.finedetail import drop, load_rows
+    state.setdefault("cli", {})
+    state.setdefault("protocol", {})
+    extra = load_rows("fashion", reserved=ORDER_KINDS)["rows"]
+    state["extra_rows"] = [{"name": row["name"], "label": row["label"], "args": row["args"]} for row in extra]
+    cli_rows = [(kind, f"latinhib-{kind}", mask_arguments(dict(settings, filter=kind))) for kind in KINDS]
+    cli_rows += [(row["name"], row["name"], row["args"]) for row in extra]
     enhanced_sets = {}
-    for kind in ("log", "gaussian", "none"):
-        dst, masks_dir = work / f"enhanced-{kind}", work / f"masks-{kind}"
-        if kind not in state["cli"]:
-            summary = run_cli(data_root / "images" / "train", dst, masks_dir, checkpoint,
-                              len(classes), dict(settings, filter=kind), args.threads)
-            images, masks, which, _ = cli_outputs(dst, masks_dir, train, classes)
-            state["cli"][kind] = {"summary": summary,
-                                  "mask_quality_train": mask_scores(masks[which], train.masks[which]),
-                                  "enhanced": int(which.sum())}
-            save()
+    for key, method, mask_args in cli_rows:
+        dst, masks_dir = work / f"enhanced-{key}", work / f"masks-{key}"
+        summary = run_enhance(data_root / "images" / "train", dst, masks_dir, checkpoint, len(classes),
+                              mask_args, settings["r"], settings["blur"], args.threads)
         images, masks, which, _ = cli_outputs(dst, masks_dir, train, classes)
-        enhanced_sets[f"latinhib-{kind}"] = images
+        digest = hashlib.sha1(images.numpy().tobytes()).hexdigest()
+        if state["cli"].get(key, {}).get("digest") not in (None, digest):
+            log(f"{method}: the CLI's output changed; its trainings are redone")
+            drop(state, method)
+        state["cli"][key] = {"summary": summary, "digest": digest, "args": mask_args,
+                             "kept_share": float(masks[which].flatten(1).float().mean()),
+                             "mask_quality_train": mask_scores(masks[which], train.masks[which]),
+                             "enhanced": int(which.sum())}
+        save()
+        enhanced_sets[method] = images
     which = torch.tensor([selected(name, settings["r"]) for name in train.names])
     cams = gradcam_maps(pretrained, train.images, gradcam_layer,
                         train.labels if cam_target == "label" else None)
@@ -402,7 +410,7 @@ def main() -> None:
     enhanced_sets["baseline"] = train.images
     state.setdefault("protocol", {})
     order = ["baseline", "oracle", "latinhib-log", "gradcam", "blur-all", "latinhib-gaussian",
-             "latinhib-none"]
+             "latinhib-none"] + [row["name"] for row in extra]
     for method, seed in itertools.product(order, SEEDS):
         key = f"{method}/{seed}"
         if key in state["protocol"]:

@@ -379,6 +379,41 @@ def extra_rows_text(state: dict, extra: list[str], labels: dict) -> str:
     return "\n".join(lines)
 
 
+def write_quick(state: dict, results: Path) -> None:
+    """The section "fashion-mnist-rows": rows.yaml's rows against the val-tuned Mexican hat,
+    both rerun now with the same 3 training seeds (``run.py --quick``)."""
+    from scripts.experiment.report_finedetail import fmt, mean_std, paired
+
+    settings = state["settings"]
+    rows = [("latinhib-log", "latinhib, Mexican hat, val-tuned (the full run's main row)", "")]
+    rows += [(row["name"], row["label"], " ".join(row["args"]) or "(none: configs/default.yaml)")
+             for row in state.get("extra_rows", [])]
+    body = []
+    for name, label, options in rows:
+        key = "log" if name == "latinhib-log" else name
+        cli = state["cli"][key]
+        body.append([label, f"`{options or ' '.join(cli['args'])}`", f"{cli['kept_share']:.2f}",
+                     f"{cli['mask_quality_train']['iou']:.3f}", mean_std(state, name, "test/mixed_rand"),
+                     mean_std(state, name, "bg_gap"),
+                     "-" if name == "latinhib-log" else fmt(paired(state, name, "latinhib-log"))])
+    seeds = sorted({int(k.rsplit("/", 1)[1]) for k in state["protocol"] if k.startswith("latinhib-log/")})
+    text = f"""## Fashion-MNIST benchmark: latinhib's rows rerun side by side
+
+    .venv/bin/python -m scripts.experiment.run --quick
+
+reruns only the Mexican-hat row of the table above (the settings its val sweeps chose:
+layers {','.join(settings['layers'])}, target {settings['target']}, σ {settings['sigma']}, k {settings['k']}, q {settings['q']};
+r {settings['r']}, blur σ {settings['blur']}) and the rows of `scripts/experiment/rows.yaml` (section
+`fashion`: the same model, r and blur, the row's own mask options), each the real CLI and
+each trained with seeds {', '.join(map(str, seeds))}, on {time.strftime('%Y-%m-%d %H:%M')} (CPU shared with other jobs).
+mixed_rand and BG-gap in %, mean ± std over seeds; the last column is the paired difference
+(same seed) against the Mexican-hat row, ± its standard error:
+
+{table(["row", "mask options", "kept share", "train-mask IoU", "mixed_rand", "BG-gap", "vs the Mexican hat (paired)"], body)}
+"""
+    write_section(results, "fashion-mnist-rows", text)
+
+
 def recovered_share(state: dict, method: str) -> str:
     base, oracle = stats(state, "baseline", "test/mixed_rand")[0], stats(state, "oracle", "test/mixed_rand")[0]
     value = stats(state, method, "test/mixed_rand")[0]

@@ -65,6 +65,10 @@ KERNELS = (3, 5, 7)
 MASK_Q = 0.7                            # q at which mask settings are compared
 QUANTILES = (0.5, 0.6, 0.7, 0.8)
 GRADCAM_LAYERS = ("layer2", "layer3", "layer4")
+# What the full run's val sweeps chose (docs/RESULTS.md, "Protocol and main result"); --quick
+# compares rows.yaml's rows against the Mexican hat at these settings without the sweeps.
+PUBLISHED_SETTINGS = {"layers": ["layer1"], "target": "entropy", "filter": "log", "sigma": 0.75,
+                      "k": 7, "q": 0.95, "r": 0.75, "blur": 3.0}
 KINDS = ("log", "gaussian", "none")   # the val-tuned latinhib rows, one per filter
 ORDER_KINDS = KINDS + ("baseline", "oracle", "gradcam", "blur-all")  # names rows.yaml may not use
 
@@ -239,6 +243,64 @@ def mean_std(values) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=1) if len(array) > 1 else 0.0)
 
 
+def cli_rows(state: dict, save, work: Path, data_root: Path, train: Split, classes: list[str],
+             checkpoint: Path, rows: list[tuple[str, str, list[str]]], settings: dict,
+             threads: int) -> dict:
+    """Run `latinhib enhance` for each (key, method, mask options) row; returns the enhanced
+    train images per method. The CLI passes are redone on every run (seconds); a row's
+    trainings are kept only while its output images are byte-identical, so the results are
+    always those of the code and config at hand."""
+    from scripts.experiment.finedetail import drop
+
+    state.setdefault("cli", {})
+    state.setdefault("protocol", {})
+    enhanced_sets = {}
+    for key, method, mask_args in rows:
+        dst, masks_dir = work / f"enhanced-{key}", work / f"masks-{key}"
+        summary = run_enhance(data_root / "images" / "train", dst, masks_dir, checkpoint, len(classes),
+                              mask_args, settings["r"], settings["blur"], threads)
+        images, masks, which, _ = cli_outputs(dst, masks_dir, train, classes)
+        digest = hashlib.sha1(images.numpy().tobytes()).hexdigest()
+        if state["cli"].get(key, {}).get("digest") not in (None, digest):
+            log(f"{method}: the CLI's output changed; its trainings are redone")
+            drop(state, method)
+        state["cli"][key] = {"summary": summary, "digest": digest, "args": mask_args,
+                             "kept_share": float(masks[which].flatten(1).float().mean()),
+                             "mask_quality_train": mask_scores(masks[which], train.masks[which]),
+                             "enhanced": int(which.sum())}
+        save()
+        enhanced_sets[method] = images
+    return enhanced_sets
+
+
+def quick_rows(args, state: dict, save, data_root: Path, splits: dict, classes: list[str],
+               checkpoint: Path, eval_names: list[str]) -> None:
+    """--quick: the val-tuned Mexican hat at PUBLISHED_SETTINGS and rows.yaml's fashion rows,
+    3 seeds each (seed-major), and the section "fashion-mnist-rows" of docs/RESULTS.md."""
+    from scripts.experiment.finedetail import load_rows
+    from scripts.experiment.report import write_quick
+
+    settings = PUBLISHED_SETTINGS
+    extra = load_rows("fashion", reserved=ORDER_KINDS)["rows"]
+    state["settings"] = settings
+    state["extra_rows"] = [{"name": row["name"], "label": row["label"], "args": row["args"]} for row in extra]
+    rows = [("log", "latinhib-log", mask_arguments(settings))]
+    rows += [(row["name"], row["name"], row["args"]) for row in extra]
+    enhanced_sets = cli_rows(state, save, args.work, data_root, splits["train"], classes, checkpoint,
+                             rows, settings, args.threads)
+    for seed in SEEDS:
+        for method in enhanced_sets:
+            key = f"{method}/{seed}"
+            if key not in state["protocol"]:
+                model = train_model(enhanced_sets[method], splits["train"].labels, seed, len(classes),
+                                    epochs=args.epochs, device=args.train_device)
+                state["protocol"][key] = evaluate(model, splits, eval_names)
+                log(f"{key}: {state['protocol'][key]}")
+                save()
+    write_quick(state, args.results)
+    log(f"wrote {args.results}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--benchmark", choices=("fashion", "pattern"), default="fashion",
@@ -253,6 +315,10 @@ def main() -> None:
     # other (measured: 7.3 s vs 1.1 s per training step under a load of 8 on 2 cores).
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--quick", action="store_true",
+                        help="only rows.yaml's extra rows and the val-tuned Mexican hat, at the "
+                             "settings the last full run chose (PUBLISHED_SETTINGS), paired by seed; "
+                             "writes its own section of docs/RESULTS.md")
     parser.add_argument("--train-device", default="cpu",
                         help="device for the classifier trainings only (everything else runs on CPU)")
     args = parser.parse_args()
@@ -299,6 +365,10 @@ def main() -> None:
     pretrained.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     pretrained.eval().requires_grad_(False)
     log(f"pretrain: {state['pretrain']}")
+
+    if args.quick:
+        quick_rows(args, state, save, data_root, splits, classes, checkpoint, eval_names)
+        return
 
     # 2. mask quality on val
     if "masks" not in state:
@@ -370,32 +440,14 @@ def main() -> None:
     log(f"chosen settings: {settings}")
     save()
 
-    # 4. the protocol: real CLI, references on the same files, 3 seeds. The CLI passes are
-    # redone on every run (seconds); a row's trainings are kept only while its output images
-    # are byte-identical, so the results are always those of the code and config at hand.
-    from scripts.experiment.finedetail import drop, load_rows
-    state.setdefault("cli", {})
-    state.setdefault("protocol", {})
+    # 4. the protocol: real CLI (cli_rows), references on the same files, 3 seeds
+    from scripts.experiment.finedetail import load_rows
     extra = load_rows("fashion", reserved=ORDER_KINDS)["rows"]
     state["extra_rows"] = [{"name": row["name"], "label": row["label"], "args": row["args"]} for row in extra]
-    cli_rows = [(kind, f"latinhib-{kind}", mask_arguments(dict(settings, filter=kind))) for kind in KINDS]
-    cli_rows += [(row["name"], row["name"], row["args"]) for row in extra]
-    enhanced_sets = {}
-    for key, method, mask_args in cli_rows:
-        dst, masks_dir = work / f"enhanced-{key}", work / f"masks-{key}"
-        summary = run_enhance(data_root / "images" / "train", dst, masks_dir, checkpoint, len(classes),
-                              mask_args, settings["r"], settings["blur"], args.threads)
-        images, masks, which, _ = cli_outputs(dst, masks_dir, train, classes)
-        digest = hashlib.sha1(images.numpy().tobytes()).hexdigest()
-        if state["cli"].get(key, {}).get("digest") not in (None, digest):
-            log(f"{method}: the CLI's output changed; its trainings are redone")
-            drop(state, method)
-        state["cli"][key] = {"summary": summary, "digest": digest, "args": mask_args,
-                             "kept_share": float(masks[which].flatten(1).float().mean()),
-                             "mask_quality_train": mask_scores(masks[which], train.masks[which]),
-                             "enhanced": int(which.sum())}
-        save()
-        enhanced_sets[method] = images
+    rows = [(kind, f"latinhib-{kind}", mask_arguments(dict(settings, filter=kind))) for kind in KINDS]
+    rows += [(row["name"], row["name"], row["args"]) for row in extra]
+    enhanced_sets = cli_rows(state, save, work, data_root, train, classes, checkpoint, rows,
+                             settings, args.threads)
     which = torch.tensor([selected(name, settings["r"]) for name in train.names])
     cams = gradcam_maps(pretrained, train.images, gradcam_layer,
                         train.labels if cam_target == "label" else None)

@@ -64,6 +64,7 @@ CLASSES = {
 PATTERN_SHAPES = {0: "tshirt", 1: "trouser", 8: "bag", 9: "boot"}
 PATTERNS = ("stripes", "checks")
 PATTERN_GARMENT_SIZES = (40, 54)
+PRINT_DARK = 0.4  # the print's dark parts, as a fraction of the garment's colour
 VARIANTS = ("fashion", "pattern")
 FAMILIES = ("hstripes", "vstripes", "dstripes", "checkers", "dots", "rings", "noise", "grid")
 TEST_SETS = ("original", "only_fg", "mixed_same", "mixed_rand")
@@ -157,9 +158,9 @@ def place_garment(garment: np.ndarray, rng: np.random.Generator, pattern: str | 
     colour = random_colour(rng)
     shade = 0.35 + 0.65 * canvas / max(canvas.max(), 1e-6)
     if pattern is not None:
-        # a light colour so the print shows on every garment; dark print = 40% of it
+        # a light colour so the print shows on every garment
         colour = rng.uniform(0.45, 1.0, size=3)
-        shade = shade * np.where(fine_pattern(pattern, rng), 1.0, 0.4)
+        shade = shade * np.where(fine_pattern(pattern, rng), 1.0, PRINT_DARK)
     return colour[None, None, :] * shade[..., None], mask
 
 

@@ -277,7 +277,7 @@ def quick_rows(args, state: dict, save, data_root: Path, splits: dict, classes: 
                checkpoint: Path, eval_names: list[str]) -> None:
     """--quick: the val-tuned Mexican hat at PUBLISHED_SETTINGS and rows.yaml's fashion rows,
     3 seeds each (seed-major), and the section "fashion-mnist-rows" of docs/RESULTS.md."""
-    from scripts.experiment.finedetail import load_rows
+    from scripts.experiment.finedetail import load_rows, train_all
     from scripts.experiment.report import write_quick
 
     settings = PUBLISHED_SETTINGS
@@ -288,15 +288,14 @@ def quick_rows(args, state: dict, save, data_root: Path, splits: dict, classes: 
     rows += [(row["name"], row["name"], row["args"]) for row in extra]
     enhanced_sets = cli_rows(state, save, args.work, data_root, splits["train"], classes, checkpoint,
                              rows, settings, args.threads)
-    for seed in SEEDS:
-        for method in enhanced_sets:
-            key = f"{method}/{seed}"
-            if key not in state["protocol"]:
-                model = train_model(enhanced_sets[method], splits["train"].labels, seed, len(classes),
-                                    epochs=args.epochs, device=args.train_device)
-                state["protocol"][key] = evaluate(model, splits, eval_names)
-                log(f"{key}: {state['protocol'][key]}")
-                save()
+    tasks = [(method, seed) for seed in SEEDS for method in enhanced_sets
+             if f"{method}/{seed}" not in state["protocol"]]
+    evaluation = {name: (splits[name].images, splits[name].labels) for name in eval_names}
+    context = (enhanced_sets, splits["train"].labels, len(classes), args.epochs, evaluation)
+    for method, seed, scores in train_all(tasks, context, args.jobs):
+        state["protocol"][f"{method}/{seed}"] = scores
+        log(f"{method}/{seed}: {scores}")
+        save()
     write_quick(state, args.results)
     log(f"wrote {args.results}")
 
@@ -317,7 +316,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None,
                         help="training epochs (default 8; 6 for --benchmark pattern)")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="--benchmark pattern: trainings run in this many one-thread processes")
+                        help="--benchmark pattern and --quick: trainings run in this many one-thread processes")
     parser.add_argument("--quick", action="store_true",
                         help="only rows.yaml's extra rows and the val-tuned Mexican hat, at the "
                              "settings the last full run chose (PUBLISHED_SETTINGS), paired by seed; "

@@ -232,7 +232,7 @@ def write_report(state: dict, info: dict, results: Path, work: Path) -> None:
 
     text = f"""# Results: does lateral-inhibition enhancement make a classifier rely less on backgrounds?
 
-Everything on this page, numbers and figures, is written by one command, run from the
+Everything in this section (the Fashion-MNIST benchmark), numbers and figures, is written by one command, run from the
 repository root of a fresh clone after the project's install (README), on a CPU:
 
     .venv/bin/python -m scripts.experiment.run

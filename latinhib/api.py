@@ -16,20 +16,45 @@ from .config import Config, ConfigError, InhibitionConfig, load_config
 from .importance import default_layers, importance_maps, resolve_layers
 from .inhibition import auto_quantile, combine_maps, inhibit, quantile_threshold, select
 
-__all__ = ["Importance", "InhibitionResult", "LateralInhibition", "amp_dtype", "recombine"]
+__all__ = ["Importance", "InhibitionResult", "LateralInhibition", "amp_dtype", "cpu_has_amx", "recombine"]
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles with bf16 (Xeon 4th generation and later).
+
+    torch's own check where it has one (``torch.cpu._is_amx_tile_supported``), else the
+    ``amx_tile`` and ``amx_bf16`` flags of ``/proc/cpuinfo``; False where neither says yes
+    (macOS, Windows, older CPUs, AMD)."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if check is not None:
+        try:
+            if not check():
+                return False
+        except RuntimeError:
+            pass
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_tile" in flags and "amx_bf16" in flags
 
 
 def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """Resolve ``runtime.amp`` to an autocast dtype: ``auto`` is bf16 on CUDA, off elsewhere.
+    """Resolve ``runtime.amp`` to an autocast dtype: ``auto`` is bf16 on CUDA and on CPUs
+    with AMX (:func:`cpu_has_amx`), float32 on other CPUs.
 
-    On a CPU, float32 stays the default so a job gives the same masks on any CPU. ``bf16``
-    pays off where the CPU has AMX tiles: on this project's 2-core Xeon with AMX, resnet18's
+    On CPUs with AMX tiles bf16 pays off: on this project's 2-core Xeon, resnet18's
     forward + grad ran 3x faster (180 against 59 img/s) and ``enhance`` 1.9x (90 against 47
-    img/s); mobilenet_v2's depthwise convolutions gain ~10%. Against float32, 1-6% of the
-    mask pixels flip (at the threshold's edge) on the skimage photos with MobileNetV2's
-    ImageNet weights, top-1 unchanged."""
+    img/s); mobilenet_v2's depthwise convolutions gain ~10%. It does not cost mask quality:
+    on the real-model mask benchmark (scripts/masks/run.py, docs/RESULTS.md) the IoU against
+    exact masks under bf16 equals float32's within noise for MobileNetV2 and
+    EfficientNet-Lite0, although 1-6% of the mask pixels flip at the threshold's edge.
+    Without AMX, bf16 is emulated and slower, so ``auto`` stays float32 there."""
     if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        if device.type == "cuda" or (device.type == "cpu" and cpu_has_amx()):
+            return torch.bfloat16
+        return None
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
@@ -93,7 +118,8 @@ def recombine(imp: Importance, settings: InhibitionConfig) -> Importance:
 def _steps_4_5(layer_maps: Sequence[torch.Tensor], size: Tuple[int, int], s: InhibitionConfig):
     with single_thread(layer_maps[0].device):
         combined, valid = combine_maps(
-            layer_maps, size, kind=s.filter, kernel_size=s.kernel_size, sigma=s.sigma, scales=s.scales
+            layer_maps, size, kind=s.filter, kernel_size=s.kernel_size, sigma=s.sigma, scales=s.scales,
+            gamma=s.scale_gamma,
         )
         if s.quantile == "auto":
             quantile = auto_quantile(combined)

@@ -75,7 +75,7 @@ class InhibitionConfig:
     # importance map is the threshold. Set it to the share of the frame that is background:
     # 0.5 for ImageNet-like photos whose object fills about half the frame (docs/RESULTS.md:
     # on a benchmark whose objects fill 20%, validation chose 0.95).
-    quantile: Union[float, str] = 0.5
+    quantile: Union[float, str] = "auto"
     # filter applied to each layer's importance map: log (Mexican hat, as in the paper),
     # gaussian (same sigma, no inhibitory surround) or none. log gave the best masks in
     # docs/RESULTS.md (IoU 0.464 vs 0.429 Gaussian, 0.401 none at equal settings), though
@@ -98,11 +98,14 @@ class InhibitionConfig:
     norm: float = 2.0
     # seed of the per-image selection hash: same seed, same selected files.
     seed: int = 0
-    # scale-selected Mexican hat: stride-16 sigmas to take the per-position maximum over
-    # (scale-normalised responses); null = the fixed `sigma` (the paper's filter).
-    scales: Optional[Tuple[float, ...]] = None
+    # scale-selected Mexican hat: stride-16 sigmas; per image and layer the one whose
+    # scale-normalised response peaks highest is used; null = the fixed `sigma` (the paper's).
+    scales: Optional[Tuple[float, ...]] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+    # scale normalisation exponent of that selection (Lindeberg's gamma; 2 = blob theory,
+    # larger prefers larger sigmas).
+    scale_gamma: float = 2.65
     # what the p-norm is taken of: gradient (the paper's) or gradient_x_activation.
-    importance: str = "gradient"
+    importance: str = "gradient_x_activation"
     # average each map with that of the mirrored image (a second pass in the same batch).
     flip: bool = False
 
@@ -296,6 +299,7 @@ def _validate(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
                     or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 100 for v in scales)):
                 raise _fail(k("scales"), scales, "null or a list of sigmas, each in (0, 100]")
             out["scales"] = tuple(float(v) for v in scales)
+        out["scale_gamma"] = _number(k("scale_gamma"), out["scale_gamma"], 0.0, 10.0)
         out["importance"] = _choice(k("importance"), out["importance"], IMPORTANCE_KINDS)
         out["flip"] = _bool(k("flip"), out["flip"])
     elif section == "blur":

@@ -91,26 +91,33 @@ def respond(
     sigma: float,
     input_size: int,
     scales: Optional[Sequence[float]] = None,
+    gamma: float = 2.0,
 ) -> torch.Tensor:
     """Step 4 for one layer: the filter response of (N, h, w) maps, same shape out.
 
-    With ``scales`` (stride-16 sigmas) the Mexican hat is scale-selected: at every
-    position the largest response over those sigmas, each kernel normalised so its
+    With ``scales`` (stride-16 sigmas) the Mexican hat is scale-selected per image: each
+    image gets the response at the sigma whose peak, ``max over positions`` of
+    ``sigma^(gamma - 2) * response``, is largest. Every kernel is normalised so that its
     positive lobe sums to one, which for the Mexican hat is the scale-normalised LoG
-    (``-sigma^2 * LoG``, up to the constant e/2): a blob of radius r responds most at
-    sigma ~ r / sqrt(2), whatever its size, so a large object's inside is no longer
-    inhibited by a surround that is too small for it (SPEC "Traps")."""
+    ``-sigma^2 * LoG`` (up to the constant e/2); ``gamma`` is Lindeberg's scale
+    normalisation exponent (2: a Gaussian blob of radius r peaks at sigma = r / sqrt(2)
+    whatever r; above 2 larger scales are preferred). So the surround follows the
+    object's size, and a large object's inside is no longer inhibited by a surround
+    that is too small for it (SPEC "Traps")."""
     if kind not in FILTERS:
         raise ValueError(f"filter should be one of {FILTERS}. Got {kind!r}")
     if kind == "none":
         return maps
     if kind == "log" and scales:
-        response = None
+        responses = []
         for scale in scales:
             k, s = layer_filter_size(maps.shape[-1], input_size, scale_kernel_size(scale), scale)
-            one = log_filter(maps[:, None], k, s)[:, 0]
-            response = one if response is None else torch.maximum(response, one)
-        return response
+            responses.append(log_filter(maps[:, None], k, s)[:, 0])
+        stacked = torch.stack(responses)  # (S, N, h, w)
+        weights = torch.tensor([scale ** (gamma - 2.0) for scale in scales], device=maps.device, dtype=maps.dtype)
+        peaks = stacked.flatten(2).amax(dim=2) * weights[:, None]  # (S, N)
+        best = peaks.argmax(dim=0)
+        return stacked[best, torch.arange(maps.shape[0], device=maps.device)]
     k, s = layer_filter_size(maps.shape[-1], input_size, kernel_size, sigma)
     apply = log_filter if kind == "log" else gaussian_filter
     return apply(maps[:, None], k, s)[:, 0]
@@ -124,6 +131,7 @@ def combine_maps(
     kernel_size: int = 7,
     sigma: float = 2.0,
     scales: Optional[Sequence[float]] = None,
+    gamma: float = 2.0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Steps 4-5: filter, scale to ``size``, normalise per image, average over layers.
 
@@ -142,7 +150,7 @@ def combine_maps(
             raise ValueError(f"each map should be (N, h, w). Got shape {tuple(layer_map.shape)}")
         layer_map = layer_map.float()
         usable = ~is_constant(layer_map)
-        response = respond(torch.nan_to_num(layer_map), kind, kernel_size, sigma, size[-1], scales)
+        response = respond(torch.nan_to_num(layer_map), kind, kernel_size, sigma, size[-1], scales, gamma)
         response = F.interpolate(response[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         low = response.amin(dim=(1, 2), keepdim=True)  # amin + amax: ~8x faster than aminmax on CPU
         high = response.amax(dim=(1, 2), keepdim=True)

@@ -322,3 +322,13 @@ def test_amx_check_reads_the_cpu_flags(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     info.write_text("flags : amx_bf16 amx_tile\n")
     assert not api_module.cpu_has_amx()  # torch's own check says no: no bf16 by default
+
+
+@pytest.mark.parametrize("shape, k, sigma", [((4, 1, 28, 28), 73, 12.0), ((3, 2, 7, 9), 19, 3.0), ((2, 1, 40, 30), 7, 1.0)])
+def test_separable_log_equals_the_2d_kernel(shape, k, sigma):
+    """Scale selection's wide kernels run as 1-D passes: the same response as the 2-D
+    Mexican hat of filter2d, replicate fallback on maps smaller than the kernel included."""
+    from latinhib.filters import log_filter, log_filter_separable
+
+    maps = torch.rand(shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(log_filter_separable(maps, k, sigma), log_filter(maps, k, sigma), rtol=1e-9, atol=1e-12)

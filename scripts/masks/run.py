@@ -334,17 +334,18 @@ def evaluate(name: str, spec: ModelSpec, passes: Dict[str, Any], scenes: scenes_
             "bucket_gaps": [d - g for d, g in zip(default_row["buckets"], gradcam_best["buckets"])],
             "rows": results,
         }
+        paired_line = (f"Paired: default - Grad-CAM best ({gradcam_best['label']}) = "
+                       f"{summary[str(q)]['default_minus_gradcam']}; per bucket "
+                       + ", ".join(f"{g:+.3f}" for g in summary[str(q)]["bucket_gaps"])
+                       + f"; bf16 - float32 = {summary[str(q)]['bf16_minus_fp32']}.")
+        out_md[-1] += "\n\n" + paired_line
         if q == "auto":
             summary["auto"]["default_minus_oracle_gradcam"] = paired(default_row["raw"], oracle_gradcam["raw"])
-            print(f"{name}: default (auto) - Grad-CAM oracle ({oracle_gradcam['label']}) = "
-                  f"{summary['auto']['default_minus_oracle_gradcam']}; bucket gaps "
-                  + ", ".join(f"{d - g:+.3f}" for d, g in zip(default_row["buckets"], oracle_gradcam["buckets"])),
-                  flush=True)
+            out_md[-1] += (f" Default - Grad-CAM oracle ({oracle_gradcam['label']}) = "
+                           f"{summary['auto']['default_minus_oracle_gradcam']}; per bucket "
+                           + ", ".join(f"{d - g:+.3f}" for d, g in zip(default_row["buckets"],
+                                                                      oracle_gradcam["buckets"])) + ".")
         print(out_md[-1] + "\n", flush=True)
-        print(f"{name} q={q}: default - Grad-CAM best ({gradcam_best['label']}) = "
-              f"{summary[str(q)]['default_minus_gradcam']}; bucket gaps "
-              + ", ".join(f"{g:+.3f}" for g in summary[str(q)]["bucket_gaps"])
-              + f"; bf16 - fp32 = {summary[str(q)]['bf16_minus_fp32']}\n", flush=True)
     return "\n\n".join(out_md), summary
 
 

@@ -72,9 +72,10 @@ class ModelConfig:
 @dataclass(frozen=True)
 class InhibitionConfig:
     # q: the fraction of each image that is inhibited (blurred); the q-quantile of the
-    # importance map is the threshold. Set it to the share of the frame that is background:
-    # 0.5 for ImageNet-like photos whose object fills about half the frame (docs/RESULTS.md:
-    # on a benchmark whose objects fill 20%, validation chose 0.95).
+    # importance map is the threshold. auto: per image by Otsu's method on its own map,
+    # clipped to [0.3, 0.95] (inhibition.AUTO_QUANTILE_BOUNDS) and written to the manifest:
+    # one folder mixes objects of 5% and 70% of the frame, and on the real-model benchmark
+    # (docs/RESULTS.md) auto beat any single q. A number = the background's known share.
     quantile: Union[float, str] = "auto"
     # filter applied to each layer's importance map: log (Mexican hat, as in the paper),
     # gaussian (same sigma, no inhibitory surround) or none. log gave the best masks in

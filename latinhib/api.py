@@ -14,22 +14,47 @@ import torch.nn as nn
 
 from .config import Config, ConfigError, InhibitionConfig, load_config
 from .importance import default_layers, importance_maps, resolve_layers
-from .inhibition import combine_maps, inhibit, quantile_threshold, select
+from .inhibition import auto_quantile, combine_maps, inhibit, quantile_threshold, select
 
-__all__ = ["Importance", "InhibitionResult", "LateralInhibition", "amp_dtype", "recombine"]
+__all__ = ["Importance", "InhibitionResult", "LateralInhibition", "amp_dtype", "cpu_has_amx", "recombine"]
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles with bf16 (Xeon 4th generation and later).
+
+    torch's own check where it has one (``torch.cpu._is_amx_tile_supported``), else the
+    ``amx_tile`` and ``amx_bf16`` flags of ``/proc/cpuinfo``; False where neither says yes
+    (macOS, Windows, older CPUs, AMD)."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if check is not None:
+        try:
+            if not check():
+                return False
+        except RuntimeError:
+            pass
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_tile" in flags and "amx_bf16" in flags
 
 
 def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """Resolve ``runtime.amp`` to an autocast dtype: ``auto`` is bf16 on CUDA, off elsewhere.
+    """Resolve ``runtime.amp`` to an autocast dtype: ``auto`` is bf16 on CUDA and on CPUs
+    with AMX (:func:`cpu_has_amx`), float32 on other CPUs.
 
-    On a CPU, float32 stays the default so a job gives the same masks on any CPU. ``bf16``
-    pays off where the CPU has AMX tiles: on this project's 2-core Xeon with AMX, resnet18's
+    On CPUs with AMX tiles bf16 pays off: on this project's 2-core Xeon, resnet18's
     forward + grad ran 3x faster (180 against 59 img/s) and ``enhance`` 1.9x (90 against 47
-    img/s); mobilenet_v2's depthwise convolutions gain ~10%. Against float32, 1-6% of the
-    mask pixels flip (at the threshold's edge) on the skimage photos with MobileNetV2's
-    ImageNet weights, top-1 unchanged."""
+    img/s); mobilenet_v2's depthwise convolutions gain ~10%. It does not cost mask quality:
+    on the real-model mask benchmark (scripts/masks/run.py, docs/RESULTS.md) the IoU against
+    exact masks under bf16 equals float32's within noise for MobileNetV2 and
+    EfficientNet-Lite0, although 1-6% of the mask pixels flip at the threshold's edge.
+    Without AMX, bf16 is emulated and slower, so ``auto`` stays float32 there."""
     if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        if device.type == "cuda" or (device.type == "cpu" and cpu_has_amx()):
+            return torch.bfloat16
+        return None
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
@@ -66,6 +91,7 @@ class Importance:
     predicted: (N,) the model's top-1 class. logits: (N, K).
     target: the loss target used. layer_maps: the raw IoM maps, one (N, h, w) per layer call.
     layers: the name of each layer map.
+    quantile: (N,) the q each threshold was taken at (one per image under ``quantile: auto``).
     """
 
     combined: torch.Tensor
@@ -76,22 +102,31 @@ class Importance:
     target: str
     layer_maps: List[torch.Tensor]
     layers: List[str]
+    quantile: Optional[torch.Tensor] = None
 
 
 def recombine(imp: Importance, settings: InhibitionConfig) -> Importance:
-    """Steps 4-5 again on ``imp``'s raw layer maps with the filter, sigma, k and q of
-    ``settings`` (a config's ``inhibition`` section): what
+    """Steps 4-5 again on ``imp``'s raw layer maps with the filter, sigma, k, scales and q
+    of ``settings`` (a config's ``inhibition`` section): what
     :meth:`LateralInhibition.importance` gives under those settings, with no model pass
-    (the layer maps depend only on the model, its layers and the target)."""
-    combined, threshold, valid = _steps_4_5(imp.layer_maps, tuple(imp.combined.shape[-2:]), settings)
-    return dataclasses.replace(imp, combined=combined, threshold=threshold, valid=valid)
+    (the layer maps depend only on the model, its layers, the target, ``importance`` and
+    ``flip``)."""
+    combined, threshold, valid, quantile = _steps_4_5(imp.layer_maps, tuple(imp.combined.shape[-2:]), settings)
+    return dataclasses.replace(imp, combined=combined, threshold=threshold, valid=valid, quantile=quantile)
 
 
 def _steps_4_5(layer_maps: Sequence[torch.Tensor], size: Tuple[int, int], s: InhibitionConfig):
     with single_thread(layer_maps[0].device):
-        combined, valid = combine_maps(layer_maps, size, kind=s.filter, kernel_size=s.kernel_size, sigma=s.sigma)
-        threshold = quantile_threshold(combined, s.quantile)
-    return combined, threshold, valid
+        combined, valid = combine_maps(
+            layer_maps, size, kind=s.filter, kernel_size=s.kernel_size, sigma=s.sigma, scales=s.scales,
+            gamma=s.scale_gamma,
+        )
+        if s.quantile == "auto":
+            quantile = auto_quantile(combined)
+        else:
+            quantile = combined.new_full((combined.shape[0],), float(s.quantile))
+        threshold = quantile_threshold(combined, quantile if s.quantile == "auto" else float(s.quantile))
+    return combined, threshold, valid, quantile
 
 
 @dataclass
@@ -159,6 +194,13 @@ class LateralInhibition:
     def importance(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> Importance:
         """Steps 1-5 on model inputs (N, C, H, W): combined maps and thresholds."""
         s = self.settings
+        n = images.shape[0]
+        if s.flip:
+            # The mirrored copy rides in the same batch; its maps are mirrored back and
+            # averaged with the originals, which cancels left-right artefacts of strided
+            # convolutions and padding. The logits are the original images' own.
+            images = torch.cat([images, images.flip(-1)])
+            targets = torch.cat([targets, targets]) if targets is not None else None
         maps = importance_maps(
             self.model,
             images,
@@ -167,9 +209,14 @@ class LateralInhibition:
             labels=targets,
             norm=s.norm,
             autocast_dtype=amp_dtype(self.config.runtime.amp, images.device),
+            kind=s.importance,
         )
-        combined, threshold, valid = _steps_4_5(maps.maps, tuple(images.shape[-2:]), self.settings)
-        return Importance(combined, threshold, valid, maps.predicted, maps.logits, maps.target, maps.maps, maps.names)
+        layer_maps, logits, predicted = maps.maps, maps.logits, maps.predicted
+        if s.flip:
+            layer_maps = [(m[:n] + m[n:].flip(-1)) / 2 for m in layer_maps]
+            logits, predicted = logits[:n], predicted[:n]
+        combined, threshold, valid, quantile = _steps_4_5(layer_maps, tuple(images.shape[-2:]), self.settings)
+        return Importance(combined, threshold, valid, predicted, logits, maps.target, layer_maps, maps.names, quantile)
 
     def select(self, n: int, keys: Optional[Sequence[str]] = None) -> torch.Tensor:
         """(n,) bool: which samples to enhance. With ``keys`` (e.g. file paths) the choice

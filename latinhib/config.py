@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import yaml
 
-from .choices import FILTERS, TARGETS
+from .choices import FILTERS, IMPORTANCE_KINDS, TARGETS
 
 __all__ = [
     "Config",
@@ -76,10 +76,11 @@ class ModelConfig:
 @dataclass(frozen=True)
 class InhibitionConfig:
     # q: the fraction of each image that is inhibited (blurred); the q-quantile of the
-    # importance map is the threshold. Set it to the share of the frame that is background:
-    # 0.5 for ImageNet-like photos whose object fills about half the frame (docs/RESULTS.md:
-    # on a benchmark whose objects fill 20%, validation chose 0.95).
-    quantile: float = 0.5
+    # importance map is the threshold. auto: per image by Otsu's method on its own map,
+    # clipped to [0.3, 0.95] (inhibition.AUTO_QUANTILE_BOUNDS) and written to the manifest:
+    # one folder mixes objects of 5% and 70% of the frame, and on the real-model benchmark
+    # (docs/RESULTS.md) auto beat any single q. A number = the background's known share.
+    quantile: Union[float, str] = "auto"
     # filter applied to each layer's importance map: log (Mexican hat, as in the paper),
     # gaussian (same sigma, no inhibitory surround) or none. log gave the best masks in
     # docs/RESULTS.md (IoU 0.464 vs 0.429 Gaussian, 0.401 none at equal settings), though
@@ -102,6 +103,16 @@ class InhibitionConfig:
     norm: float = 2.0
     # seed of the per-image selection hash: same seed, same selected files.
     seed: int = 0
+    # scale-selected Mexican hat: stride-16 sigmas; per image and layer the one whose
+    # scale-normalised response peaks highest is used; null = the fixed `sigma` (the paper's).
+    scales: Optional[Tuple[float, ...]] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+    # scale normalisation exponent of that selection (Lindeberg's gamma; 2 = blob theory,
+    # larger prefers larger sigmas).
+    scale_gamma: float = 2.65
+    # what the p-norm is taken of: gradient (the paper's) or gradient_x_activation.
+    importance: str = "gradient_x_activation"
+    # average each map with that of the mirrored image (a second pass in the same batch).
+    flip: bool = False
 
 
 @dataclass(frozen=True)
@@ -286,7 +297,9 @@ def _validate(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
             raise _fail(k("kwargs"), out["kwargs"], "a mapping of keyword arguments")
         out["kwargs"] = dict(out["kwargs"])
     elif section == "inhibition":
-        out["quantile"] = _number(k("quantile"), out["quantile"], 0.0, 1.0)
+        if out["quantile"] != "auto":
+            out["quantile"] = _number(k("quantile"), out["quantile"], 0.0, 1.0,
+                                      allowed="a number in [0.0, 1.0] or auto")
         out["filter"] = _choice(k("filter"), out["filter"], FILTERS)
         out["sigma"] = _number(k("sigma"), out["sigma"], 0.0, 1000.0, low_open=True,
                                allowed="a number > 0")
@@ -298,6 +311,15 @@ def _validate(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
         out["norm"] = _number(k("norm"), out["norm"], 1.0, math.inf, allowed="a number >= 1 (p of the p-norm)") \
             if out["norm"] != math.inf else math.inf
         out["seed"] = _number(k("seed"), out["seed"], -2**63, 2**63 - 1, integer=True, allowed="an integer")
+        if out["scales"] is not None:
+            scales = out["scales"]
+            if (not isinstance(scales, (list, tuple)) or not scales
+                    or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 100 for v in scales)):
+                raise _fail(k("scales"), scales, "null or a list of sigmas, each in (0, 100]")
+            out["scales"] = tuple(float(v) for v in scales)
+        out["scale_gamma"] = _number(k("scale_gamma"), out["scale_gamma"], 0.0, 10.0)
+        out["importance"] = _choice(k("importance"), out["importance"], IMPORTANCE_KINDS)
+        out["flip"] = _bool(k("flip"), out["flip"])
     elif section == "blur":
         out["sigma"] = _number(k("sigma"), out["sigma"], 0.0, 1000.0, low_open=True, allowed="a number > 0")
         out["feather"] = _number(k("feather"), out["feather"], 0.0, 1000.0, allowed="a number >= 0")

@@ -133,6 +133,8 @@ class Finisher:
             "enhanced",
             kept_fraction=round(kept_fraction(mask), 6),
             threshold=round(float(imp.threshold[index]), 6),
+            # the image's own q under ``quantile: auto`` (else the config's q)
+            quantile=round(float(imp.quantile[index]), 6) if imp.quantile is not None else None,
             **common,
         )
 

@@ -15,9 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .choices import TARGETS
+from .choices import IMPORTANCE_KINDS, TARGETS
 
 __all__ = [
+    "IMPORTANCE_KINDS",
     "TARGETS",
     "ActivationCapture",
     "ImportanceMaps",
@@ -189,6 +190,7 @@ def importance_maps(
     labels: Optional[torch.Tensor] = None,
     norm: float = 2.0,
     autocast_dtype: Optional[torch.dtype] = None,
+    kind: str = "gradient",
 ) -> ImportanceMaps:
     """IoM = ||dL/dx||_p over channels for every call of every layer, (N, h, w) each.
 
@@ -196,8 +198,11 @@ def importance_maps(
     ``torch.autograd.grad`` computes IoN for all captured activations at once; the model
     runs in eval mode with frozen parameters (restored afterwards). ``autocast_dtype``
     (e.g. ``torch.bfloat16`` on CUDA) runs forward and backward in mixed precision; the
-    norm is always taken in float32.
+    norm is always taken in float32. ``kind`` (``IMPORTANCE_KINDS``) is what the norm is
+    taken of: the gradient, or the gradient times the activation.
     """
+    if kind not in IMPORTANCE_KINDS:
+        raise ValueError(f"kind should be one of {IMPORTANCE_KINDS}. Got {kind!r}")
     if images.ndim != 4:
         raise ValueError(f"images should be (N, C, H, W). Got shape {tuple(images.shape)}")
     if target not in TARGETS:
@@ -233,7 +238,10 @@ def importance_maps(
     for activation, grad in zip(tensors, grads):
         if grad is None:
             grad = torch.zeros_like(activation)
-        iom = torch.linalg.vector_norm(grad.float(), ord=norm, dim=1)
+        grad = grad.float()
+        if kind == "gradient_x_activation":
+            grad = grad * activation.detach().float()
+        iom = torch.linalg.vector_norm(grad, ord=norm, dim=1)
         if activation is tensors[0] and use_input:
             # Pixel gradients are speckle; average them over 8x8 cells, the resolution of
             # the finest default layer, so the filter and its sigma mean the same there.
@@ -246,6 +254,11 @@ def importance_maps(
         predicted=logits.detach().argmax(dim=1),
         target=target,
     )
+
+
+def _weighted_layers(module: nn.Module) -> int:
+    """How many modules in ``module`` (itself included) hold weights of their own."""
+    return sum(next(m.parameters(recurse=False), None) is not None for m in module.modules())
 
 
 def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: int = 3) -> List[str]:
@@ -263,10 +276,11 @@ def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: i
         return [INPUT_LAYER]
     blocks: Dict[str, nn.Module] = {}
     for name, module in model.named_modules():  # parents come before their children
-        # Only a chain of Sequentials from the root leads to blocks: a Sequential *inside*
-        # a block (ResNet's ``layer4.0.downsample``, MobileNet's ``features.7.conv``) is
-        # that block's internals, not a stage.
-        if module is model or (isinstance(module, nn.Sequential) and name in blocks):
+        # Only a chain of Sequentials (or ModuleLists: EfficientNet-Lite's ``_blocks``) from
+        # the root leads to blocks: a Sequential *inside* a block (ResNet's
+        # ``layer4.0.downsample``, MobileNet's ``features.7.conv``) is that block's
+        # internals, not a stage.
+        if module is model or (isinstance(module, (nn.Sequential, nn.ModuleList)) and name in blocks):
             for child_name, child in module.named_children():
                 blocks[f"{name}.{child_name}" if name else child_name] = child
     records: List[Tuple[str, Tuple[int, int], int]] = []
@@ -301,18 +315,28 @@ def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: i
     if not spatial:
         raise ValueError("model.layers: could not find any spatial layer; set model.layers explicitly")
     final_ptr = spatial[-1][2]
-    # Per stride, the shallowest blocks win (a stage, not a conv inside a downsampling
-    # block), and among those the last to finish.
-    chosen: Dict[int, Tuple[int, str]] = {}
+    # Per stride, the last block to finish wins: the stage's output, not a downsampling
+    # layer at its start (ConvNeXt's ``features.6`` against ``features.7.1``). Bare layers
+    # (a conv, a norm, an activation: fewer than two weighted layers inside) are a block's
+    # internals, such as the head conv before global pooling (MobileNetV2's
+    # ``features.18.0``, EfficientNet-Lite's ``_conv_head``); they count only where a
+    # stride has nothing else. Of blocks giving the very same tensor (ResNet's ``layer2``
+    # and ``layer2.3``) the shallowest name is kept.
+    chosen: Dict[int, Tuple[bool, int, str, int]] = {}
     for block_name, (h, w), ptr in spatial:
         if ptr == final_ptr:
             continue
         stride = round(input_size[0] / h)
+        if stride not in DEFAULT_STRIDES:
+            continue
+        compound = _weighted_layers(blocks[block_name]) >= 2
         depth = block_name.count(".")
-        if stride in DEFAULT_STRIDES and (stride not in chosen or depth <= chosen[stride][0]):
-            chosen[stride] = (depth, block_name)
+        held = chosen.get(stride)
+        if held is not None and (held[0] and not compound or held[3] == ptr and held[1] <= depth):
+            continue
+        chosen[stride] = (compound, depth, block_name, ptr)
     if not chosen:
         # Tiny or unusual networks: fall back to the last spatial block that is not final.
         rest = [r[0] for r in spatial if r[2] != final_ptr]
         return [rest[-1]] if rest else [spatial[-1][0]]
-    return [chosen[s][1] for s in sorted(chosen)]
+    return [chosen[s][2] for s in sorted(chosen)]

@@ -8,24 +8,28 @@ Imports torch (and hashlib for the selection hash) only.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, List, Optional, Sequence, Tuple
+import math
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from .choices import FILTERS
-from .filters import downsampled_gaussian_blur, gaussian_filter, log_filter
+from .filters import downsampled_gaussian_blur, gaussian_filter, log_filter, log_filter_separable
 
 __all__ = [
+    "AUTO_QUANTILE_BOUNDS",
     "FILTERS",
     "REFERENCE_STRIDE",
     "blend",
+    "auto_quantile",
     "combine_maps",
     "inhibit",
     "is_constant",
     "layer_filter_size",
     "make_mask",
     "quantile_threshold",
+    "scale_kernel_size",
     "selection_score",
     "select",
 ]
@@ -35,6 +39,14 @@ __all__ = [
 #: part of the image at every layer: one fixed sigma in each layer's own pixels would be a
 #: sharpening filter on a 7x7 map and a mere edge detector on a 56x56 one.
 REFERENCE_STRIDE = 16
+
+#: ``inhibition.quantile: auto`` picks each image's q by Otsu's method on its combined map
+#: and clips it to these bounds: at least 30% and at most 95% of the frame is blurred, so
+#: a map with one hot pixel cannot keep almost nothing, nor a flat one almost everything.
+AUTO_QUANTILE_BOUNDS = (0.3, 0.95)
+
+#: Histogram bins for Otsu's method over the combined map's [0, 1] range.
+OTSU_BINS = 256
 
 #: A map whose range is below this fraction of its peak carries no spatial information
 #: (e.g. the stage right before global average pooling: the gradient of a mean is the
@@ -64,12 +76,46 @@ def layer_filter_size(map_size: int, input_size: int, kernel_size: int, sigma: f
     return 2 * radius + 1, sigma * scale
 
 
-def respond(maps: torch.Tensor, kind: str, kernel_size: int, sigma: float, input_size: int) -> torch.Tensor:
-    """Step 4 for one layer: the filter response of (N, h, w) maps, same shape out."""
+def scale_kernel_size(sigma: float) -> int:
+    """The stride-16 kernel size of one scale of a scale-selected Mexican hat: +-3 sigma,
+    which holds its whole inhibitory surround (the rule for ``kernel_size``)."""
+    return 2 * math.ceil(3.0 * sigma) + 1
+
+
+def respond(
+    maps: torch.Tensor,
+    kind: str,
+    kernel_size: int,
+    sigma: float,
+    input_size: int,
+    scales: Optional[Sequence[float]] = None,
+    gamma: float = 2.0,
+) -> torch.Tensor:
+    """Step 4 for one layer: the filter response of (N, h, w) maps, same shape out.
+
+    With ``scales`` (stride-16 sigmas) the Mexican hat is scale-selected per image: each
+    image gets the response at the sigma whose peak, ``max over positions`` of
+    ``sigma^(gamma - 2) * response``, is largest. Every kernel is normalised so that its
+    positive lobe sums to one, which for the Mexican hat is the scale-normalised LoG
+    ``-sigma^2 * LoG`` (up to the constant e/2); ``gamma`` is Lindeberg's scale
+    normalisation exponent (2: a Gaussian blob of radius r peaks at sigma = r / sqrt(2)
+    whatever r; above 2 larger scales are preferred). So the surround follows the
+    object's size, and a large object's inside is no longer inhibited by a surround
+    that is too small for it (SPEC "Traps")."""
     if kind not in FILTERS:
         raise ValueError(f"filter should be one of {FILTERS}. Got {kind!r}")
     if kind == "none":
         return maps
+    if kind == "log" and scales:
+        responses = []
+        for scale in scales:
+            k, s = layer_filter_size(maps.shape[-1], input_size, scale_kernel_size(scale), scale)
+            responses.append(log_filter_separable(maps[:, None], k, s)[:, 0])
+        stacked = torch.stack(responses)  # (S, N, h, w)
+        weights = torch.tensor([scale ** (gamma - 2.0) for scale in scales], device=maps.device, dtype=maps.dtype)
+        peaks = stacked.flatten(2).amax(dim=2) * weights[:, None]  # (S, N)
+        best = peaks.argmax(dim=0)
+        return stacked[best, torch.arange(maps.shape[0], device=maps.device)]
     k, s = layer_filter_size(maps.shape[-1], input_size, kernel_size, sigma)
     apply = log_filter if kind == "log" else gaussian_filter
     return apply(maps[:, None], k, s)[:, 0]
@@ -82,6 +128,8 @@ def combine_maps(
     kind: str = "log",
     kernel_size: int = 7,
     sigma: float = 2.0,
+    scales: Optional[Sequence[float]] = None,
+    gamma: float = 2.0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Steps 4-5: filter, scale to ``size``, normalise per image, average over layers.
 
@@ -100,7 +148,7 @@ def combine_maps(
             raise ValueError(f"each map should be (N, h, w). Got shape {tuple(layer_map.shape)}")
         layer_map = layer_map.float()
         usable = ~is_constant(layer_map)
-        response = respond(torch.nan_to_num(layer_map), kind, kernel_size, sigma, size[-1])
+        response = respond(torch.nan_to_num(layer_map), kind, kernel_size, sigma, size[-1], scales, gamma)
         response = F.interpolate(response[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         low = response.amin(dim=(1, 2), keepdim=True)  # amin + amax: ~8x faster than aminmax on CPU
         high = response.amax(dim=(1, 2), keepdim=True)
@@ -115,13 +163,49 @@ def combine_maps(
     return combined, (weight.view(-1) > 0)
 
 
-def quantile_threshold(combined: torch.Tensor, q: float) -> torch.Tensor:
-    """Step 5: Q_i, the q-quantile of each image's (N, H, W) map (linear interpolation)."""
+def quantile_threshold(combined: torch.Tensor, q: Union[float, torch.Tensor]) -> torch.Tensor:
+    """Step 5: Q_i, the q-quantile of each image's (N, H, W) map (linear interpolation).
+
+    ``q`` is one number for all images, or an (N,) tensor of one q per image (what
+    :func:`auto_quantile` gives); both interpolate as ``torch.quantile`` does."""
     if combined.ndim != 3:
         raise ValueError(f"combined should be (N, H, W). Got shape {tuple(combined.shape)}")
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"quantile should be in [0, 1]. Got {q}")
-    return torch.quantile(combined.flatten(1).float(), q, dim=1)
+    flat = combined.flatten(1).float()
+    if not isinstance(q, torch.Tensor):
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile should be in [0, 1]. Got {q}")
+        return torch.quantile(flat, q, dim=1)
+    if q.shape != (combined.shape[0],):
+        raise ValueError(f"per-image quantiles should be ({combined.shape[0]},). Got shape {tuple(q.shape)}")
+    # One sort for all images: torch.quantile gives (N, N) for N q's, image i's own q on
+    # the diagonal (a sort + gather per row by hand was 7x slower on CPU).
+    return torch.quantile(flat, q.to(flat).clamp(0.0, 1.0), dim=1).diagonal().contiguous()
+
+
+def auto_quantile(combined: torch.Tensor, bounds: Tuple[float, float] = AUTO_QUANTILE_BOUNDS) -> torch.Tensor:
+    """``inhibition.quantile: auto``: each image's q from its own (N, H, W) map, (N,) out.
+
+    Otsu's method on a histogram of the map (values in [0, 1]) splits it into the two
+    classes with the largest between-class variance; q is the share of pixels in the low
+    class, clipped to ``bounds``. Users cannot know each photo's background share, and a
+    map of a small object has a long low tail that Otsu puts in the background."""
+    if combined.ndim != 3:
+        raise ValueError(f"combined should be (N, H, W). Got shape {tuple(combined.shape)}")
+    flat = combined.flatten(1).float().clamp(0.0, 1.0)
+    n = flat.shape[0]
+    bins = (flat * OTSU_BINS).long().clamp_(max=OTSU_BINS - 1)
+    bins += torch.arange(n, device=flat.device).view(-1, 1) * OTSU_BINS  # one histogram per image
+    hist = torch.bincount(bins.view(-1), minlength=n * OTSU_BINS).view(n, OTSU_BINS).to(torch.float64)
+    share = hist / flat.shape[1]
+    centres = (torch.arange(OTSU_BINS, device=flat.device, dtype=torch.float64) + 0.5) / OTSU_BINS
+    low_share = share.cumsum(dim=1)  # omega(t): share of pixels in bins <= t
+    low_mass = (share * centres).cumsum(dim=1)  # mu(t)
+    total_mass = low_mass[:, -1:]
+    between = (total_mass * low_share - low_mass) ** 2 / (low_share * (1 - low_share)).clamp(min=1e-12)
+    between = torch.where((low_share > 0) & (low_share < 1), between, torch.zeros_like(between))
+    split = between.argmax(dim=1, keepdim=True)
+    q = low_share.gather(1, split)[:, 0]
+    return q.clamp(bounds[0], bounds[1]).to(torch.float32)
 
 
 def make_mask(combined: torch.Tensor, threshold: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -124,15 +124,20 @@ def _torchvision_builder(arch: str):
 
 
 def _user_builder(arch: str):
+    """``package.module:Class``, or a dotted attribute such as a classmethod factory
+    (``efficientnet_lite_pytorch:EfficientNet.from_name`` with kwargs {model_name: ...})."""
     module_name, _, attr = arch.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"model.arch: cannot import {module_name!r} for {arch!r}: {exc}") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"model.arch: module {module_name!r} has no attribute {attr!r}") from None
+    builder = module
+    for part in attr.split("."):
+        try:
+            builder = getattr(builder, part)
+        except AttributeError:
+            raise ConfigError(f"model.arch: module {module_name!r} has no attribute {attr!r}") from None
+    return builder
 
 
 def _resolve_weights(arch: str, name: str):

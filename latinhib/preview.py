@@ -237,7 +237,7 @@ class _Session:
 def _settings(config: Config, varied: Optional[str] = None) -> str:
     """The settings that shape the pictures, leaving out the one a grid varies."""
     s, b = config.inhibition, config.blur
-    shown = {"q": f"{s.quantile:g}", "filter": s.filter, "sigma": f"{s.sigma:g}", "k": str(s.kernel_size),
+    shown = {"q": s.quantile if isinstance(s.quantile, str) else f"{s.quantile:g}", "filter": s.filter, "sigma": f"{s.sigma:g}", "k": str(s.kernel_size),
              "blur": f"{b.sigma:g}"}
     if b.feather:
         shown["feather"] = f"{b.feather:g}"

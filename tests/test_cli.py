@@ -169,7 +169,7 @@ def test_unknown_config_key(src, tmp_path, checkpoint):
     assert result.exit_code == 2
     assert result.output.strip() == (
         f"Error: config file '{config}': unknown key 'inhibition.sigmma' (did you mean 'sigma'?); "
-        "keys of inhibition: quantile, filter, sigma, kernel_size, ratio, norm, seed"
+        "keys of inhibition: quantile, filter, sigma, kernel_size, ratio, norm, seed, scales, scale_gamma, importance, flip"
     )
     assert not (tmp_path / "dst").exists()
 
@@ -177,7 +177,7 @@ def test_unknown_config_key(src, tmp_path, checkpoint):
 def test_out_of_range_quantile(src, tmp_path, checkpoint):
     result = invoke("enhance", src, tmp_path / "dst", *base_args(checkpoint), "-q", "1.5")
     assert result.exit_code == 2
-    assert result.output.strip() == "Error: inhibition.quantile: 1.5 is not allowed; expected a number in [0.0, 1.0]"
+    assert result.output.strip() == "Error: inhibition.quantile: 1.5 is not allowed; expected a number in [0.0, 1.0] or auto"
     assert not (tmp_path / "dst").exists()
 
 

@@ -15,7 +15,9 @@ def write(tmp_path, text: str):
 def test_defaults():
     config = load_config()
     assert config == Config()
-    assert config.inhibition.quantile == 0.5 and config.inhibition.kernel_size == 13 and config.inhibition.ratio == 0.75
+    assert config.inhibition.quantile == "auto" and config.inhibition.kernel_size == 13 and config.inhibition.ratio == 0.75
+    assert config.inhibition.scales == (1.0, 1.5, 2.0, 3.0, 4.0, 6.0) and config.inhibition.scale_gamma == 2.65
+    assert config.inhibition.importance == "gradient_x_activation" and config.inhibition.flip is False
     assert config.model.target == "auto" and config.inhibition.filter == "log"
 
 

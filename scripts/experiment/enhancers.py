@@ -56,6 +56,22 @@ def quantile_mask(maps: torch.Tensor, quantile: float) -> torch.Tensor:
     return mask
 
 
+def per_image_quantile_mask(maps: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """Like ``quantile_mask`` with its own q per image ((N,) in [0, 1]): 1 where a (N, H, W)
+    map exceeds image i's q_i-quantile (linear interpolation, as ``torch.quantile``)."""
+    flat = maps.flatten(1)
+    ordered = flat.sort(dim=1).values
+    position = quantiles.to(flat.dtype).clamp(0, 1) * (flat.shape[1] - 1)
+    low = position.floor().long()
+    high = position.ceil().long()
+    weight = (position - low)[:, None]
+    threshold = torch.lerp(ordered.gather(1, low[:, None]), ordered.gather(1, high[:, None]), weight)
+    mask = (flat > threshold).view_as(maps)
+    constant = (flat.amax(1) - flat.amin(1)) <= 1e-12 * flat.abs().amax(1).clamp_min(1e-30)
+    mask[constant] = True
+    return mask
+
+
 def gradcam_maps(model: torch.nn.Module, images: torch.Tensor, layer: str,
                  labels: torch.Tensor | None = None, batch_size: int = 128) -> torch.Tensor:
     """Grad-CAM of ``layer`` at the input size, (N, H, W), for the top-1 class or ``labels``."""

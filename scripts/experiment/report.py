@@ -183,10 +183,13 @@ def write_report(state: dict, info: dict, results: Path, work: Path) -> None:
     def diff(a: str, b: str, key: str = "test/mixed_rand") -> str:
         return difference(state, a, b, key)
 
+    extra = [row["name"] for row in state.get("extra_rows", [])]
+    labels = dict(LABELS, **{row["name"]: row["label"] for row in state.get("extra_rows", [])})
     protocol_table = table(
         ["enhancer", "original", "only_fg", "mixed_same", "mixed_rand", "BG-gap", "share of oracle's mixed_rand gain"],
-        [[LABELS[m]] + [pm(state, m, key) for key in TESTS] + [recovered(m) if m != "baseline" else "-"]
-         for m in ORDER if stats(state, m, "bg_gap")[2]])
+        [[labels[m]] + [pm(state, m, key) for key in TESTS] + [recovered(m) if m != "baseline" else "-"]
+         for m in ORDER + extra if stats(state, m, "bg_gap")[2]])
+    extra_lines = extra_rows_text(state, extra, labels)
 
     def per_filter(layers: str, tgt: str) -> list[str]:
         cells = []
@@ -229,7 +232,7 @@ def write_report(state: dict, info: dict, results: Path, work: Path) -> None:
 
     text = f"""# Results: does lateral-inhibition enhancement make a classifier rely less on backgrounds?
 
-Everything on this page, numbers and figures, is written by one command, run from the
+Everything in this section (the Fashion-MNIST benchmark), numbers and figures, is written by one command, run from the
 repository root of a fresh clone after the project's install (README), on a CPU:
 
     .venv/bin/python -m scripts.experiment.run
@@ -298,6 +301,7 @@ thresholded at the same q. The Gaussian and no-filter rows are latinhib with onl
   {diff('latinhib-log', 'latinhib-none')}.
 - BG-gap: baseline {pm(state, 'baseline', 'bg_gap')}, oracle {pm(state, 'oracle', 'bg_gap')},
   latinhib {pm(state, 'latinhib-log', 'bg_gap')}, Grad-CAM {pm(state, 'gradcam', 'bg_gap')}.
+{extra_lines}
 
 ## Mask quality against the true masks (val_rand)
 
@@ -351,7 +355,86 @@ fixed). One seed each: differences of 1-2 points are within seed noise (see the 
 Baseline for comparison (protocol, 3 seeds): val_rand {100 * np.mean([v['val_rand'] for k, v in state['protocol'].items() if k.startswith('baseline/')]):.1f}%. Chosen: q = {settings['q']}, r = {settings['r']},
 blur σ = {settings['blur']} (the best latinhib row on val_rand).
 """
-    results.write_text(text + conclusions(state, settings, chosen, rows) + "\n")
+    write_section(results, "fashion-mnist", text + conclusions(state, settings, chosen, rows))
+
+
+def extra_rows_text(state: dict, extra: list[str], labels: dict) -> str:
+    """Bullets for rows.yaml's extra latinhib rows: their CLI options and paired differences
+    (by training seed) against the val-tuned Mexican hat and the baseline."""
+    from scripts.experiment.report_finedetail import fmt, paired
+
+    lines = []
+    for row in state.get("extra_rows", []):
+        name = row["name"]
+        if not stats(state, name, "bg_gap")[2]:
+            continue
+        options = " ".join(row["args"]) or "no mask options: configs/default.yaml as committed"
+        cli = state["cli"][name]
+        lines.append(
+            f"- {labels[name]} (`latinhib enhance` with the same model, r and blur; {options}; kept share "
+            f"{cli['kept_share']:.2f}, train-mask IoU {cli['mask_quality_train']['iou']:.3f}): on mixed_rand, "
+            f"{fmt(paired(state, name, 'latinhib-log'))} points vs the val-tuned Mexican hat above and "
+            f"{fmt(paired(state, name, 'baseline'))} vs the baseline (paired by training seed, ± standard error); "
+            f"{recovered_share(state, name)} of the oracle's gain.")
+    return "\n".join(lines)
+
+
+def write_quick(state: dict, results: Path) -> None:
+    """The section "fashion-mnist-rows": rows.yaml's rows against the val-tuned Mexican hat,
+    both rerun now with the same 3 training seeds (``run.py --quick``)."""
+    from scripts.experiment.report_finedetail import fmt, mean_std, paired
+
+    settings = state["settings"]
+    rows = [("latinhib-log", "latinhib, Mexican hat, val-tuned (the full run's main row)", "")]
+    rows += [(row["name"], row["label"], " ".join(row["args"]) or "(none: configs/default.yaml)")
+             for row in state.get("extra_rows", [])]
+    body = []
+    for name, label, options in rows:
+        key = "log" if name == "latinhib-log" else name
+        cli = state["cli"][key]
+        body.append([label, f"`{options or ' '.join(cli['args'])}`", f"{cli['kept_share']:.2f}",
+                     f"{cli['mask_quality_train']['iou']:.3f}", mean_std(state, name, "test/mixed_rand"),
+                     mean_std(state, name, "bg_gap"),
+                     "-" if name == "latinhib-log" else fmt(paired(state, name, "latinhib-log"))])
+    seeds = sorted({int(k.rsplit("/", 1)[1]) for k in state["protocol"] if k.startswith("latinhib-log/")})
+    text = f"""## Fashion-MNIST benchmark: latinhib's rows rerun side by side
+
+    .venv/bin/python -m scripts.experiment.run --quick
+
+reruns only the Mexican-hat row of the table above (the settings its val sweeps chose:
+layers {','.join(settings['layers'])}, target {settings['target']}, σ {settings['sigma']}, k {settings['k']}, q {settings['q']};
+r {settings['r']}, blur σ {settings['blur']}) and the rows of `scripts/experiment/rows.yaml` (section
+`fashion`: the same model, r and blur, the row's own mask options), each the real CLI and
+each trained with seeds {', '.join(map(str, seeds))}, on {time.strftime('%Y-%m-%d %H:%M')} (CPU shared with other jobs).
+mixed_rand and BG-gap in %, mean ± std over seeds; the last column is the paired difference
+(same seed) against the Mexican-hat row, ± its standard error:
+
+{table(["row", "mask options", "kept share", "train-mask IoU", "mixed_rand", "BG-gap", "vs the Mexican hat (paired)"], body)}
+"""
+    write_section(results, "fashion-mnist-rows", text)
+
+
+def recovered_share(state: dict, method: str) -> str:
+    base, oracle = stats(state, "baseline", "test/mixed_rand")[0], stats(state, "oracle", "test/mixed_rand")[0]
+    value = stats(state, method, "test/mixed_rand")[0]
+    return f"{100 * (value - base) / (oracle - base):.0f}%" if oracle != base else "-"
+
+
+def write_section(results: Path, name: str, text: str) -> None:
+    """Replace the text between ``<!-- begin NAME -->`` and ``<!-- end NAME -->`` in
+    ``results`` (append the section if it is not there), keeping everything else: the page
+    has sections written by different scripts (and by hand). Written atomically."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    block = f"{begin}\n{text.strip()}\n{end}"
+    old = results.read_text() if results.exists() else ""
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + block + rest.split(end, 1)[1]
+    else:
+        new = old.rstrip("\n") + ("\n\n" if old.strip() else "") + block + "\n"
+    temporary = results.with_name(results.name + ".tmp")
+    temporary.write_text(new)
+    temporary.replace(results)
 
 
 def difference(state: dict, a: str, b: str, key: str = "test/mixed_rand") -> str:

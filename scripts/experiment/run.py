@@ -21,6 +21,7 @@ Nothing in 2-3 looks at a test set.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -64,6 +65,12 @@ KERNELS = (3, 5, 7)
 MASK_Q = 0.7                            # q at which mask settings are compared
 QUANTILES = (0.5, 0.6, 0.7, 0.8)
 GRADCAM_LAYERS = ("layer2", "layer3", "layer4")
+# What the full run's val sweeps chose (docs/RESULTS.md, "Protocol and main result"); --quick
+# compares rows.yaml's rows against the Mexican hat at these settings without the sweeps.
+PUBLISHED_SETTINGS = {"layers": ["layer1"], "target": "entropy", "filter": "log", "sigma": 0.75,
+                      "k": 7, "q": 0.95, "r": 0.75, "blur": 3.0}
+KINDS = ("log", "gaussian", "none")   # the val-tuned latinhib rows, one per filter
+ORDER_KINDS = KINDS + ("baseline", "oracle", "gradcam", "blur-all")  # names rows.yaml may not use
 
 
 def log(message: str) -> None:
@@ -144,9 +151,18 @@ def evaluate(model, splits: dict[str, Split], names) -> dict[str, float]:
     return scores
 
 
-def run_cli(src: Path, dst: Path, masks: Path, checkpoint: Path, num_classes: int,
-            settings: dict, threads: int) -> dict:
-    """`latinhib enhance` as a user runs it; returns its JSON summary."""
+def mask_arguments(settings: dict) -> list[str]:
+    """The CLI options of the experiment's val-chosen mask ``settings``."""
+    return ["--layers", ",".join(settings["layers"]), "--target", settings["target"],
+            "--filter", settings["filter"], "--sigma", str(settings["sigma"]),
+            "--kernel-size", str(settings["k"]), "-q", str(settings["q"])]
+
+
+def run_enhance(src: Path, dst: Path, masks: Path, checkpoint: Path, num_classes: int,
+                mask_args: list[str], ratio: float, blur: float, threads: int) -> dict:
+    """`latinhib enhance` as a user runs it on the experiment's model, with ``mask_args``
+    (any CLI options: --filter, -q, --set KEY=VALUE ...) after the benchmark's own
+    (model, ratio r, blur sigma: the same for every enhancer); returns its JSON summary."""
     if dst.exists():
         shutil.rmtree(dst)
     if masks.exists():
@@ -157,10 +173,8 @@ def run_cli(src: Path, dst: Path, masks: Path, checkpoint: Path, num_classes: in
         "--set", f"model.kwargs={{num_classes: {num_classes}}}",
         "--set", "model.input_size=64",
         "--set", f"model.mean={list(MEAN)}", "--set", f"model.std={list(STD)}",
-        "--layers", ",".join(settings["layers"]), "--target", settings["target"],
-        "--filter", settings["filter"], "--sigma", str(settings["sigma"]),
-        "--kernel-size", str(settings["k"]), "-q", str(settings["q"]),
-        "--ratio", str(settings["r"]), "--blur-sigma", str(settings["blur"]),
+        *mask_args,
+        "--ratio", str(ratio), "--blur-sigma", str(blur),
         "--device", "cpu", "--workers", "0", "--batch-size", "64",
         "--set", f"runtime.threads={threads}",
         "--save-masks", str(masks), "--json", "--quiet",
@@ -229,19 +243,96 @@ def mean_std(values) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=1) if len(array) > 1 else 0.0)
 
 
+def cli_rows(state: dict, save, work: Path, data_root: Path, train: Split, classes: list[str],
+             checkpoint: Path, rows: list[tuple[str, str, list[str]]], settings: dict,
+             threads: int) -> dict:
+    """Run `latinhib enhance` for each (key, method, mask options) row; returns the enhanced
+    train images per method. The CLI passes are redone on every run (seconds); a row's
+    trainings are kept only while its output images are byte-identical, so the results are
+    always those of the code and config at hand."""
+    from scripts.experiment.finedetail import drop
+
+    state.setdefault("cli", {})
+    state.setdefault("protocol", {})
+    enhanced_sets = {}
+    for key, method, mask_args in rows:
+        dst, masks_dir = work / f"enhanced-{key}", work / f"masks-{key}"
+        summary = run_enhance(data_root / "images" / "train", dst, masks_dir, checkpoint, len(classes),
+                              mask_args, settings["r"], settings["blur"], threads)
+        images, masks, which, _ = cli_outputs(dst, masks_dir, train, classes)
+        digest = hashlib.sha1(images.numpy().tobytes()).hexdigest()
+        if state["cli"].get(key, {}).get("digest") not in (None, digest):
+            log(f"{method}: the CLI's output changed; its trainings are redone")
+            drop(state, method)
+        state["cli"][key] = {"summary": summary, "digest": digest, "args": mask_args,
+                             "kept_share": float(masks[which].flatten(1).float().mean()),
+                             "mask_quality_train": mask_scores(masks[which], train.masks[which]),
+                             "enhanced": int(which.sum())}
+        save()
+        enhanced_sets[method] = images
+    return enhanced_sets
+
+
+def quick_rows(args, state: dict, save, data_root: Path, splits: dict, classes: list[str],
+               checkpoint: Path, eval_names: list[str]) -> None:
+    """--quick: the val-tuned Mexican hat at PUBLISHED_SETTINGS and rows.yaml's fashion rows,
+    3 seeds each (seed-major), and the section "fashion-mnist-rows" of docs/RESULTS.md."""
+    from scripts.experiment.finedetail import load_rows, train_all
+    from scripts.experiment.report import write_quick
+
+    settings = PUBLISHED_SETTINGS
+    extra = load_rows("fashion", reserved=ORDER_KINDS)["rows"]
+    state["settings"] = settings
+    state["extra_rows"] = [{"name": row["name"], "label": row["label"], "args": row["args"]} for row in extra]
+    rows = [("log", "latinhib-log", mask_arguments(settings))]
+    rows += [(row["name"], row["name"], row["args"]) for row in extra]
+    enhanced_sets = cli_rows(state, save, args.work, data_root, splits["train"], classes, checkpoint,
+                             rows, settings, args.threads)
+    tasks = [(method, seed) for seed in SEEDS for method in enhanced_sets
+             if f"{method}/{seed}" not in state["protocol"]]
+    evaluation = {name: (splits[name].images, splits[name].labels) for name in eval_names}
+    context = (enhanced_sets, splits["train"].labels, len(classes), args.epochs, evaluation)
+    for method, seed, scores in train_all(tasks, context, args.jobs):
+        state["protocol"][f"{method}/{seed}"] = scores
+        log(f"{method}/{seed}: {scores}")
+        save()
+    write_quick(state, args.results)
+    log(f"wrote {args.results}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=ROOT / "out" / "experiment")
+    parser.add_argument("--benchmark", choices=("fashion", "pattern"), default="fashion",
+                        help="fashion: garment shape is the class (issue 8); pattern: shape x a fine "
+                             "print inside the garment, so blurring the object costs (issue 13)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="data and intermediate results (default out/experiment, "
+                             "out/experiment-pattern)")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "RESULTS.md")
     parser.add_argument("--seed", type=int, default=0, help="benchmark seed")
     # One thread: on a CPU shared with other jobs, two OpenMP threads spin-wait on each
     # other (measured: 7.3 s vs 1.1 s per training step under a load of 8 on 2 cores).
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs (default 8; 6 for --benchmark pattern)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="--benchmark pattern and --quick: trainings run in this many one-thread processes")
+    parser.add_argument("--quick", action="store_true",
+                        help="only rows.yaml's extra rows and the val-tuned Mexican hat, at the "
+                             "settings the last full run chose (PUBLISHED_SETTINGS), paired by seed; "
+                             "writes its own section of docs/RESULTS.md")
     parser.add_argument("--train-device", default="cpu",
                         help="device for the classifier trainings only (everything else runs on CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.epochs is None:
+        args.epochs = 8 if args.benchmark == "fashion" else 6
+    if args.work is None:
+        args.work = ROOT / "out" / ("experiment" if args.benchmark == "fashion" else "experiment-pattern")
+    if args.benchmark == "pattern":
+        from scripts.experiment.finedetail import run_pattern
+        run_pattern(args)
+        return
     started = time.time()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -278,6 +369,10 @@ def main() -> None:
     pretrained.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     pretrained.eval().requires_grad_(False)
     log(f"pretrain: {state['pretrain']}")
+
+    if args.quick:
+        quick_rows(args, state, save, data_root, splits, classes, checkpoint, eval_names)
+        return
 
     # 2. mask quality on val
     if "masks" not in state:
@@ -349,22 +444,14 @@ def main() -> None:
     log(f"chosen settings: {settings}")
     save()
 
-    # 4. the protocol: real CLI, references on the same files, 3 seeds
-    if "cli" not in state:
-        state["cli"] = {}
-    enhanced_sets = {}
-    for kind in ("log", "gaussian", "none"):
-        dst, masks_dir = work / f"enhanced-{kind}", work / f"masks-{kind}"
-        if kind not in state["cli"]:
-            summary = run_cli(data_root / "images" / "train", dst, masks_dir, checkpoint,
-                              len(classes), dict(settings, filter=kind), args.threads)
-            images, masks, which, _ = cli_outputs(dst, masks_dir, train, classes)
-            state["cli"][kind] = {"summary": summary,
-                                  "mask_quality_train": mask_scores(masks[which], train.masks[which]),
-                                  "enhanced": int(which.sum())}
-            save()
-        images, masks, which, _ = cli_outputs(dst, masks_dir, train, classes)
-        enhanced_sets[f"latinhib-{kind}"] = images
+    # 4. the protocol: real CLI (cli_rows), references on the same files, 3 seeds
+    from scripts.experiment.finedetail import load_rows
+    extra = load_rows("fashion", reserved=ORDER_KINDS)["rows"]
+    state["extra_rows"] = [{"name": row["name"], "label": row["label"], "args": row["args"]} for row in extra]
+    rows = [(kind, f"latinhib-{kind}", mask_arguments(dict(settings, filter=kind))) for kind in KINDS]
+    rows += [(row["name"], row["name"], row["args"]) for row in extra]
+    enhanced_sets = cli_rows(state, save, work, data_root, train, classes, checkpoint, rows,
+                             settings, args.threads)
     which = torch.tensor([selected(name, settings["r"]) for name in train.names])
     cams = gradcam_maps(pretrained, train.images, gradcam_layer,
                         train.labels if cam_target == "label" else None)
@@ -379,7 +466,7 @@ def main() -> None:
     enhanced_sets["baseline"] = train.images
     state.setdefault("protocol", {})
     order = ["baseline", "oracle", "latinhib-log", "gradcam", "blur-all", "latinhib-gaussian",
-             "latinhib-none"]
+             "latinhib-none"] + [row["name"] for row in extra]
     for method, seed in itertools.product(order, SEEDS):
         key = f"{method}/{seed}"
         if key in state["protocol"]:

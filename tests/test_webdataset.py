@@ -27,21 +27,12 @@ from PIL import Image
 from latinhib.cli import main
 from latinhib.distributed import shard_of
 from latinhib.inhibition import selection_score
+from test_distributed import make_image  # the same blob-on-noise images as the folder jobs
 
 ARCH = "mobilenet_v3_small"
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 SEED = 0  # inhibition.seed's default
 MASK_TOLERANCE = 0.01  # as tests/test_distributed.py: batches differ, a few threshold pixels may flip
-
-
-def make_image(rng: np.random.Generator, size) -> Image.Image:
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    noise = rng.integers(0, 255, (h, w, 3)).astype(np.float32)
-    cy, cx, r = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w, min(w, h) * 0.25
-    blob = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2)[..., None]
-    pixels = np.where(blob, rng.integers(0, 255, 3).astype(np.float32), noise * 0.6).astype(np.uint8)
-    return Image.fromarray(pixels)
 
 
 def encoded(image: Image.Image, fmt: str) -> bytes:

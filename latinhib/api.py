@@ -122,7 +122,7 @@ def _steps_4_5(layer_maps: Sequence[torch.Tensor], size: Tuple[int, int], s: Inh
             gamma=s.scale_gamma,
         )
         if s.quantile == "auto":
-            quantile = auto_quantile(combined)
+            quantile = auto_quantile(combined, power=s.auto_power)
         else:
             quantile = combined.new_full((combined.shape[0],), float(s.quantile))
         threshold = quantile_threshold(combined, quantile if s.quantile == "auto" else float(s.quantile))

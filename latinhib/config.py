@@ -109,6 +109,9 @@ class InhibitionConfig:
     # scale normalisation exponent of that selection (Lindeberg's gamma; 2 = blob theory,
     # larger prefers larger sigmas).
     scale_gamma: float = 2.65
+    # quantile auto: Otsu's method runs on each map raised to this power (1 = plain Otsu;
+    # 2 keeps the halo of an upsampled map out).
+    auto_power: float = 2.0
     # what the p-norm is taken of: gradient (the paper's) or gradient_x_activation.
     importance: str = "gradient_x_activation"
     # average each map with that of the mirrored image (a second pass in the same batch).
@@ -318,6 +321,8 @@ def _validate(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
                 raise _fail(k("scales"), scales, "null or a list of sigmas, each in (0, 100]")
             out["scales"] = tuple(float(v) for v in scales)
         out["scale_gamma"] = _number(k("scale_gamma"), out["scale_gamma"], 0.0, 10.0)
+        out["auto_power"] = _number(k("auto_power"), out["auto_power"], 0.0, 10.0, low_open=True,
+                                    allowed="a number in (0, 10]")
         out["importance"] = _choice(k("importance"), out["importance"], IMPORTANCE_KINDS)
         out["flip"] = _bool(k("flip"), out["flip"])
     elif section == "blur":
@@ -389,6 +394,14 @@ def read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
     return data
 
 
+def fixed_filter(inhibition: Dict[str, Any]) -> None:
+    """A sigma or kernel size given without ``scales`` asks for that one filter: scales
+    becomes null. Otherwise the default scale selection would ignore ``--sigma 1`` silently
+    (it uses ``sigma`` and ``kernel_size`` only when ``scales`` is null)."""
+    if ("sigma" in inhibition or "kernel_size" in inhibition) and "scales" not in inhibition:
+        inhibition["scales"] = None
+
+
 def load_config(
     path: Optional[Union[str, Path]] = None,
     overrides: Optional[Union[Mapping[str, Any], List[Tuple[str, Any]]]] = None,
@@ -412,6 +425,7 @@ def load_config(
     items = overrides.items() if isinstance(overrides, Mapping) else (overrides or [])
     for key, value in items:
         _merge(data, key, value, "")
+    fixed_filter(data.get("inhibition", {}))
     sections = {}
     for section, factory in SECTIONS.items():
         defaults = dataclasses.asdict(factory())

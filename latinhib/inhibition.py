@@ -182,7 +182,8 @@ def quantile_threshold(combined: torch.Tensor, q: Union[float, torch.Tensor]) ->
     return torch.quantile(flat, q.to(flat).clamp(0.0, 1.0), dim=1).diagonal().contiguous()
 
 
-def auto_quantile(combined: torch.Tensor, bounds: Tuple[float, float] = AUTO_QUANTILE_BOUNDS) -> torch.Tensor:
+def auto_quantile(combined: torch.Tensor, bounds: Tuple[float, float] = AUTO_QUANTILE_BOUNDS,
+                  power: float = 1.0) -> torch.Tensor:
     """``inhibition.quantile: auto``: each image's q from its own (N, H, W) map, (N,) out.
 
     Otsu's method on a histogram of the map (values in [0, 1]) splits it into the two
@@ -192,6 +193,8 @@ def auto_quantile(combined: torch.Tensor, bounds: Tuple[float, float] = AUTO_QUA
     if combined.ndim != 3:
         raise ValueError(f"combined should be (N, H, W). Got shape {tuple(combined.shape)}")
     flat = combined.flatten(1).float().clamp(0.0, 1.0)
+    if power != 1.0:
+        flat = flat.pow(power)
     n = flat.shape[0]
     bins = (flat * OTSU_BINS).long().clamp_(max=OTSU_BINS - 1)
     bins += torch.arange(n, device=flat.device).view(-1, 1) * OTSU_BINS  # one histogram per image

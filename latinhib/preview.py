@@ -168,7 +168,7 @@ def _response_picture(layer_maps: Sequence[torch.Tensor], config: Config, input_
         layer_map = torch.nan_to_num(layer_map.float().cpu())[None]
         if bool(is_constant(layer_map)[0]):
             continue
-        response = respond(layer_map, s.filter, s.kernel_size, s.sigma, input_size[-1])
+        response = respond(layer_map, s.filter, s.kernel_size, s.sigma, input_size[-1], s.scales, s.scale_gamma)
         response = F.interpolate(response[:, None], size=input_size, mode="bilinear", align_corners=False)[0, 0]
         peak = response.abs().max()
         if peak > 0:
@@ -324,6 +324,8 @@ def parse_grid(text: str) -> Tuple[str, List[Any]]:
 
 def _with(config: Config, key: str, value: Any) -> Config:
     overrides = [(f"{section}.{name}", v) for section, values in config.to_dict().items() for name, v in values.items()]
+    if key in ("inhibition.sigma", "inhibition.kernel_size"):
+        overrides.append(("inhibition.scales", None))  # a sigma column means that one fixed filter
     return load_config(overrides=overrides + [(key, value)])
 
 

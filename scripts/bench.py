@@ -19,6 +19,9 @@ mixed in). Each row runs in its own subprocess, so its peak RSS is its own:
    WebDataset tar shards (48 samples each, a ``.cls`` sidecar per image), shards out; the
    r = 0.3 selection hashes ``SHARD/KEY``, so it enhances other files than ``r03``
    (the count is printed).
+6. ``r1-paper`` (not in the default set): ``enhance r=1`` under configs/paper.yaml, the
+   defaults before issue 13 (fixed-sigma LoG on the gradient, q 0.5, float32), so the
+   price of the shipped mask defaults is measured side by side.
 
 Usage::
 
@@ -54,6 +57,11 @@ SHARD_SIZE = 48  # samples per shard: 480 images -> 10 shards
 #: The same rows under glibc's default malloc (not in the default set): the baseline of
 #: latinhib.allocator, e.g. --rows floor,floor-m,r1,r1-m --repeats 3.
 MALLOC_ROWS = ("floor-m", "r1-m")
+#: ``enhance r=1`` under configs/paper.yaml (not in the default set): the defaults before
+#: issue 13 (fixed-sigma LoG on the gradient, q 0.5, float32), against the shipped ones,
+#: e.g. --rows r1,r1-paper --repeats 3.
+PAPER_ROWS = ("r1-paper",)
+PAPER_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "paper.yaml"
 SIZES = [(500, 375)] * 6 + [(375, 500), (640, 480), (500, 333), (800, 600)]
 
 
@@ -74,10 +82,10 @@ def make_images(folder: Path, count: int, seed: int = 0) -> None:
         Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(out, quality=90)
 
 
-def _config(args, ratio: float):
+def _config(args, ratio: float, path=None):
     from latinhib.config import load_config
 
-    return load_config(overrides={
+    return load_config(path, overrides={
         "model.arch": args.arch,
         "model.weights": args.weights,
         "model.target": "pred",
@@ -144,10 +152,10 @@ def make_shards(src: Path, folder: Path, shard_size: int = SHARD_SIZE) -> Path:
     return folder
 
 
-def row_enhance(args, src: Path, ratio: float, shards: bool = False) -> dict:
+def row_enhance(args, src: Path, ratio: float, shards: bool = False, path=None) -> dict:
     from latinhib.pipeline import run
 
-    config = _config(args, ratio)
+    config = _config(args, ratio, path)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         if shards:  # made before the clock starts, like the folder itself
             src = make_shards(src, Path(tmp) / "shards")
@@ -262,6 +270,8 @@ def run_row(args) -> None:
         result = row_enhance(args, src, 1.0)
     elif row == "r03":
         result = row_enhance(args, src, 0.3)
+    elif row == "r1-paper":
+        result = row_enhance(args, src, 1.0, path=PAPER_CONFIG)
     elif row in SHARD_ROWS:
         result = row_enhance(args, src, 1.0 if row == "r1-wds" else 0.3, shards=True)
     else:
@@ -290,7 +300,8 @@ def main() -> None:
                         "report each row's median run (the machine's speed drifts)")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}, "
                         f"or {', '.join(MALLOC_ROWS)}: floor and r1 under glibc's default malloc, "
-                        f"or {', '.join(SHARD_ROWS)}: r1 and r03 on the same images as tar shards in and out")
+                        f"or {', '.join(SHARD_ROWS)}: r1 and r03 on the same images as tar shards in and out, "
+                        f"or {', '.join(PAPER_ROWS)}: r1 under configs/paper.yaml (the defaults before issue 13)")
     parser.add_argument("--src", default=None, help="use this image folder instead of generating one")
     parser.add_argument("--tmp", default=None, help="folder for temporary files")
     parser.add_argument("--row", default=None, help=argparse.SUPPRESS)
@@ -305,9 +316,10 @@ def main() -> None:
         return
 
     rows = [r for r in args.rows.split(",") if r]
-    unknown = set(rows) - set(ROWS) - set(MALLOC_ROWS) - set(SHARD_ROWS)
+    extra = MALLOC_ROWS + SHARD_ROWS + PAPER_ROWS
+    unknown = set(rows) - set(ROWS) - set(extra)
     if unknown:
-        parser.error(f"--rows: unknown {sorted(unknown)}; choose from {ROWS + MALLOC_ROWS + SHARD_ROWS}")
+        parser.error(f"--rows: unknown {sorted(unknown)}; choose from {ROWS + extra}")
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         src = Path(args.src) if args.src else Path(tmp) / "images"
         if not args.src:
@@ -336,7 +348,8 @@ def main() -> None:
         results = {row: sorted(r, key=lambda x: x["ips"])[len(r) // 2] for row, r in runs.items() if r}
     names = {"floor": "floor (fwd + grad to layers)", "r1": "latinhib enhance r=1", "r03": "latinhib enhance r=0.3",
              "gradcam": "grad-cam peer r=1", "floor-m": "floor, default malloc", "r1-m": "enhance r=1, default malloc",
-             "r1-wds": "enhance r=1, tar shards in/out", "r03-wds": "enhance r=0.3, tar shards in/out"}
+             "r1-wds": "enhance r=1, tar shards in/out", "r03-wds": "enhance r=0.3, tar shards in/out",
+             "r1-paper": "enhance r=1, configs/paper.yaml"}
     floor = results.get("floor", {}).get("ips")
     r1 = results.get("r1", {}).get("ips")
     print(f"\n{'row':32} {'img/s':>8} {'x floor':>8} {'x r=1':>7} {'peak RSS MB':>12}" + (" peak GPU MB" if cuda else "")

@@ -65,7 +65,8 @@ def test_unselected_samples_come_back_bit_identical(device, tiny_cnn, make_image
     for i, chosen in enumerate(expected.tolist()):
         if chosen:
             assert not torch.equal(result.enhanced[i], images[i])
-            assert 0.4 < result.kept_fraction[i] < 0.6 and result.predicted[i] >= 0
+            # quantile auto clips q to [0.3, 0.95]: 5-70% of the image kept sharp
+            assert 0.05 - 1e-3 < result.kept_fraction[i] < 0.7 + 1e-3 and result.predicted[i] >= 0
         else:
             assert torch.equal(result.enhanced[i], images[i])
             assert result.masks[i].eq(1).all() and result.predicted[i] == -1

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision.models as tvm
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -135,18 +136,21 @@ def otsu_reference_q(values: np.ndarray, bounds) -> float:
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), share=st.floats(0.02, 0.9), spread=st.floats(0.02, 0.2))
-def test_auto_quantile_matches_scikit_images_otsu(seed, share, spread):
+@given(seed=st.integers(0, 2**31 - 1), share=st.floats(0.02, 0.9), spread=st.floats(0.02, 0.2),
+       power=st.sampled_from([1.0, 1.5, 2.0, 3.0]))
+def test_auto_quantile_matches_scikit_images_otsu(seed, share, spread, power):
     """Bimodal maps spanning [0, 1] (so both histograms use the same bins): the q Otsu
-    gives is scikit-image's within one bin's share of pixels."""
+    gives is scikit-image's within one bin's share of pixels; with ``power`` (auto_power),
+    scikit-image's Otsu of the map raised to that power."""
     rng = np.random.default_rng(seed)
     n = 40 * 40
     high = rng.random(n) < share
     values = np.where(high, rng.normal(0.75, spread, n), rng.normal(0.2, spread, n)).clip(0, 1)
     values[0], values[1] = 0.0, 1.0
     bounds = (0.0, 1.0)
-    got = float(auto_quantile(torch.from_numpy(values).float().view(1, 40, 40), bounds)[0])
-    want = otsu_reference_q(values.astype(np.float32), bounds)
+    got = float(auto_quantile(torch.from_numpy(values).float().view(1, 40, 40), bounds, power=power)[0])
+    values = values.astype(np.float32) ** np.float32(power)
+    want = otsu_reference_q(values, bounds)
     # within the share of pixels in the reference split's own bin and its neighbours
     split = min(int(np.searchsorted(np.linspace(0, 1, 257), want_threshold(values)) - 1), 255)
     counts, _ = np.histogram(values, bins=256, range=(0, 1))
@@ -164,6 +168,35 @@ def test_auto_quantile_is_bounded_and_follows_the_object_size():
     assert q[1] == pytest.approx(0.75, abs=0.01)
 
 
+def test_auto_power_leaves_the_halo_of_an_upsampled_map_out():
+    """A coarse map bilinearly upsampled: an object's core with a ramp (halo) around it.
+    Plain Otsu splits inside the ramp; power 2 moves the split up the ramp, towards the core."""
+    coarse = torch.zeros(1, 1, 8, 8)
+    coarse[..., 3:5, 3:5] = 1.0  # the object: 2 x 2 of 8 x 8 cells = 6% of the frame
+    coarse[..., 2:6, 2:6] += 0.3  # a weaker ring of evidence around it
+    maps = F.interpolate(coarse, size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+    maps = maps / maps.max()
+    q1, q2 = auto_quantile(maps, (0.0, 1.0)), auto_quantile(maps, (0.0, 1.0), power=2.0)
+    assert q2 > q1
+    core = F.interpolate(coarse, size=(64, 64), mode="nearest")[0, 0] >= 1.0
+    kept1 = maps[0] > quantile_threshold(maps, q1)[0]
+    kept2 = maps[0] > quantile_threshold(maps, q2)[0]
+    iou = lambda kept: float((kept & core).sum() / (kept | core).sum())
+    assert iou(kept2) > iou(kept1)
+    with pytest.raises(ConfigError, match="inhibition.auto_power"):
+        load_config(overrides={"inhibition.auto_power": 0})
+
+
+def test_auto_power_reaches_the_masks_of_the_api(tiny_cnn, make_images):
+    settings_ = {"inhibition.quantile": "auto", "inhibition.ratio": 1.0}
+    images = make_images(4, 64)
+    plain = LateralInhibition(tiny_cnn, settings_, input_size=(64, 64)).importance(images)
+    tight = LateralInhibition(tiny_cnn, {**settings_, "inhibition.auto_power": 3.0},
+                              input_size=(64, 64)).importance(images)
+    torch.testing.assert_close(tight.quantile, auto_quantile(tight.combined, power=3.0))
+    assert not torch.equal(tight.quantile, plain.quantile)
+
+
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), q=st.lists(st.floats(0, 1), min_size=3, max_size=3))
 def test_per_image_quantiles_equal_torch_quantile(seed, q):
@@ -178,13 +211,28 @@ def test_quantile_auto_in_the_api_and_config(tiny_cnn, make_images):
                                  input_size=(64, 64))
     images = make_images(4, 64)
     imp = enhancer.importance(images)
-    torch.testing.assert_close(imp.quantile, auto_quantile(imp.combined))
+    torch.testing.assert_close(imp.quantile, auto_quantile(imp.combined, power=enhancer.settings.auto_power))
     torch.testing.assert_close(imp.threshold, quantile_threshold(imp.combined, imp.quantile))
     out = enhancer(images)
     torch.testing.assert_close(out.kept_fraction, 1 - imp.quantile, atol=0.01, rtol=0)
     for bad in ("Auto", -0.1, [0.5]):
         with pytest.raises(ConfigError, match="inhibition.quantile"):
             load_config(overrides={"inhibition.quantile": bad})
+
+
+
+def test_a_sigma_without_scales_asks_for_that_fixed_filter(tmp_path):
+    """--sigma / --kernel-size with the default scale selection used to be ignored."""
+    assert load_config().inhibition.scales is not None
+    for key in ("inhibition.sigma", "inhibition.kernel_size"):
+        assert load_config(overrides={key: 1 if key.endswith("sigma") else 7}).inhibition.scales is None
+    both = load_config(overrides={"inhibition.sigma": 1.0, "inhibition.scales": [1, 2]}).inhibition
+    assert both.scales == (1.0, 2.0)
+    (tmp_path / "c.yaml").write_text("inhibition:\n  sigma: 1.5\n")
+    assert load_config(tmp_path / "c.yaml").inhibition.scales is None
+    # a file with sigma and scales (what `latinhib config` prints) keeps its scales
+    (tmp_path / "d.yaml").write_text("inhibition:\n  sigma: 1.5\n  scales: [2.0]\n")
+    assert load_config(tmp_path / "d.yaml", {"inhibition.sigma": 1.0}).inhibition.scales == (2.0,)
 
 
 # ------------------------------------------------------------- importance variants

@@ -157,12 +157,13 @@ def test_a_confident_prediction_gives_finite_informative_maps(mobilenet):
 # the mask is exact, so IoU is measured, not estimated. One test per model family.
 
 
-#: Measured (torch 2.14, this CPU): the default config gives MobileNetV2 0.651 (bf16 with
-#: AMX; 0.664 float32) and EfficientNet-Lite0 0.684 mean IoU on these 12 composites; the
-#: paper's reading (configs/paper.yaml) 0.526 and 0.531 (0.493 with Lite0's old default
-#: layer _bn1). The floors leave room for another CPU's rounding, not for a fall back to
-#: the paper's masks.
-IOU_FLOOR = {"mobilenet_v2": 0.60, "efficientnet_lite0": 0.62}
+#: Measured (torch 2.14, this CPU): the default config gives MobileNetV2 0.564 (bf16 with
+#: AMX; 0.577 float32) and EfficientNet-Lite0 0.625 (0.612) mean IoU on these 12
+#: composites, two thirds of them objects of 35% and 60% of the frame, where auto_power 2
+#: gives up some IoU (plain Otsu: 0.651 and 0.684); the paper's reading
+#: (configs/paper.yaml) 0.526 and 0.531 (0.493 with Lite0's old default layer _bn1). The
+#: floors leave room for another CPU's rounding, not for a fall back to the paper's masks.
+IOU_FLOOR = {"mobilenet_v2": 0.545, "efficientnet_lite0": 0.58}
 
 
 def _scenes():
@@ -197,6 +198,28 @@ def exact_mask_iou(enhancer: LateralInhibition, mean, std) -> float:
     inter = (kept & exact).flatten(1).sum(1).double()
     union = (kept | exact).flatten(1).sum(1).double()
     return float((inter / union).mean())
+
+
+def test_photo_scenes_keep_each_object_in_its_own_photo():
+    """The in-context set of scripts/masks/run.py: seeded, every crop holds its object, and
+    a mirrored crop's mask is mirrored with it (the polygon covers the same pixels)."""
+    pytest.importorskip("skimage.data")
+    scenes = _scenes()
+    first, again = scenes.make_photo_scenes(per_object=3), scenes.make_photo_scenes(per_object=3)
+    assert np.array_equal(first.images, again.images) and np.array_equal(first.masks, again.masks)
+    assert first.images.shape == (15, 224, 224, 3) and first.masks.shape == (15, 224, 224)
+    assert first.objects == [name for name in scenes.POLYGONS for _ in range(3)]
+    assert (first.areas > 0.03).all() and (first.areas < 1).all()
+    # the rocket is thin and the cat fills its photo: their shares bracket the others
+    shares = {name: first.areas[[o == name for o in first.objects]].mean() for name in scenes.POLYGONS}
+    assert shares["rocket"] < 0.2 < 0.8 < shares["cat"]
+    # the mask marks the object's own pixels, mirrored or not: the white rocket is far
+    # brighter than the night sky around it
+    for i in [i for i, o in enumerate(first.objects) if o == "rocket"]:
+        brightness = first.images[i].astype(float).mean(-1)
+        inside = brightness[first.masks[i]].mean()
+        assert inside > brightness[~first.masks[i]].mean() + 25
+        assert inside > brightness[:, ::-1][first.masks[i]].mean() + 25  # not the mirror's place
 
 
 def test_mobilenet_v2_default_masks_match_exact_masks(mobilenet):

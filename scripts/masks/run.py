@@ -183,11 +183,12 @@ def scores(kept: torch.Tensor, masks: torch.Tensor) -> Dict[str, np.ndarray]:
     }
 
 
-def threshold_maps(maps: torch.Tensor, q: Any) -> torch.Tensor:
-    """Kept = map > its q-quantile (the product's rule), q a number or "auto"."""
+def threshold_maps(maps: torch.Tensor, q: Any, power: float = 1.0) -> torch.Tensor:
+    """Kept = map > its q-quantile (the product's rule), q a number or "auto" (Otsu on the
+    map raised to ``power``, ``inhibition.auto_power``)."""
     maps = maps.float()
     if q == "auto":
-        return maps > quantile_threshold(maps, auto_quantile(maps))[:, None, None]
+        return maps > quantile_threshold(maps, auto_quantile(maps, power=power))[:, None, None]
     return maps > quantile_threshold(maps, float(q))[:, None, None]
 
 
@@ -209,11 +210,11 @@ def score_latinhib(layer_maps: List[torch.Tensor], masks: torch.Tensor, settings
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
-def score_gradcam(cams: np.ndarray, masks: torch.Tensor, q: Any) -> List[Dict[str, np.ndarray]]:
+def score_gradcam(cams: np.ndarray, masks: torch.Tensor, q: Any, power: float = 1.0) -> List[Dict[str, np.ndarray]]:
     out = []
     for layer in range(cams.shape[1]):
         maps = torch.from_numpy(cams[:, layer].astype(np.float32))
-        out.append(scores(threshold_maps(maps, q), masks))
+        out.append(scores(threshold_maps(maps, q, power), masks))
     return out
 
 
@@ -222,6 +223,8 @@ def score_gradcam(cams: np.ndarray, masks: torch.Tensor, q: Any) -> List[Dict[st
 PAPER = {"inhibition.filter": "log", "inhibition.sigma": 2.0, "inhibition.kernel_size": 13, "inhibition.scales": None}
 SCALES = [1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 GAMMAS = (2.0, 2.5, 2.65, 2.8)
+#: inhibition.auto_power values scored next to the candidate's (1 = plain Otsu).
+AUTO_POWERS = (1.0, 1.5, 2.0, 3.0)
 
 
 def variants(spec: ModelSpec, candidate: Dict[str, Any]) -> List[Tuple[str, str, str, Dict[str, Any]]]:
@@ -244,6 +247,10 @@ def variants(spec: ModelSpec, candidate: Dict[str, Any]) -> List[Tuple[str, str,
     for set_name in list(spec.layer_sets)[1:]:
         rows.append((f"layers {set_name}, paper's filter", "gradient", set_name, PAPER))
         rows.append((f"layers {set_name}, candidate's filter", cand_pass, set_name, cand))
+    for power in AUTO_POWERS:
+        if power != candidate.get("inhibition.auto_power", 1.0):
+            rows.append((f"candidate's filter, auto_power {power:g}", cand_pass, default_set,
+                         {**cand, "inhibition.auto_power": power}))
     flip_pass = "flipped+" + cand_pass
     rows.append(("candidate + flip averaging", flip_pass, default_set, cand))
     return rows
@@ -296,23 +303,32 @@ def evaluate(name: str, spec: ModelSpec, passes: Dict[str, Any], scenes: scenes_
     summary: Dict[str, Any] = {}
     for q in QS:
         results: List[Dict[str, Any]] = []
-        cams = score_gradcam(passes["gradcam"], masks, q)
+        power = candidate.get("inhibition.auto_power", 1.0)
+        cams = score_gradcam(passes["gradcam"], masks, q, power)
         best_layer = int(np.argmax([c["iou"].mean() for c in cams]))
         for layer, c in zip(spec.gradcam_layers, cams):
             results.append(row(f"Grad-CAM {layer}" + (" (best layer)" if layer == spec.gradcam_layers[best_layer] else ""),
                                c, buckets))
         gradcam_best = results[best_layer]
+        strongest: List[Dict[str, Any]] = []
         if q == "auto":
-            # The strongest Grad-CAM baseline: best layer *and* best fixed q, both chosen on
-            # these very images (an oracle no user has).
+            # Grad-CAM's own best rules, both chosen on these very images: plain Otsu
+            # (auto_power 1, which suits its peaky maps better than the candidate's power) at
+            # its best layer, and its best layer at its best fixed q (an oracle no user has).
+            if power != 1.0:
+                otsu = score_gradcam(passes["gradcam"], masks, "auto", 1.0)
+                layer = int(np.argmax([c["iou"].mean() for c in otsu]))
+                results.append(row(f"Grad-CAM {spec.gradcam_layers[layer]}, plain Otsu (auto_power 1)", otsu[layer], buckets))
+                strongest.append(results[-1])
             best = max(((float(c["iou"].mean()), layer, fixed, c) for fixed in GRID_QS
                         for layer, c in zip(spec.gradcam_layers, score_gradcam(passes["gradcam"], masks, fixed))),
                        key=lambda item: item[0])
             results.append(row(f"Grad-CAM {best[1]} at its best fixed q {best[2]} (oracle)", best[3], buckets))
-            oracle_gradcam = results[-1]
+            strongest.append(results[-1])
         for label, pass_name, set_name, settings in variants(spec, candidate):
             maps = layer_maps_for(passes, spec, pass_name, set_name)
-            results.append(row(label, score_latinhib(maps, masks, {**settings, "inhibition.quantile": q}), buckets))
+            results.append(row(label, score_latinhib(maps, masks, {"inhibition.auto_power": power, **settings,
+                                                                    "inhibition.quantile": q}), buckets))
         # The candidate default (what configs/default.yaml holds), fp32 and bf16 side by side.
         cand_pass = candidate.get("inhibition.importance", "gradient")
         bf16_pass = "bf16 " + cand_pass
@@ -339,14 +355,57 @@ def evaluate(name: str, spec: ModelSpec, passes: Dict[str, Any], scenes: scenes_
                        + ", ".join(f"{g:+.3f}" for g in summary[str(q)]["bucket_gaps"])
                        + f"; bf16 - float32 = {summary[str(q)]['bf16_minus_fp32']}.")
         out_md[-1] += "\n\n" + paired_line
-        if q == "auto":
-            summary["auto"]["default_minus_oracle_gradcam"] = paired(default_row["raw"], oracle_gradcam["raw"])
-            out_md[-1] += (f" Default - Grad-CAM oracle ({oracle_gradcam['label']}) = "
-                           f"{summary['auto']['default_minus_oracle_gradcam']}; per bucket "
-                           + ", ".join(f"{d - g:+.3f}" for d, g in zip(default_row["buckets"],
-                                                                      oracle_gradcam["buckets"])) + ".")
+        for other in strongest:
+            out_md[-1] += (f" Default - {other['label']} = {paired(default_row['raw'], other['raw'])}; per bucket "
+                           + ", ".join(f"{d - g:+.3f}" for d, g in zip(default_row["buckets"], other["buckets"])) + ".")
         print(out_md[-1] + "\n", flush=True)
     return "\n\n".join(out_md), summary
+
+
+def photo_passes(name: str, spec: ModelSpec, photos: scenes_mod.Scenes, cache: Path, importance: str) -> Dict[str, Any]:
+    """The in-context set's passes: the candidate's importance at the default layers, and
+    Grad-CAM per layer (cached like run_passes)."""
+    path = cache / f"{name}-photos-{len(photos.images)}-{importance}-v1.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    loaded = load_model(load_config(overrides=spec.overrides).model, torch.device("cpu"))
+    inputs = normalise(photos.images, loaded.mean, loaded.std).contiguous(memory_format=torch.channels_last)
+    kwargs = {"kind": importance} if importance != "gradient" else {}
+    passes = {"maps": gradient_pass(loaded.model, inputs, spec.layer_sets[next(iter(spec.layer_sets))], **kwargs),
+              "gradcam": gradcam_pass(loaded.model, inputs, spec.gradcam_layers)}
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(passes, path)
+    return passes
+
+
+def evaluate_photos(name: str, spec: ModelSpec, passes: Dict[str, Any], photos: scenes_mod.Scenes,
+                    candidate: Dict[str, Any]) -> str:
+    """IoU per object on the objects' own photos: the candidate against Grad-CAM's best
+    layer, each at the candidate's rule and at Grad-CAM's own best rules."""
+    masks = torch.from_numpy(photos.masks)
+    objects = list(dict.fromkeys(photos.objects))
+    which = np.array(photos.objects)
+    power = candidate.get("inhibition.auto_power", 1.0)
+    settings = {k: v for k, v in candidate.items() if k not in ("inhibition.flip", "inhibition.importance")}
+    rows: List[Tuple[str, Dict[str, np.ndarray]]] = []
+    for q, p, label in (("auto", power, f"q auto, auto_power {power:g} (the candidate's rule)"),
+                        ("auto", 1.0, "q auto, plain Otsu (auto_power 1)"), (0.5, power, "q 0.5")):
+        if label.endswith("(auto_power 1)") and power == 1.0:
+            continue
+        cams = score_gradcam(passes["gradcam"], masks, q, p)
+        best = int(np.argmax([c["iou"].mean() for c in cams]))
+        rows.append((f"Grad-CAM {spec.gradcam_layers[best]} (best layer), {label}", cams[best]))
+        rows.append((f"latinhib candidate default, {label}", score_latinhib(
+            passes["maps"], masks, {**settings, "inhibition.quantile": q, "inhibition.auto_power": p})))
+    lines = ["| method | " + " | ".join(f"{o} (n={int((which == o).sum())}, {photos.areas[which == o].mean():.0%})"
+                                         for o in objects) + " | mean IoU |",
+             "|---|" + "---:|" * (len(objects) + 1)]
+    for label, sc in rows:
+        cells = " | ".join(f"{sc['iou'][which == o].mean():.3f}" for o in objects)
+        lines.append(f"| {label} | {cells} | **{sc['iou'].mean():.3f}** |")
+    text = f"**{name}, the objects in their own photos** (IoU; object share of the frame in the header)\n\n" + "\n".join(lines)
+    print(text + "\n", flush=True)
+    return text
 
 
 def check_api(name: str, spec: ModelSpec, passes: Dict[str, Any]) -> None:
@@ -375,7 +434,7 @@ def candidate_from_config() -> Dict[str, Any]:
     s = load_config().inhibition
     return {"inhibition.filter": s.filter, "inhibition.sigma": s.sigma, "inhibition.kernel_size": s.kernel_size,
             "inhibition.scales": list(s.scales) if s.scales else None, "inhibition.scale_gamma": s.scale_gamma,
-            "inhibition.importance": s.importance, "inhibition.flip": s.flip}
+            "inhibition.importance": s.importance, "inhibition.flip": s.flip, "inhibition.auto_power": s.auto_power}
 
 
 BEGIN, END = "<!-- real-model masks: begin (scripts/masks/run.py --write) -->", "<!-- real-model masks: end -->"
@@ -412,12 +471,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         candidate[key] = yaml.safe_load(value)
     print(f"{len(scenes.images)} composites; candidate default: {candidate}", file=sys.stderr)
     sections = []
+    photos = scenes_mod.make_photo_scenes()
     for name in args.models.split(","):
         spec = MODELS[name]()
         passes = run_passes(name, spec, scenes, args.cache)
         print(f"  {name}: {passes['description']}; default_layers = {passes['default_layers']}", file=sys.stderr)
         check_api(name, spec, passes)
         text, _ = evaluate(name, spec, passes, scenes, candidate)
+        photo = photo_passes(name, spec, photos, args.cache, candidate.get("inhibition.importance", "gradient"))
+        text += "\n\n" + evaluate_photos(name, spec, photo, photos, candidate)
         sections.append(f"#### {name} ({passes['description'].split(' with ')[0]}; default layers "
                         f"{', '.join(passes['default_layers'])})\n\n{text}")
     if args.write:

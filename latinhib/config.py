@@ -338,6 +338,8 @@ def _validate(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
         out["device"] = _device(k("device"), out["device"])
         out["batch_size"] = _number(k("batch_size"), out["batch_size"], 1, 65536, integer=True)
         out["workers"] = _number(k("workers"), out["workers"], 0, 256, integer=True)
+        if out["amp"] is False:  # YAML reads a bare `off` (--set runtime.amp=off) as false
+            out["amp"] = "off"
         out["amp"] = _choice(k("amp"), out["amp"], AMP_CHOICES)
         out["threads"] = _number(k("threads"), out["threads"], 0, 1024, integer=True)
     return out

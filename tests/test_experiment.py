@@ -107,3 +107,32 @@ def test_rows_file_is_checked(tmp_path):
     bad.write_text("pattern:\n  rows:\n    - {name: r, label: x, args: [--ratio, '1']}\n")
     with pytest.raises(SystemExit, match="benchmark's"):
         load_rows("pattern", bad)
+
+
+def test_pool_pairs_by_seed_within_each_draw(tmp_path, capsys):
+    """scripts.experiment.pool: a row and a reference pair only within a draw and a seed;
+    the pooled SE is over all pairs."""
+    import json
+
+    from scripts.experiment import pool
+
+    def draw(folder, offset):
+        runs = {}
+        for seed, (base, row, blur, cam, oracle) in enumerate([(30, 70, 60, 65, 80), (34, 76, 62, 69, 84)]):
+            for name, acc in (("baseline", base), ("default", row + offset), ("blur-all", blur),
+                              ("gradcam", cam), ("oracle", oracle)):
+                runs[f"{name}/{seed}"] = {pool.SPLIT: acc / 100}
+        folder.mkdir()
+        (folder / "state.json").write_text(json.dumps(
+            {"order": ["baseline", "oracle", "blur-all", "gradcam", "default"], "protocol": runs}))
+
+    draw(tmp_path / "a", 0)
+    draw(tmp_path / "b", 4)
+    assert pool.pairs([json.loads((tmp_path / d / "state.json").read_text()) for d in "ab"],
+                      "default", "blur-all") == pytest.approx([10, 14, 14, 18])
+    pool.main([str(tmp_path / "a"), str(tmp_path / "b")])
+    out = capsys.readouterr().out
+    # vs blur-all: mean 14, SE = std([10, 14, 14, 18]) / 2 = 3.27 / 2
+    assert "vs blur-all +14.0 ± 1.6 (met: 2 SE 3.3)" in out
+    # gain (40 + 42 + 44 + 46) / 4 = 43 over an oracle gain of 50
+    assert "86.0% of the oracle's gain (met)" in out

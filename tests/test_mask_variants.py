@@ -357,6 +357,22 @@ def test_amp_auto_is_bf16_exactly_on_cpus_with_amx(monkeypatch, amx):
     assert amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16
 
 
+def test_amp_off_as_a_user_types_it(tmp_path):
+    """`--set runtime.amp=off` and `amp: off` in a file: YAML reads a bare off as false."""
+    from click.testing import CliRunner
+
+    from latinhib.cli import main
+
+    assert load_config(overrides={"runtime.amp": False}).runtime.amp == "off"
+    (tmp_path / "c.yaml").write_text("runtime:\n  amp: off\n")
+    assert load_config(tmp_path / "c.yaml").runtime.amp == "off"
+    result = CliRunner().invoke(main, ["config", "--set", "runtime.amp=off"])
+    assert result.exit_code == 0, result.output
+    assert "amp: 'off'" in result.output or "amp: off" in result.output
+    with pytest.raises(ConfigError, match="runtime.amp"):
+        load_config(overrides={"runtime.amp": True})
+
+
 def test_amx_check_reads_the_cpu_flags(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     info = tmp_path / "cpuinfo"

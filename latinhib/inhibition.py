@@ -186,10 +186,14 @@ def auto_quantile(combined: torch.Tensor, bounds: Tuple[float, float] = AUTO_QUA
                   power: float = 1.0) -> torch.Tensor:
     """``inhibition.quantile: auto``: each image's q from its own (N, H, W) map, (N,) out.
 
-    Otsu's method on a histogram of the map (values in [0, 1]) splits it into the two
-    classes with the largest between-class variance; q is the share of pixels in the low
-    class, clipped to ``bounds``. Users cannot know each photo's background share, and a
-    map of a small object has a long low tail that Otsu puts in the background."""
+    Otsu's method on a histogram of the map (values in [0, 1]) raised to ``power``
+    (``inhibition.auto_power``; 1 = plain Otsu) splits it into the two classes with the
+    largest between-class variance; q is the share of pixels in the low class, clipped to
+    ``bounds``. Users cannot know each photo's background share, and a map of a small
+    object has a long low tail that Otsu puts in the background. A power above 1 presses
+    the ramp that bilinear upsampling leaves around an object towards the low class, so
+    the threshold moves up it (a monotone map of the values: the kept pixels are still the
+    map's top ones)."""
     if combined.ndim != 3:
         raise ValueError(f"combined should be (N, H, W). Got shape {tuple(combined.shape)}")
     flat = combined.flatten(1).float().clamp(0.0, 1.0)

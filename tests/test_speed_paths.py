@@ -114,7 +114,7 @@ def test_api_importance_equals_the_plain_steps():
     combined, valid = combine_maps(maps.maps, (64, 64), kind=s.filter, kernel_size=s.kernel_size, sigma=s.sigma,
                                    scales=s.scales, gamma=s.scale_gamma)
     assert torch.equal(imp.combined, combined) and torch.equal(imp.valid, valid)
-    quantile = auto_quantile(combined) if s.quantile == "auto" else s.quantile
+    quantile = auto_quantile(combined, power=s.auto_power) if s.quantile == "auto" else s.quantile
     assert torch.equal(imp.threshold, quantile_threshold(combined, quantile))
 
 

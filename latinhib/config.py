@@ -11,7 +11,7 @@ import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import yaml
 
@@ -396,12 +396,19 @@ def read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
     return data
 
 
-def fixed_filter(inhibition: Dict[str, Any]) -> None:
-    """A sigma or kernel size given without ``scales`` asks for that one filter: scales
-    becomes null. Otherwise the default scale selection would ignore ``--sigma 1`` silently
-    (it uses ``sigma`` and ``kernel_size`` only when ``scales`` is null)."""
-    if ("sigma" in inhibition or "kernel_size" in inhibition) and "scales" not in inhibition:
-        inhibition["scales"] = None
+def fixed_filter(data: Dict[str, Dict[str, Any]], given: Iterable[str]) -> None:
+    """A sigma or kernel size that one source (the config file, or the overrides) gives
+    without ``scales`` asks for that one filter: scales becomes null, whatever an earlier
+    source said. Otherwise the default scale selection would ignore ``--sigma 1`` silently
+    (it uses ``sigma`` and ``kernel_size`` only when ``scales`` is null). ``given``: the
+    inhibition keys the source sets."""
+    given = set(given)
+    if given & {"sigma", "kernel_size"} and "scales" not in given:
+        data.setdefault("inhibition", {})["scales"] = None
+
+
+def _inhibition_keys(keys: Iterable[str]) -> List[str]:
+    return [key.split(".", 1)[1] for key in keys if key.startswith("inhibition.")]
 
 
 def load_config(
@@ -424,10 +431,12 @@ def load_config(
                 _merge(data, f"{section}.?", None, f"config file {str(path)!r}: ")
             for name, value in values.items():
                 _merge(data, f"{section}.{name}", value, f"config file {str(path)!r}: ")
-    items = overrides.items() if isinstance(overrides, Mapping) else (overrides or [])
+        fixed_filter(data, _inhibition_keys(f"{section}.{name}" for section, values in raw.items()
+                                             if isinstance(values, dict) for name in values))
+    items = list(overrides.items() if isinstance(overrides, Mapping) else (overrides or []))
     for key, value in items:
         _merge(data, key, value, "")
-    fixed_filter(data.get("inhibition", {}))
+    fixed_filter(data, _inhibition_keys(key for key, _ in items))
     sections = {}
     for section, factory in SECTIONS.items():
         defaults = dataclasses.asdict(factory())

@@ -230,9 +230,13 @@ def test_a_sigma_without_scales_asks_for_that_fixed_filter(tmp_path):
     assert both.scales == (1.0, 2.0)
     (tmp_path / "c.yaml").write_text("inhibition:\n  sigma: 1.5\n")
     assert load_config(tmp_path / "c.yaml").inhibition.scales is None
-    # a file with sigma and scales (what `latinhib config` prints) keeps its scales
+    # a file with sigma and scales (what `latinhib config` prints) keeps its scales, until
+    # a later source (--sigma, --set) gives a sigma of its own
     (tmp_path / "d.yaml").write_text("inhibition:\n  sigma: 1.5\n  scales: [2.0]\n")
-    assert load_config(tmp_path / "d.yaml", {"inhibition.sigma": 1.0}).inhibition.scales == (2.0,)
+    assert load_config(tmp_path / "d.yaml").inhibition.scales == (2.0,)
+    assert load_config(tmp_path / "d.yaml", {"inhibition.ratio": 0.5}).inhibition.scales == (2.0,)
+    assert load_config(tmp_path / "d.yaml", {"inhibition.sigma": 1.0}).inhibition.scales is None
+    assert load_config(tmp_path / "c.yaml", {"inhibition.scales": [3]}).inhibition.scales == (3.0,)
 
 
 # ------------------------------------------------------------- importance variants

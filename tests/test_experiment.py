@@ -136,3 +136,19 @@ def test_pool_pairs_by_seed_within_each_draw(tmp_path, capsys):
     assert "vs blur-all +14.0 ± 1.6 (met: 2 SE 3.3)" in out
     # gain (40 + 42 + 44 + 46) / 4 = 43 over an oracle gain of 50
     assert "86.0% of the oracle's gain (met)" in out
+
+
+def test_evaluate_checkpoints_passes_the_protocols_own_mask_options():
+    """scripts.experiment.evaluate_checkpoints imports (a renamed helper once broke it) and
+    gives `latinhib evaluate` the mask options run.py gave `enhance`."""
+    from pathlib import Path
+
+    from scripts.experiment import evaluate_checkpoints
+    from scripts.experiment.run import mask_arguments
+
+    settings = evaluate_checkpoints.DOCUMENTED
+    options = evaluate_checkpoints.model_options(settings, Path("pretrain.pth"), ["a", "b"])
+    arguments = mask_arguments(settings)
+    start = options.index(arguments[0])
+    assert options[start:start + len(arguments)] == arguments
+    assert "inhibition.importance=gradient" in arguments and "--sigma" in arguments

@@ -33,7 +33,7 @@ import torch
 
 from scripts.experiment import data as bench
 from scripts.experiment.models import SmallResNet
-from scripts.experiment.run import ARCH, ROOT, Split, log, run_cli
+from scripts.experiment.run import ARCH, ROOT, Split, log, mask_arguments, run_enhance
 from scripts.experiment.train import MEAN, STD, accuracy, load_folder, train_model
 
 #: What docs/RESULTS.md reports run.py chose on val (used when no state.json is there).
@@ -47,16 +47,15 @@ VARIANTS = ("original", "background_blurred", "object_blurred", "background_swap
 
 
 def model_options(settings: dict, checkpoint: Path, classes: list[str]) -> list[str]:
-    """The model and inhibition options `latinhib enhance` got in run.py (run_cli), plus the
-    class names in training order (sorted folder names, as load_folder labels them)."""
+    """The model and inhibition options `latinhib enhance` got in run.py (run_enhance with
+    mask_arguments), plus the class names in training order (sorted folder names, as
+    load_folder labels them)."""
     return [
         "--arch", ARCH, "--checkpoint", str(checkpoint),
         "--set", f"model.kwargs={{num_classes: {len(classes)}}}", "--set", "model.input_size=64",
         "--set", f"model.classes=[{','.join(classes)}]",
         "--set", f"model.mean={list(MEAN)}", "--set", f"model.std={list(STD)}",
-        "--layers", ",".join(settings["layers"]), "--target", settings["target"],
-        "--filter", settings["filter"], "--sigma", str(settings["sigma"]),
-        "--kernel-size", str(settings["k"]), "-q", str(settings["q"]),
+        *mask_arguments(settings),
         "--blur-sigma", str(settings["blur"]), "--device", "cpu", "--batch-size", "64",
     ]
 
@@ -84,8 +83,8 @@ def train_checkpoints(work: Path, settings: dict, threads: int, epochs: int) -> 
             images, labels, _ = load_folder(train_dir, classes)
         else:
             enhanced = work / "evaluate-enhanced"
-            run_cli(train_dir, enhanced, work / "evaluate-enhanced-masks", checkpoints["pretrain"],
-                    len(classes), settings, threads)
+            run_enhance(train_dir, enhanced, work / "evaluate-enhanced-masks", checkpoints["pretrain"],
+                        len(classes), mask_arguments(settings), settings["r"], settings["blur"], threads)
             images, labels, _ = load_folder(enhanced, classes)
         log(f"training {name}.pth (seed 0)")
         model = train_model(images, labels, 0, len(classes), epochs=epochs)

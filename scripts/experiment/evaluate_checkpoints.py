@@ -57,6 +57,9 @@ def model_options(settings: dict, checkpoint: Path, classes: list[str]) -> list[
         "--set", f"model.mean={list(MEAN)}", "--set", f"model.std={list(STD)}",
         *mask_arguments(settings),
         "--blur-sigma", str(settings["blur"]), "--device", "cpu", "--batch-size", "64",
+        # float32 like the experiment's own `accuracy`, so `original` equals it exactly
+        # (runtime.amp auto would classify in bf16 on a CPU with AMX)
+        "--set", "runtime.amp=off",
     ]
 
 

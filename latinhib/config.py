@@ -407,10 +407,6 @@ def fixed_filter(data: Dict[str, Dict[str, Any]], given: Iterable[str]) -> None:
         data.setdefault("inhibition", {})["scales"] = None
 
 
-def _inhibition_keys(keys: Iterable[str]) -> List[str]:
-    return [key.split(".", 1)[1] for key in keys if key.startswith("inhibition.")]
-
-
 def load_config(
     path: Optional[Union[str, Path]] = None,
     overrides: Optional[Union[Mapping[str, Any], List[Tuple[str, Any]]]] = None,
@@ -431,12 +427,11 @@ def load_config(
                 _merge(data, f"{section}.?", None, f"config file {str(path)!r}: ")
             for name, value in values.items():
                 _merge(data, f"{section}.{name}", value, f"config file {str(path)!r}: ")
-        fixed_filter(data, _inhibition_keys(f"{section}.{name}" for section, values in raw.items()
-                                             if isinstance(values, dict) for name in values))
+        fixed_filter(data, raw.get("inhibition") or {})
     items = list(overrides.items() if isinstance(overrides, Mapping) else (overrides or []))
     for key, value in items:
         _merge(data, key, value, "")
-    fixed_filter(data, _inhibition_keys(key for key, _ in items))
+    fixed_filter(data, [key.split(".", 1)[1] for key, _ in items if key.startswith("inhibition.")])
     sections = {}
     for section, factory in SECTIONS.items():
         defaults = dataclasses.asdict(factory())

@@ -87,7 +87,7 @@ def train_checkpoints(work: Path, settings: dict, threads: int, epochs: int) -> 
         else:
             enhanced = work / "evaluate-enhanced"
             run_enhance(train_dir, enhanced, work / "evaluate-enhanced-masks", checkpoints["pretrain"],
-                        len(classes), mask_arguments(settings), settings["r"], settings["blur"], threads)
+                        classes, mask_arguments(settings), settings["r"], settings["blur"], threads)
             images, labels, _ = load_folder(enhanced, classes)
         log(f"training {name}.pth (seed 0)")
         model = train_model(images, labels, 0, len(classes), epochs=epochs)

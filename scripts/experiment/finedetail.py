@@ -32,6 +32,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -53,8 +54,9 @@ GRADCAM_LAYERS = ("layer2", "layer3", "layer4")
 REFERENCES = ("baseline", "oracle", "blur-all", "gradcam")
 
 
-def load_rows(section: str, path: Path = ROWS_FILE, reserved=REFERENCES) -> dict:
-    """rows.yaml's ``section``: {"rows": [{name, label, args}], ...}, checked."""
+def load_rows(section: str, path: Optional[Path] = None, reserved=REFERENCES) -> dict:
+    """rows.yaml's (or ``path``'s) ``section``: {"rows": [{name, label, args}], ...}, checked."""
+    path = path or ROWS_FILE
     config = yaml.safe_load(path.read_text())[section]
     names = [row["name"] for row in config["rows"]]
     if len(set(names)) != len(names) or set(names) & set(reserved) or any("/" in n for n in names):
@@ -156,14 +158,14 @@ def run_pattern(args) -> None:
     # 2. latinhib's rows through the real CLI. Every run redoes the CLI passes (seconds) and
     # keeps a row's trainings only while its output images are the same bytes: results
     # always come from the code and config at hand, and only rows whose output changed train.
-    config = load_rows("pattern")
+    config = load_rows("pattern", args.rows)
     state.setdefault("cli", {})
     state.setdefault("protocol", {})
     enhanced_sets, row_masks = {}, {}
     for row in config["rows"]:
         name, dst, masks_dir = row["name"], work / f"enhanced-{row['name']}", work / f"masks-{row['name']}"
         summary = helpers.run_enhance(data_root / "images" / "train", dst, masks_dir, checkpoint,
-                                      len(classes), row["args"], RATIO, BLUR, args.threads)
+                                      classes, row["args"], RATIO, BLUR, args.threads)
         images, masks, which, _ = helpers.cli_outputs(dst, masks_dir, train, classes)
         digest = hashlib.sha1(images.numpy().tobytes()).hexdigest()
         if state["cli"].get(name, {}).get("digest") != digest:

@@ -161,11 +161,15 @@ def mask_arguments(settings: dict) -> list[str]:
             "--set", "inhibition.importance=gradient"]
 
 
-def run_enhance(src: Path, dst: Path, masks: Path, checkpoint: Path, num_classes: int,
+def run_enhance(src: Path, dst: Path, masks: Path, checkpoint: Path, classes: list[str],
                 mask_args: list[str], ratio: float, blur: float, threads: int) -> dict:
     """`latinhib enhance` as a user runs it on the experiment's model, with ``mask_args``
     (any CLI options: --filter, -q, --set KEY=VALUE ...) after the benchmark's own
-    (model, ratio r, blur sigma: the same for every enhancer); returns its JSON summary."""
+    (model, ratio r, blur sigma: the same for every enhancer); returns its JSON summary.
+
+    The model's ``classes`` are given as a user with a checkpoint fine-tuned on these
+    folders gives them, so target auto takes each image's label, as Grad-CAM does here
+    (without them latinhib fell back to the model's own, sometimes wrong, top-1)."""
     if dst.exists():
         shutil.rmtree(dst)
     if masks.exists():
@@ -173,7 +177,8 @@ def run_enhance(src: Path, dst: Path, masks: Path, checkpoint: Path, num_classes
     command = [
         sys.executable, "-m", "latinhib", "enhance", str(src), str(dst),
         "--arch", ARCH, "--checkpoint", str(checkpoint),
-        "--set", f"model.kwargs={{num_classes: {num_classes}}}",
+        "--set", f"model.kwargs={{num_classes: {len(classes)}}}",
+        "--set", f"model.classes=[{', '.join(classes)}]",
         "--set", "model.input_size=64",
         "--set", f"model.mean={list(MEAN)}", "--set", f"model.std={list(STD)}",
         *mask_args,
@@ -260,7 +265,7 @@ def cli_rows(state: dict, save, work: Path, data_root: Path, train: Split, class
     enhanced_sets = {}
     for key, method, mask_args in rows:
         dst, masks_dir = work / f"enhanced-{key}", work / f"masks-{key}"
-        summary = run_enhance(data_root / "images" / "train", dst, masks_dir, checkpoint, len(classes),
+        summary = run_enhance(data_root / "images" / "train", dst, masks_dir, checkpoint, classes,
                               mask_args, settings["r"], settings["blur"], threads)
         images, masks, which, _ = cli_outputs(dst, masks_dir, train, classes)
         digest = hashlib.sha1(images.numpy().tobytes()).hexdigest()
@@ -284,7 +289,7 @@ def quick_rows(args, state: dict, save, data_root: Path, splits: dict, classes: 
     from scripts.experiment.report import write_quick
 
     settings = PUBLISHED_SETTINGS
-    extra = load_rows("fashion", reserved=ORDER_KINDS)["rows"]
+    extra = load_rows("fashion", args.rows, reserved=ORDER_KINDS)["rows"]
     state["settings"] = settings
     state["extra_rows"] = [{"name": row["name"], "label": row["label"], "args": row["args"]} for row in extra]
     rows = [("log", "latinhib-log", mask_arguments(settings))]
@@ -324,6 +329,9 @@ def main() -> None:
                         help="only rows.yaml's extra rows and the val-tuned Mexican hat, at the "
                              "settings the last full run chose (PUBLISHED_SETTINGS), paired by seed; "
                              "writes its own section of docs/RESULTS.md")
+    parser.add_argument("--rows", type=Path, default=None,
+                        help="latinhib's rows (default scripts/experiment/rows.yaml); rows not in "
+                             "the file leave --work's report")
     parser.add_argument("--train-device", default="cpu",
                         help="device for the classifier trainings only (everything else runs on CPU)")
     args = parser.parse_args()
@@ -449,7 +457,7 @@ def main() -> None:
 
     # 4. the protocol: real CLI (cli_rows), references on the same files, 3 seeds
     from scripts.experiment.finedetail import load_rows
-    extra = load_rows("fashion", reserved=ORDER_KINDS)["rows"]
+    extra = load_rows("fashion", args.rows, reserved=ORDER_KINDS)["rows"]
     state["extra_rows"] = [{"name": row["name"], "label": row["label"], "args": row["args"]} for row in extra]
     rows = [(kind, f"latinhib-{kind}", mask_arguments(dict(settings, filter=kind))) for kind in KINDS]
     rows += [(row["name"], row["name"], row["args"]) for row in extra]

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from .config import Config, ConfigError, InhibitionConfig, load_config
 from .importance import default_layers, importance_maps, resolve_layers
-from .inhibition import auto_quantile, combine_maps, inhibit, quantile_threshold, select
+from .inhibition import auto_quantile, combine_maps, gate_by_response, inhibit, quantile_threshold, select
 
 __all__ = ["Importance", "InhibitionResult", "LateralInhibition", "amp_dtype", "cpu_has_amx", "recombine"]
 
@@ -121,10 +121,14 @@ def _steps_4_5(layer_maps: Sequence[torch.Tensor], size: Tuple[int, int], s: Inh
             layer_maps, size, kind=s.filter, kernel_size=s.kernel_size, sigma=s.sigma, scales=s.scales,
             gamma=s.scale_gamma,
         )
+        # q comes from the response whatever the outline: its surround is what tells
+        # object from background, and auto_power was chosen on it.
         if s.quantile == "auto":
             quantile = auto_quantile(combined, power=s.auto_power)
         else:
             quantile = combined.new_full((combined.shape[0],), float(s.quantile))
+        if s.outline == "importance" and s.filter != "none":
+            combined = gate_by_response(combined, combine_maps(layer_maps, size, kind="none")[0])
         threshold = quantile_threshold(combined, quantile if s.quantile == "auto" else float(s.quantile))
     return combined, threshold, valid, quantile
 

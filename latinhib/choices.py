@@ -9,3 +9,6 @@ TARGETS = ("auto", "label", "pred", "entropy")
 IMPORTANCE_KINDS = ("gradient", "gradient_x_activation")
 #: Filters for step 4: the paper's Mexican hat, and two controls (SPEC "Traps").
 FILTERS = ("log", "gaussian", "none")
+#: What the kept region's outline follows: the filter's response (the paper's), or the
+#: unfiltered importance gated by that response (``inhibition.gate_by_response``).
+OUTLINES = ("response", "importance")

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import yaml
 
-from .choices import FILTERS, IMPORTANCE_KINDS, TARGETS
+from .choices import FILTERS, IMPORTANCE_KINDS, OUTLINES, TARGETS
 
 __all__ = [
     "Config",
@@ -112,6 +112,9 @@ class InhibitionConfig:
     # quantile auto: Otsu's method runs on each map raised to this power (1 = plain Otsu;
     # 2 keeps the halo of an upsampled map out).
     auto_power: float = 2.0
+    # what the kept region's outline follows: response (the filtered map) or importance
+    # (the unfiltered map times the response: the filter says where, the map the shape).
+    outline: str = "importance"
     # what the p-norm is taken of: gradient (the paper's) or gradient_x_activation.
     importance: str = "gradient_x_activation"
     # average each map with that of the mirrored image (a second pass in the same batch).
@@ -324,6 +327,7 @@ def _validate(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
         out["auto_power"] = _number(k("auto_power"), out["auto_power"], 0.0, 10.0, low_open=True,
                                     allowed="a number in (0, 10]")
         out["importance"] = _choice(k("importance"), out["importance"], IMPORTANCE_KINDS)
+        out["outline"] = _choice(k("outline"), out["outline"], OUTLINES)
         out["flip"] = _bool(k("flip"), out["flip"])
     elif section == "blur":
         out["sigma"] = _number(k("sigma"), out["sigma"], 0.0, 1000.0, low_open=True, allowed="a number > 0")

@@ -24,6 +24,7 @@ __all__ = [
     "blend",
     "auto_quantile",
     "combine_maps",
+    "gate_by_response",
     "inhibit",
     "is_constant",
     "layer_filter_size",
@@ -161,6 +162,24 @@ def combine_maps(
         weight = w if weight is None else weight + w
     combined = total / weight.clamp(min=1.0)
     return combined, (weight.view(-1) > 0)
+
+
+def gate_by_response(response: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+    """``inhibition.outline: importance``: the filtered map times the unfiltered one, both
+    (N, H, W) in [0, 1] (``combine_maps`` with the filter and with ``kind="none"``), min-max
+    normalised per image again.
+
+    The Mexican hat's response is a blob that says where the object is (its surround
+    suppresses the rest of the frame); at a large sigma it is round whatever the object's
+    shape, and a threshold on it keeps a disc: background in the disc, the object's
+    corners and handles outside. The unfiltered map follows the object's outline; the
+    product keeps that outline where the response is high."""
+    gated = response * raw
+    low = gated.amin(dim=(1, 2), keepdim=True)
+    high = gated.amax(dim=(1, 2), keepdim=True)
+    gated = gated.sub_(low).div_((high - low).clamp(min=torch.finfo(torch.float32).tiny))
+    # Where the two never overlap the product is flat: keep the response there.
+    return torch.where(high > low, gated, response)
 
 
 def quantile_threshold(combined: torch.Tensor, q: Union[float, torch.Tensor]) -> torch.Tensor:

@@ -169,7 +169,7 @@ def test_unknown_config_key(src, tmp_path, checkpoint):
     assert result.exit_code == 2
     assert result.output.strip() == (
         f"Error: config file '{config}': unknown key 'inhibition.sigmma' (did you mean 'sigma'?); "
-        "keys of inhibition: quantile, filter, sigma, kernel_size, ratio, norm, seed, scales, scale_gamma, auto_power, importance, flip"
+        "keys of inhibition: quantile, filter, sigma, kernel_size, ratio, norm, seed, scales, scale_gamma, auto_power, outline, importance, flip"
     )
     assert not (tmp_path / "dst").exists()
 

@@ -15,7 +15,7 @@ CASES = [
     # (YAML text or None, extra options, the expected line after "Error: ")
     ("inhibition:\n  quantil: 0.5\n", [],
      "config file '{cfg}': unknown key 'inhibition.quantil' (did you mean 'quantile'?); "
-     "keys of inhibition: quantile, filter, sigma, kernel_size, ratio, norm, seed, scales, scale_gamma, auto_power, importance, flip"),
+     "keys of inhibition: quantile, filter, sigma, kernel_size, ratio, norm, seed, scales, scale_gamma, auto_power, outline, importance, flip"),
     ("blurr:\n  sigma: 2\n", [], "config file '{cfg}': unknown section 'blurr' (did you mean 'blur'?); "
      "sections: model, inhibition, blur, output, runtime"),
     ("inhibition:\n  quantile: half\n", [], "inhibition.quantile: 'half' is not allowed; expected a number in [0.0, 1.0] or auto"),

@@ -22,7 +22,7 @@ from latinhib import api as api_module
 from latinhib.api import amp_dtype
 from latinhib.config import ConfigError, load_config
 from latinhib.importance import default_layers, importance_maps
-from latinhib.inhibition import auto_quantile, combine_maps, quantile_threshold, respond
+from latinhib.inhibition import auto_quantile, combine_maps, gate_by_response, quantile_threshold, respond
 
 from test_importance import reference_maps
 
@@ -188,7 +188,9 @@ def test_auto_power_leaves_the_halo_of_an_upsampled_map_out():
 
 
 def test_auto_power_reaches_the_masks_of_the_api(tiny_cnn, make_images):
-    settings_ = {"inhibition.quantile": "auto", "inhibition.ratio": 1.0}
+    # outline response: q is Otsu's on the map it thresholds (importance takes q from the
+    # response and thresholds the gated map: test_outline_in_the_config_and_the_api)
+    settings_ = {"inhibition.quantile": "auto", "inhibition.ratio": 1.0, "inhibition.outline": "response"}
     images = make_images(4, 64)
     plain = LateralInhibition(tiny_cnn, settings_, input_size=(64, 64)).importance(images)
     tight = LateralInhibition(tiny_cnn, {**settings_, "inhibition.auto_power": 3.0},
@@ -207,8 +209,8 @@ def test_per_image_quantiles_equal_torch_quantile(seed, q):
 
 
 def test_quantile_auto_in_the_api_and_config(tiny_cnn, make_images):
-    enhancer = LateralInhibition(tiny_cnn, {"inhibition.quantile": "auto", "inhibition.ratio": 1.0},
-                                 input_size=(64, 64))
+    enhancer = LateralInhibition(tiny_cnn, {"inhibition.quantile": "auto", "inhibition.ratio": 1.0,
+                                            "inhibition.outline": "response"}, input_size=(64, 64))
     images = make_images(4, 64)
     imp = enhancer.importance(images)
     torch.testing.assert_close(imp.quantile, auto_quantile(imp.combined, power=enhancer.settings.auto_power))
@@ -237,6 +239,72 @@ def test_a_sigma_without_scales_asks_for_that_fixed_filter(tmp_path):
     assert load_config(tmp_path / "d.yaml", {"inhibition.ratio": 0.5}).inhibition.scales == (2.0,)
     assert load_config(tmp_path / "d.yaml", {"inhibition.sigma": 1.0}).inhibition.scales is None
     assert load_config(tmp_path / "c.yaml", {"inhibition.scales": [3]}).inhibition.scales == (3.0,)
+
+
+# ------------------------------------------------------------- outline: importance
+
+
+def reference_gate(response: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """float64, one image at a time: response x raw, min-max normalised; the response
+    itself where the product is flat."""
+    out = []
+    for r, m in zip(response.astype(np.float64), raw.astype(np.float64)):
+        g = r * m
+        out.append((g - g.min()) / (g.max() - g.min()) if g.max() > g.min() else r)
+    return np.stack(out)
+
+
+def test_gate_by_response_matches_a_float64_reference():
+    rng = np.random.default_rng(0)
+    response, raw = rng.random((3, 16, 20)), rng.random((3, 16, 20))
+    response[1, :8] = 0.0  # the response suppresses half of the frame
+    raw[2] = 0.0  # the two never overlap: the product is flat
+    got = gate_by_response(torch.from_numpy(response).float(), torch.from_numpy(raw).float())
+    np.testing.assert_allclose(got.numpy(), reference_gate(response, raw), atol=1e-6)
+    assert got[1, :8].max() == 0
+
+
+def l_shaped_maps(size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer map of an L-shaped object (its two arms a quarter of the frame) on a
+    weak noise floor, and the object's exact mask at 8x the map's size."""
+    shape = torch.zeros(size, size)
+    shape[3:13, 3:6] = 1.0
+    shape[10:13, 3:13] = 1.0
+    noise = 0.05 * torch.rand(size, size, generator=torch.Generator().manual_seed(0))
+    exact = F.interpolate(shape[None, None], scale_factor=8, mode="nearest")[0, 0] > 0.5
+    return (shape + noise)[None], exact
+
+
+def test_outline_importance_follows_a_non_round_object():
+    """The scale-selected Mexican hat answers an L with a round blob; a threshold on it keeps
+    background in the L's corner and cuts off the ends of its arms. Gated by the raw map,
+    the kept region at the same q follows the L."""
+    layer_map, exact = l_shaped_maps()
+    share = float(exact.float().mean())
+    ious = {}
+    for outline in ("response", "importance"):
+        settings_ = load_config(overrides={"inhibition.outline": outline,
+                                           "inhibition.quantile": 1 - share}).inhibition
+        combined, threshold, _, _ = api_module._steps_4_5([layer_map], (128, 128), settings_)
+        kept = combined[0] > threshold[0]
+        ious[outline] = float((kept & exact).sum() / (kept | exact).sum())
+    assert ious["importance"] > ious["response"] + 0.1, ious
+    assert ious["importance"] > 0.8, ious
+
+
+def test_outline_in_the_config_and_the_api(tiny_cnn, make_images):
+    images = make_images(3, 64)
+    assert load_config().inhibition.outline == "importance"  # the default
+    response = LateralInhibition(tiny_cnn, {"runtime.amp": "off", "inhibition.outline": "response"},
+                                 input_size=(64, 64)).importance(images)
+    gated = LateralInhibition(tiny_cnn, {"runtime.amp": "off", "inhibition.outline": "importance"},
+                              input_size=(64, 64)).importance(images)
+    raw, _ = combine_maps(response.layer_maps, (64, 64), kind="none")
+    torch.testing.assert_close(gated.combined, gate_by_response(response.combined, raw))
+    # q is the response's (auto): the outline changes where the cut lies, not how much is kept
+    torch.testing.assert_close(gated.quantile, response.quantile)
+    with pytest.raises(ConfigError, match="inhibition.outline"):
+        load_config(overrides={"inhibition.outline": "mask"})
 
 
 # ------------------------------------------------------------- importance variants

@@ -154,11 +154,11 @@ def evaluate(model, splits: dict[str, Split], names) -> dict[str, float]:
 def mask_arguments(settings: dict) -> list[str]:
     """The CLI options of the experiment's val-chosen mask ``settings``: the plain gradient,
     as the val sweeps measure it (``layer_maps``), whatever configs/default.yaml says; the
-    fixed sigma (--sigma without scales)."""
+    fixed sigma (--sigma without scales); the filter's own response as the outline."""
     return ["--layers", ",".join(settings["layers"]), "--target", settings["target"],
             "--filter", settings["filter"], "--sigma", str(settings["sigma"]),
             "--kernel-size", str(settings["k"]), "-q", str(settings["q"]),
-            "--set", "inhibition.importance=gradient"]
+            "--set", "inhibition.importance=gradient", "--set", "inhibition.outline=response"]
 
 
 def run_enhance(src: Path, dst: Path, masks: Path, checkpoint: Path, classes: list[str],

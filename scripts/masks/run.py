@@ -193,7 +193,9 @@ def threshold_maps(maps: torch.Tensor, q: Any, power: float = 1.0) -> torch.Tens
 
 
 def score_latinhib(layer_maps: List[torch.Tensor], masks: torch.Tensor, settings: Dict[str, Any]) -> Dict[str, np.ndarray]:
-    config = load_config(overrides=settings).inhibition
+    # The filter-study rows (paper, Gaussian, gammas ...) score the filter's own response;
+    # only rows built from the candidate carry its inhibition.outline.
+    config = load_config(overrides={"inhibition.outline": "response", **settings}).inhibition
     parts: List[Dict[str, np.ndarray]] = []
     n = masks.shape[0]
     for start in range(0, n, 60):
@@ -251,6 +253,9 @@ def variants(spec: ModelSpec, candidate: Dict[str, Any]) -> List[Tuple[str, str,
         if power != candidate.get("inhibition.auto_power", 1.0):
             rows.append((f"candidate's filter, auto_power {power:g}", cand_pass, default_set,
                          {**cand, "inhibition.auto_power": power}))
+    if cand.get("inhibition.outline", "response") != "response":
+        rows.append(("candidate with outline response (the filter's own response)", cand_pass, default_set,
+                     {**cand, "inhibition.outline": "response"}))
     flip_pass = "flipped+" + cand_pass
     rows.append(("candidate + flip averaging", flip_pass, default_set, cand))
     return rows
@@ -434,7 +439,8 @@ def candidate_from_config() -> Dict[str, Any]:
     s = load_config().inhibition
     return {"inhibition.filter": s.filter, "inhibition.sigma": s.sigma, "inhibition.kernel_size": s.kernel_size,
             "inhibition.scales": list(s.scales) if s.scales else None, "inhibition.scale_gamma": s.scale_gamma,
-            "inhibition.importance": s.importance, "inhibition.flip": s.flip, "inhibition.auto_power": s.auto_power}
+            "inhibition.importance": s.importance, "inhibition.flip": s.flip, "inhibition.auto_power": s.auto_power,
+            "inhibition.outline": s.outline}
 
 
 BEGIN, END = "<!-- real-model masks: begin (scripts/masks/run.py --write) -->", "<!-- real-model masks: end -->"

@@ -157,12 +157,13 @@ def test_a_confident_prediction_gives_finite_informative_maps(mobilenet):
 # the mask is exact, so IoU is measured, not estimated. One test per model family.
 
 
-#: Measured (torch 2.14, this CPU): the default config gives MobileNetV2 0.564 (bf16 with
-#: AMX; 0.577 float32) and EfficientNet-Lite0 0.625 (0.612) mean IoU on these 12
-#: composites, two thirds of them objects of 35% and 60% of the frame, where auto_power 2
-#: gives up some IoU (plain Otsu: 0.651 and 0.684); the paper's reading
-#: (configs/paper.yaml) 0.526 and 0.531 (0.493 with Lite0's old default layer _bn1). The
-#: floors leave room for another CPU's rounding, not for a fall back to the paper's masks.
+#: Measured (torch 2.14, float32 on a CPU without AMX; the previous default under bf16 on
+#: one with AMX gave 0.564 and 0.625): the default config gives MobileNetV2 0.577 and EfficientNet-Lite0 0.618 mean
+#: IoU on these 12 composites (0.577 and 0.612 with outline response), two thirds of them
+#: objects of 35% and 60% of the frame, where auto_power 2 gives up some IoU (plain Otsu:
+#: 0.673 and 0.678); the paper's reading (configs/paper.yaml) 0.526 and 0.531 (0.493 with
+#: Lite0's old default layer _bn1). The floors leave room for another CPU's rounding, not
+#: for a fall back to the paper's masks.
 IOU_FLOOR = {"mobilenet_v2": 0.545, "efficientnet_lite0": 0.58}
 
 

@@ -24,7 +24,7 @@ from latinhib.config import load_config
 from latinhib.data import decode
 from latinhib.filters import blur_uint8, downsampled_gaussian_blur
 from latinhib.importance import importance_maps
-from latinhib.inhibition import auto_quantile, blend, combine_maps, inhibit, make_mask, quantile_threshold
+from latinhib.inhibition import auto_quantile, blend, combine_maps, gate_by_response, inhibit, make_mask, quantile_threshold
 from latinhib.models import load_model
 from latinhib.executors import _one_torch_thread
 from latinhib.pipeline import run
@@ -113,8 +113,12 @@ def test_api_importance_equals_the_plain_steps():
                            autocast_dtype=amp_dtype(enhancer.config.runtime.amp, images.device))
     combined, valid = combine_maps(maps.maps, (64, 64), kind=s.filter, kernel_size=s.kernel_size, sigma=s.sigma,
                                    scales=s.scales, gamma=s.scale_gamma)
-    assert torch.equal(imp.combined, combined) and torch.equal(imp.valid, valid)
+    # q from the response; with outline importance (the default) the cut is made in the
+    # unfiltered map gated by that response
     quantile = auto_quantile(combined, power=s.auto_power) if s.quantile == "auto" else s.quantile
+    assert s.outline == "importance"
+    combined = gate_by_response(combined, combine_maps(maps.maps, (64, 64), kind="none")[0])
+    assert torch.equal(imp.combined, combined) and torch.equal(imp.valid, valid)
     assert torch.equal(imp.threshold, quantile_threshold(combined, quantile))
 
 

@@ -106,8 +106,8 @@ class Importance:
 
 
 def recombine(imp: Importance, settings: InhibitionConfig) -> Importance:
-    """Steps 4-5 again on ``imp``'s raw layer maps with the filter, sigma, k, scales and q
-    of ``settings`` (a config's ``inhibition`` section): what
+    """Steps 4-5 again on ``imp``'s raw layer maps with the filter, sigma, k, scales, outline
+    and q of ``settings`` (a config's ``inhibition`` section): what
     :meth:`LateralInhibition.importance` gives under those settings, with no model pass
     (the layer maps depend only on the model, its layers, the target, ``importance`` and
     ``flip``)."""

@@ -20,7 +20,9 @@ from latinhib.models import load_model
 
 ROWS = {
     "paper (configs/paper.yaml)": {"inhibition.importance": "gradient", "inhibition.scales": None,
-                                   "inhibition.quantile": 0.5, "runtime.amp": "off"},
+                                   "inhibition.quantile": 0.5, "inhibition.outline": "response",
+                                   "runtime.amp": "off"},
+    "defaults, outline response, float32": {"inhibition.outline": "response", "runtime.amp": "off"},
     "defaults, float32": {"runtime.amp": "off"},
     "defaults (amp auto)": {},
 }
@@ -52,9 +54,9 @@ def main() -> None:
             _steps_4_5(imp.layer_maps, tuple(images.shape[-2:]), enhancer.settings)
             steps[name].append((time.perf_counter() - start) * 1000 / args.batch)
     print(f"{args.arch}, batch {args.batch}, {args.threads} thread(s), median of {args.repeats} alternating repeats")
-    print(f"{'row':30s} {'steps 1-5 ms/img':>17s} {'steps 4-5 ms/img':>17s}")
+    print(f"{'row':38s} {'steps 1-5 ms/img':>17s} {'steps 4-5 ms/img':>17s}")
     for name in ROWS:
-        print(f"{name:30s} {statistics.median(total[name]):17.1f} {statistics.median(steps[name]):17.2f}")
+        print(f"{name:38s} {statistics.median(total[name]):17.1f} {statistics.median(steps[name]):17.2f}")
 
 
 if __name__ == "__main__":

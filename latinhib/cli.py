@@ -313,7 +313,7 @@ def merge(dst: Path, as_json: bool, quiet: bool) -> None:
               help="Images on the sheet, drawn with inhibition.seed.")
 @click.option("--files", help="Comma-separated images (relative to SRC) instead of a random sample.")
 @click.option("--grid", metavar="KEY=V1,V2,...",
-              help="One image, one column per value of q, sigma, k, blur or filter (e.g. q=0.3,0.5,0.7).")
+              help="One image, one column per value of q, sigma, k, blur, filter or outline (e.g. q=0.3,0.5,0.7).")
 @click.option("--cell", type=click.IntRange(64, 1024), default=192, show_default=True, help="Panel size in pixels.")
 @config_options
 def preview(src: Path, output: Path, count, files, grid, cell, config_file, sets, **values) -> None:

@@ -44,9 +44,10 @@ GRID_KEYS = {
     "blur": "blur.sigma",
     "blur_sigma": "blur.sigma",
     "filter": "inhibition.filter",
+    "outline": "inhibition.outline",
 }
 GRID_LABELS = {"inhibition.quantile": "q", "inhibition.sigma": "sigma", "inhibition.kernel_size": "k",
-               "blur.sigma": "blur", "inhibition.filter": "filter"}
+               "blur.sigma": "blur", "inhibition.filter": "filter", "inhibition.outline": "outline"}
 
 # Layout, in pixels. A 13 px font is the smallest that stays legible at 100% zoom.
 FONT_SIZE = 13
@@ -238,7 +239,7 @@ def _settings(config: Config, varied: Optional[str] = None) -> str:
     """The settings that shape the pictures, leaving out the one a grid varies."""
     s, b = config.inhibition, config.blur
     shown = {"q": s.quantile if isinstance(s.quantile, str) else f"{s.quantile:g}", "filter": s.filter, "sigma": f"{s.sigma:g}", "k": str(s.kernel_size),
-             "blur": f"{b.sigma:g}"}
+             "outline": s.outline, "blur": f"{b.sigma:g}"}
     if b.feather:
         shown["feather"] = f"{b.feather:g}"
     return "  ".join(f"{name}={value}" for name, value in shown.items() if name != varied)

@@ -250,7 +250,8 @@ def test_text_needs_no_font_file(monkeypatch, old_pillow):
     assert np.array_equal(pixels[y0:y1, x0:x1], np.asarray(picture.resize((64, 48), Image.LANCZOS)))
 
 
-@pytest.mark.parametrize("grid", ["sigma=1,3", "k=3,9", "filter=log,gaussian,none", "q=0.3,0.6"])
+@pytest.mark.parametrize("grid", ["sigma=1,3", "k=3,9", "filter=log,gaussian,none", "q=0.3,0.6",
+                                  "outline=response,importance"])
 def test_grid_runs_the_model_once_and_each_column_is_a_full_pass(src, checkpoint, monkeypatch, grid):
     """Every grid key acts after the model pass: one pass, then steps 4-8 per column, with
     the masks a full pass under that column's settings gives."""

@@ -33,6 +33,7 @@ import torch
 
 from scripts.experiment import data as bench
 from scripts.experiment.models import SmallResNet
+from scripts.experiment.report import write_section
 from scripts.experiment.run import ARCH, ROOT, Split, log, mask_arguments, run_enhance
 from scripts.experiment.train import MEAN, STD, accuracy, load_folder, train_model
 
@@ -223,7 +224,8 @@ def main() -> None:
 
 
 def write_page(path: Path, text: str, out: Path, started: float) -> None:
-    """docs/EVALUATE.md: how it was made, the tables, and two figures from the reports."""
+    """docs/EVALUATE.md's section "evaluate-checkpoints": how it was made, the tables, and two
+    figures from the reports. The page's hand-written part (the command's manual) is kept."""
     figures = {"evaluate-true-masks.png": out / "report-original-true" / "accuracy.png",
                "evaluate-samples.png": out / "report-original-q0.8" / "samples.png"}
     for name, source in figures.items():
@@ -231,7 +233,7 @@ def write_page(path: Path, text: str, out: Path, started: float) -> None:
     import platform
 
     header = [
-        "# `latinhib evaluate` on the experiment's test splits", "",
+        "## `latinhib evaluate` on the experiment's test splits: all tables", "",
         "Written by `.venv/bin/python -m scripts.experiment.evaluate_checkpoints` (from the repository root; "
         "`--work out/experiment`, shared with `scripts.experiment.run`). "
         f"Last run: {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs, torch "
@@ -243,7 +245,7 @@ def write_page(path: Path, text: str, out: Path, started: float) -> None:
         "Accuracies in %, [95% bootstrap interval]; differences in points.", "",
         "![accuracy per variant, true masks, test/original](evaluate-true-masks.png)", "",
         "![the variants with latinhib's masks at q = 0.8 (test/original)](evaluate-samples.png)", ""]
-    path.write_text("\n".join(header) + "\n" + text + "\n")
+    write_section(path, "evaluate-checkpoints", "\n".join(header) + "\n" + text)
 
 
 if __name__ == "__main__":

@@ -201,7 +201,7 @@ Grad-CAM layers on val_rand (at q {cam['mean_q']:.2f}):
 
 {layer_table}
 
-For the README (mixed_rand, mean ± std over seeds; paired difference ± SE):
+For the summary at the top of this page (mixed_rand, mean ± std over seeds; paired difference ± SE):
 
 {readme}
 """

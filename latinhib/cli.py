@@ -173,7 +173,9 @@ def _enhance(src, dst, config_file, sets, files_from, follow_symlinks, strict, p
     from .config import ConfigError
     from .distributed import is_distributed, is_primary
     from .models import CheckpointError
-    from .pipeline import JobError, Stopped, run
+    from .pipeline import run
+    from .plan import JobError
+    from .stopping import Stopped
 
     keep_large_blocks()  # no page faults on each batch's fresh activations (allocator.py)
     shard = values.pop("shard", None)
@@ -256,10 +258,10 @@ def _stop_before_start() -> Iterator[None]:
 def _shard(value: Optional[str]):
     if value is None:
         return None
-    from .distributed import parse_shard
+    from .distributed import parse_part
 
     try:
-        return parse_shard(value)
+        return parse_part(value)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
 
@@ -280,9 +282,9 @@ def merge(dst: Path, as_json: bool, quiet: bool) -> None:
     Example:
       latinhib merge data/train-li
     """
-    from .distributed import merge as merge_parts
+    from .files import DestinationUnusable
     from .locking import DstBusy, DstLock
-    from .writer import DestinationUnusable
+    from .manifest import merge as merge_parts
 
     lock = DstLock(dst, None, what="latinhib merge", log=lambda message: click.echo(message, err=True))
     try:
@@ -328,8 +330,8 @@ def preview(src: Path, output: Path, count, files, grid, cell, config_file, sets
     """
     from .config import ConfigError
     from .models import CheckpointError
+    from .files import DestinationUnusable
     from .preview import PreviewError, preview as make_preview
-    from .writer import DestinationUnusable
 
     config = build_config(config_file, sets, values)
     chosen = [f.strip() for f in files.split(",") if f.strip()] if files else None

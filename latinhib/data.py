@@ -196,9 +196,9 @@ def _work_image(image: Image.Image) -> Tuple[Image.Image, str, int]:
         return image, mode, 255
     if mode == "PA" or (mode == "P" and "transparency" in image.info):
         return image.convert("RGBA"), "RGBA", 255
-    if mode == "P":  # written back in its own palette (writer.to_pil)
+    if mode == "P":  # written back in its own palette (encoding.to_pil)
         return image.convert("RGB"), "P", 255
-    if mode == "1":  # computed in grey, written back as 1-bit (writer.to_pil)
+    if mode == "1":  # computed in grey, written back as 1-bit (encoding.to_pil)
         return image.convert("L"), "1", 255
     if mode == "L":
         return image, "L", 255

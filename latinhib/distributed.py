@@ -1,15 +1,16 @@
-"""One job over many processes: torchrun ranks and independent shards (``--shard I/N``).
+"""One job over many processes: torchrun ranks and independent jobs of one part each
+(``--shard I/N``: a :class:`Part` of the files, not a tar shard).
 
-Each file belongs to exactly one shard, decided by a salted blake2b hash of its relative
+Each file belongs to exactly one part, decided by a salted blake2b hash of its relative
 path, so membership depends neither on listing order nor on timing, and is uncorrelated
 with the enhancement selection (``inhibition.selection_score``: unsalted, seeded). Under
-``torchrun`` (``WORLD_SIZE`` > 1 in the environment) rank R of W is shard R/W, and with
-``--shard I/N`` as well it is shard I+N*R of N*W (a split of shard I/N). A shard writes its outputs and its own
-manifest part, ``DST/latinhib-manifest.part-<I>-of-<N>.jsonl``; :func:`merge` folds the
-parts into ``DST/latinhib-manifest.jsonl`` (rank 0 does it once every rank is done; after
-separate shard jobs, ``latinhib merge DST`` does). A shard reads the main manifest and every
-part at start, so a rerun of one killed rank alone (``--shard R/W``) completes its share,
-and a rerun with another shard count still skips what is done.
+``torchrun`` (``WORLD_SIZE`` > 1 in the environment) rank R of W is part R/W, and with
+``--shard I/N`` as well it is part I+N*R of N*W (a split of part I/N). A part writes its
+outputs and its own manifest part (``manifest.part_name``); ``manifest.merge`` folds the
+parts into the main manifest (rank 0 does it once every rank is done; after separate
+``--shard`` jobs, ``latinhib merge DST`` does). A part reads the main manifest and every
+manifest part at start, so a rerun of one killed rank alone (``--shard R/W``) completes
+its share, and a rerun with another part count still skips what is done.
 
 No process manager here: torchrun or the scheduler starts the processes. The process group
 (gloo on CPU, nccl on CUDA) is initialised only when WORLD_SIZE > 1 and serves three things:
@@ -17,7 +18,7 @@ the job-wide counts (so every rank's exit code reflects failures on any rank), t
 before rank 0 merges, and one progress bar on rank 0 fed through the group's key-value
 store.
 
-Temporary files: a shard must never delete another live rank's temporaries. Any cleanup of
+Temporary files: a part must never delete another live rank's temporaries. Any cleanup of
 stale ``*.latinhib-*.tmp`` files belongs only in runs where :attr:`Context.owns_all_temp_files`
 is True (not sharded, not distributed).
 """
@@ -29,37 +30,29 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
 from .data import Item
-from .models import resolve_device
-from .writer import MANIFEST_NAME, Manifest, read_manifest
+from .manifest import MANIFEST_NAME, merge, part_name, part_paths, read_all
+from .runtime import resolve_device
 
 __all__ = [
     "Context",
-    "MergeResult",
-    "Shard",
+    "Part",
     "is_distributed",
     "is_primary",
-    "listing_key",
-    "merge",
-    "parse_shard",
-    "part_name",
-    "part_paths",
-    "read_previous",
+    "parse_part",
+    "part_of",
     "setup",
-    "shard_of",
     "split",
 ]
 
-#: Salt of the shard hash; any value other than the selection hash's (none) would do.
-SHARD_SALT = b"latinhib-shard"
-PART_PATTERN = re.compile(r"^latinhib-manifest\.part-(\d+)-of-(\d+)\.jsonl$")
-STATUSES = ("enhanced", "copied", "unchanged", "skipped", "failed")
+#: Salt of the part hash; any value other than the selection hash's (none) would do.
+PART_SALT = b"latinhib-shard"
 #: Summary counters summed over ranks at the end of a torchrun job.
 COUNTERS = ("total", "enhanced", "copied", "unchanged", "skipped", "failed", "already_done")
 PROGRESS_KEY = "latinhib/progress"
@@ -67,15 +60,16 @@ DONE_KEY = "latinhib/done"
 EXIT_KEY = "latinhib/exit"
 
 
-def shard_of(rel: str, count: int) -> int:
-    """The shard in ``range(count)`` that owns relative path ``rel``."""
-    digest = hashlib.blake2b(rel.encode("utf-8", "surrogateescape"), digest_size=8, salt=SHARD_SALT).digest()
+def part_of(rel: str, count: int) -> int:
+    """The part in ``range(count)`` that owns relative path ``rel``."""
+    digest = hashlib.blake2b(rel.encode("utf-8", "surrogateescape"), digest_size=8, salt=PART_SALT).digest()
     return int.from_bytes(digest, "big") % count
 
 
 @dataclass(frozen=True)
-class Shard:
-    """Shard ``index`` of ``count`` (0-based)."""
+class Part:
+    """Part ``index`` of ``count`` (0-based) of a job's files: what ``--shard I/N`` and a
+    torchrun rank do (not :class:`shards.Shard`, a tar file)."""
 
     index: int
     count: int
@@ -88,118 +82,18 @@ class Shard:
         return f"{self.index}/{self.count}"
 
     def owns(self, rel: str) -> bool:
-        return self.count == 1 or shard_of(rel, self.count) == self.index
+        return self.count == 1 or part_of(rel, self.count) == self.index
 
 
-def parse_shard(text: str) -> Shard:
-    """``"I/N"`` -> :class:`Shard`; ValueError naming the value otherwise."""
+def parse_part(text: str) -> Part:
+    """``--shard``'s ``"I/N"`` -> :class:`Part`; ValueError naming the value otherwise."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not match:
         raise ValueError(f"--shard: {text!r} is not allowed; expected I/N with 0 <= I < N, e.g. 0/4")
     index, count = int(match.group(1)), int(match.group(2))
     if not (count >= 1 and 0 <= index < count):
         raise ValueError(f"--shard: {text!r} is not allowed; expected I/N with 0 <= I < N, e.g. 0/4")
-    return Shard(index, count)
-
-
-def part_name(shard: Shard) -> str:
-    return f"latinhib-manifest.part-{shard.index}-of-{shard.count}.jsonl"
-
-
-def part_paths(dst: Path) -> List[Tuple[Shard, Path]]:
-    """The manifest parts in ``dst``, oldest first (a later part's entries win)."""
-    found = []
-    try:
-        names = os.listdir(dst)
-    except FileNotFoundError:
-        return []
-    for name in names:
-        match = PART_PATTERN.match(name)
-        if match and int(match.group(1)) < int(match.group(2)):
-            path = dst / name
-            found.append((path.stat().st_mtime_ns, name, Shard(int(match.group(1)), int(match.group(2))), path))
-    return [(shard, path) for _, _, shard, path in sorted(found)]
-
-
-def _sources(dst: Path) -> List[Path]:
-    """The main manifest and every part, oldest first: a later file's entry for a path wins
-    (within a file, the later line wins)."""
-    paths = [path for _, path in part_paths(dst)]
-    main = dst / MANIFEST_NAME
-    if main.is_file():
-        paths.append(main)
-    return sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name))
-
-
-def read_previous(dst: Path, shard: Optional[Shard],
-                  key: Optional[Callable[[str], str]] = None) -> Dict[str, Dict[str, Any]]:
-    """What earlier runs did, from the main manifest and all parts, restricted to the paths
-    ``shard`` owns (all paths when None); ``key`` maps a path to the unit ownership is
-    decided on (a tar sample's shard; the path itself by default)."""
-    entries: Dict[str, Dict[str, Any]] = {}
-    for path in _sources(dst):
-        entries.update(read_manifest(path))
-    if shard is None or shard.count == 1:
-        return entries
-    key = key or (lambda rel: rel)
-    return {rel: entry for rel, entry in entries.items() if shard.owns(key(rel))}
-
-
-def listing_key(rel: str) -> Tuple[Tuple[int, str], ...]:
-    """Sort key that reproduces ``data.list_folder``'s order (os.walk top-down with sorted
-    names: a folder's files before its subfolders) from relative paths alone."""
-    parts = rel.split("/")
-    return tuple((1, part) for part in parts[:-1]) + ((0, parts[-1]),)
-
-
-@dataclass
-class MergeResult:
-    """What :func:`merge` did: the parts folded in, counts per status over the merged
-    manifest, and shards missing among the shard counts seen."""
-
-    dst: str
-    parts: List[str] = field(default_factory=list)
-    counts: Dict[str, int] = field(default_factory=dict)
-    missing: List[str] = field(default_factory=list)
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def as_dict(self) -> Dict[str, Any]:
-        return {"dst": self.dst, "parts": self.parts, "total": self.total, **self.counts, "missing": self.missing}
-
-    def line(self) -> str:
-        c = self.counts
-        return (
-            f"merged {len(self.parts)} manifest part(s): {self.total} files: {c['enhanced']} enhanced, "
-            f"{c['copied']} copied, {c['unchanged']} unchanged, {c['skipped']} skipped, {c['failed']} failed "
-            f"-> {self.dst}"
-        )
-
-
-def merge(dst: Path, order: Optional[Sequence[str]] = None) -> MergeResult:
-    """Fold the manifest parts in ``dst`` into ``dst/latinhib-manifest.jsonl`` (written
-    atomically, one line per input, in ``order`` or else in listing order), then remove the
-    parts. Safe to repeat; a part written later by a rerun is folded in by the next merge."""
-    dst = Path(dst)
-    parts = part_paths(dst)
-    if not parts and not (dst / MANIFEST_NAME).is_file():
-        raise ValueError(f"DST {str(dst)!r}: no {MANIFEST_NAME} and no manifest parts to merge")
-    entries = read_previous(dst, None)
-    keys = list(order) if order is not None else sorted(entries, key=listing_key)
-    seen = set(keys)
-    keys += sorted((rel for rel in entries if rel not in seen), key=listing_key)
-    Manifest.compact(dst / MANIFEST_NAME, keys, entries)
-    for _, path in parts:
-        path.unlink()
-    counts = {status: 0 for status in STATUSES}
-    for entry in entries.values():
-        if entry.get("status") in counts:
-            counts[entry["status"]] += 1
-    present = {(s.index, s.count) for s, _ in parts}
-    missing = sorted({f"{i}/{n}" for _, n in present for i in range(n) if (i, n) not in present})
-    return MergeResult(str(dst), [str(s) for s, _ in parts], counts, missing)
+    return Part(index, count)
 
 
 class _RankBar:
@@ -242,12 +136,12 @@ class _RankBar:
 class Context:
     """Where this process stands in the job.
 
-    shard: the files this process owns (None = all). distributed: a torch.distributed group
+    part: the files this process owns (None = all). distributed: a torch.distributed group
     was initialised by :func:`setup` (torchrun with WORLD_SIZE > 1). rank/world_size: within
     that group (0/1 otherwise). device: the device to run on.
     """
 
-    shard: Optional[Shard] = None
+    part: Optional[Part] = None
     distributed: bool = False
     rank: int = 0
     world_size: int = 1
@@ -266,18 +160,18 @@ class Context:
     def owns_all_temp_files(self) -> bool:
         """Only a lone, unsharded run may clean up stale temporary files in DST: anywhere
         else they may belong to another live rank or shard."""
-        return self.shard is None and not self.distributed
+        return self.part is None and not self.distributed
 
     def select(self, items: Sequence[Item], key: Optional[Callable[[Item], str]] = None) -> List[Item]:
         """The items this process handles: those whose unit (``key(item)``, by default its
         path; an input or output tar shard's name for shard jobs) this shard owns."""
-        if self.shard is None:
+        if self.part is None:
             return list(items)
         key = key or (lambda item: item.rel)
-        return [item for item in items if self.shard.owns(key(item))]
+        return [item for item in items if self.part.owns(key(item))]
 
     def owns_unit(self, unit: str) -> bool:
-        return self.shard is None or self.shard.owns(unit)
+        return self.part is None or self.part.owns(unit)
 
     def same_lines(self, lines: Iterable[str]) -> Iterable[str]:
         """``--files-from``'s lines as rank 0 reads them. Under torchrun every rank
@@ -292,11 +186,18 @@ class Context:
         return box[0]
 
     def manifest_path(self, dst: Path) -> Path:
-        """The main manifest, or this shard's part."""
-        return dst / (MANIFEST_NAME if self.shard is None else part_name(self.shard))
+        """The main manifest, or this part's."""
+        return dst / (MANIFEST_NAME if self.part is None else part_name(self.part.index, self.part.count))
 
     def previous(self, dst: Path, key: Optional[Callable[[str], str]] = None) -> Dict[str, Dict[str, Any]]:
-        return read_previous(dst, self.shard, key)
+        """What earlier runs did (the main manifest and every part), restricted to the paths
+        this process owns; ``key`` maps a path to the unit ownership is decided on (a tar
+        sample's shard; the path itself by default)."""
+        entries = read_all(dst)
+        if self.part is None or self.part.count == 1:
+            return entries
+        key = key or (lambda rel: rel)
+        return {rel: entry for rel, entry in entries.items() if self.part.owns(key(rel))}
 
     def progress(self, todo: int, quiet: bool, make_bar: Callable[[int, bool], Any]):
         """A progress bar: the usual one outside torchrun; under torchrun one bar on rank 0
@@ -315,7 +216,7 @@ class Context:
         """End of the job for this process: under torchrun, sum the counts over ranks (every
         rank returns the job's summary, so every exit code reflects failures anywhere) and
         rank 0 merges the parts; an unsharded run folds in parts left by earlier shards."""
-        if self.shard is None:
+        if self.part is None:
             if part_paths(dst):
                 merge(dst, order)
             return summary
@@ -382,14 +283,14 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value not in (None, "") else default
 
 
-def split(shard: Optional[Shard], rank: int, world_size: int) -> Shard:
-    """Rank ``rank``'s share of ``shard`` (of the whole job when None).
+def split(part: Optional[Part], rank: int, world_size: int) -> Part:
+    """Rank ``rank``'s share of ``part`` (of the whole job when None).
 
-    I + N*R of N*W: hash % N == I still, so the ranks split exactly shard I/N, and a later
+    I + N*R of N*W: hash % N == I still, so the ranks split exactly part I/N, and a later
     ``--shard I/N`` run alone covers the same files."""
-    if shard is None:
-        return Shard(rank, world_size)
-    return Shard(shard.index + shard.count * rank, shard.count * world_size)
+    if part is None:
+        return Part(rank, world_size)
+    return Part(part.index + part.count * rank, part.count * world_size)
 
 
 def is_distributed() -> bool:
@@ -402,14 +303,14 @@ def is_primary() -> bool:
     return _env_int("RANK", 0) == 0
 
 
-def setup(shard: Optional[Shard], device_name: str) -> Context:
+def setup(part: Optional[Part], device_name: str) -> Context:
     """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), pick the device
     (``cuda:LOCAL_RANK`` when ``device_name`` is auto/cuda and CUDA is there) and, when
     WORLD_SIZE > 1, initialise the process group: nccl when each rank has its own GPU, else
     gloo."""
     world_size = _env_int("WORLD_SIZE", 1)
     if world_size <= 1:
-        return Context(shard=shard, device=resolve_device(device_name))
+        return Context(part=part, device=resolve_device(device_name))
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     if device_name in ("auto", "cuda") and torch.cuda.is_available():
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
@@ -424,5 +325,5 @@ def setup(shard: Optional[Shard], device_name: str) -> Context:
         one_gpu_each = (device_name in ("auto", "cuda") and device.type == "cuda"
                         and _env_int("LOCAL_WORLD_SIZE", 1) <= torch.cuda.device_count())
         dist.init_process_group(backend="nccl" if one_gpu_each else "gloo")
-    return Context(shard=split(shard, rank, world_size), distributed=True, rank=rank, world_size=world_size, device=device,
-                   merge_at_end=shard is None)
+    return Context(part=split(part, rank, world_size), distributed=True, rank=rank, world_size=world_size, device=device,
+                   merge_at_end=part is None)

@@ -37,7 +37,7 @@ from .recorder import PassFailed, Recorder
 from .stopping import STOP_SIGNALS
 from .streams import ModelStreams
 
-__all__ = ["Executor", "Pipelined", "WholeCoreStreams", "make_executor"]
+__all__ = ["Executor", "Pipelined", "WholeCoreStreams", "batch_importance", "make_executor"]
 
 
 class _Decoding(Dataset):
@@ -168,7 +168,7 @@ def _run_chunk(enhancer: LateralInhibition, chunk: Sequence[int], futures: Seque
             else:
                 _settle(future, undecodable, items[i], err, finisher.sink)
         if decoded_ok:
-            imp = _importance(enhancer, [(i, d) for i, d, _ in decoded_ok], items, labels, device)
+            imp = batch_importance(enhancer, [(i, d) for i, d, _ in decoded_ok], items, labels, device)
     except BaseException as exc:  # the model pass (or decoding itself) raised: the job stops
         for _, future in live:  # no future is left for the job to wait on
             if not future.done():
@@ -185,7 +185,10 @@ def _settle(future: Future, fn: Callable[..., Dict[str, Any]], *args: Any) -> No
         future.set_exception(exc)
 
 
-def _importance(enhancer: LateralInhibition, decoded_ok, items, labels, device) -> Importance:
+def batch_importance(enhancer: LateralInhibition, decoded_ok, items, labels, device) -> Importance:
+    """Steps 1-5 on a batch of decoded images (``decoded_ok``: (index into ``items``,
+    decoded) pairs), with their folder labels as targets when ``labels`` maps them; shared
+    with ``preview`` so both feed the model the same way."""
     inputs = torch.stack([d.model_input for _, d in decoded_ok])
     if device.type == "cuda":
         inputs = inputs.pin_memory()
@@ -288,7 +291,7 @@ class Pipelined(Executor):
             self._undecoded(batch)
             decoded_ok = [(i, d) for i, d, err in batch if d is not None]
             for chunk in self.streams.split(decoded_ok):
-                passes.append((chunk, self.streams.submit(_importance, chunk, to_enhance, self.labels, self.device)))
+                passes.append((chunk, self.streams.submit(batch_importance, chunk, to_enhance, self.labels, self.device)))
             self.copy(self.copies_per_batch)  # copies overlap the model passes instead of delaying the first
             while len(passes) > self.streams.count:  # each stream keeps one chunk queued behind the one it runs
                 self._finish(*passes.popleft())

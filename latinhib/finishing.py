@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from .api import Importance
 from .config import Config
 from .data import Decoded, DecodeError, Item, NotEnhanceable
+from .encoding import save_heatmap, save_mask
+from .files import mask_path
 from .filters import blur_uint8
 from .inhibition import inhibit
+from .manifest import entry
 from .models import LoadedModel
-from .recorder import entry
-from .writer import mask_path, save_heatmap, save_mask
 
 __all__ = ["Finisher", "enhance_pixels", "enhance_uint8", "kept_fraction", "undecodable"]
 

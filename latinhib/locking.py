@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 if TYPE_CHECKING:  # no torch import at run time (``distributed`` imports it): merge starts fast
-    from .distributed import Shard
+    from .distributed import Part
 
 __all__ = ["LOCK_NAME", "DstBusy", "DstLock"]
 
@@ -56,7 +56,7 @@ class DstLock:
     the other shards of the same split. :meth:`acquire` raises :class:`DstBusy`;
     :meth:`release` is safe to call more than once."""
 
-    def __init__(self, dst: Path, shard: Optional["Shard"], *, log: Callable[[str], None] = print,
+    def __init__(self, dst: Path, shard: Optional["Part"], *, log: Callable[[str], None] = print,
                  what: str = "latinhib job"):
         self.dst = Path(dst)
         self.path = self.dst / LOCK_NAME

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from .config import ConfigError, ModelConfig
 
-__all__ = ["CheckpointError", "LoadedModel", "load_model", "resolve_device", "clean_state_dict"]
+__all__ = ["CheckpointError", "LoadedModel", "load_model", "clean_state_dict"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,21 +69,6 @@ class LoadedModel:
             mean=tuple(self.mean),
             std=tuple(self.std),
         )
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda``/``cuda:N`` must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"runtime.device: {name!r} is not available on this machine (no CUDA device); use cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"runtime.device: {name!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-    return device
 
 
 def clean_state_dict(state: Dict[str, Any]) -> Dict[str, torch.Tensor]:

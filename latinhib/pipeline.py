@@ -28,22 +28,20 @@ from . import distributed
 from .api import LateralInhibition
 from .config import Config, to_yaml
 from .data import bomb_warnings_ignored, display
-from .executors import _importance, make_executor
-from .finishing import Finisher, enhance_pixels, enhance_uint8, kept_fraction
+from .executors import make_executor
+from .files import UNUSABLE_ERRNOS, DestinationUnusable, atomic_write, remove_stale_temps
+from .finishing import Finisher
+from .labels import resolve_labels
 from .locking import DstBusy, DstLock
+from .manifest import CONFIG_NAME, Manifest
 from .models import load_model
-from .plan import RESULT_SECTIONS, JobError, Plan, check_previous_config, make_plan, recorded_config, resolve_labels
+from .plan import JobError, Plan, check_previous_config, make_plan, recorded_config
 from .recorder import Recorder, StrictStop, Summary, progress_bar
-from .sinks import DONE, FolderSink, TarSink
+from .sinks import FolderSink, TarSink
 from .sources import FORMATS, Listing, SourceError, open_source
-from .stopping import DestinationFull, Interrupted, StopRequest, Stopped, folder_of, rank_of
-from .writer import CONFIG_NAME, UNUSABLE_ERRNOS, DestinationUnusable, Manifest, atomic_write, remove_stale_temps
+from .stopping import DestinationFull, Interrupted, StopRequest, folder_of, rank_of
 
-__all__ = ["DestinationFull", "FORMATS", "JobError", "Interrupted", "Stopped", "Summary", "run", "STATUSES"]
-
-STATUSES = distributed.STATUSES
-# Kept importable from here: the API, preview and tests use these names.
-_ = (DONE, RESULT_SECTIONS, enhance_pixels, enhance_uint8, kept_fraction, resolve_labels, _importance)
+__all__ = ["run"]
 
 
 def run(
@@ -55,7 +53,7 @@ def run(
     follow_symlinks: bool = False,
     strict: bool = False,
     quiet: bool = False,
-    shard: Optional[distributed.Shard] = None,
+    shard: Optional[distributed.Part] = None,
     on_output: Optional[Callable[[Path], None]] = None,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
     input_format: str = "auto",
@@ -86,7 +84,7 @@ def run(
     ctx = distributed.setup(shard, config.runtime.device)
     # One job per DST, or per shard of it (locking.py). Taken here when DST exists, so a
     # second job is refused before it loads a model; else _prepare_dst takes it on creating DST.
-    lock = DstLock(dst, ctx.shard, log=log)
+    lock = DstLock(dst, ctx.part, log=log)
     options = dict(strict=strict, quiet=quiet, on_output=on_output, log=log, output_format=output_format,
                    shard_size=shard_size, started=started)
     try:

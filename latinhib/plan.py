@@ -1,7 +1,7 @@
 """What to do with each listed input, decided before any work starts: already done
 (skipped by a rerun), left out, selected for enhancement (``blake2b(seed, rel) < ratio``),
 or copied; plus the checks a rerun must pass (same result-changing settings as the DST it
-continues) and the folder labels the loss uses.
+continues).
 """
 from __future__ import annotations
 
@@ -10,17 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import yaml
-
 from .api import LateralInhibition
-from .config import Config, ConfigError
-from .models import LoadedModel
+from .config import Config
 from .data import Item, display
 from .inhibition import selection_score
-from .recorder import entry
-from .writer import CONFIG_NAME, is_job_file
+from .manifest import entry, is_job_file, recorded_sections
+from .models import LoadedModel
 
-__all__ = ["JobError", "Plan", "RESULT_SECTIONS", "check_previous_config", "make_plan", "recorded_config", "resolve_labels"]
+__all__ = ["JobError", "Plan", "RESULT_SECTIONS", "check_previous_config", "make_plan", "recorded_config"]
 
 #: Config sections that change outputs; a rerun into the same DST must match them.
 RESULT_SECTIONS = ("model", "inhibition", "blur")
@@ -94,20 +91,18 @@ def check_previous_config(dst: Path, config: Config, recorded: Config) -> None:
     ``recorded`` is what this run writes to DST (:func:`recorded_config`); a key matches when
     the file holds the recorded value or the value asked for, so a DST written before
     the config recorded resolved values (``layers: null``) still resumes."""
-    path = dst / CONFIG_NAME
-    if config.output.overwrite or not path.is_file():
+    if config.output.overwrite:
         return
     try:
-        previous = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        previous = None
-    if not isinstance(previous, dict) or not all(isinstance(previous.get(s) or {}, dict) for s in RESULT_SECTIONS):
-        raise JobError(f"DST {display(str(dst))!r}: {CONFIG_NAME} is unreadable or not a latinhib config; "
-                       f"use --overwrite to redo DST, or another DST")
+        previous = recorded_sections(dst, RESULT_SECTIONS)
+    except ValueError as exc:
+        raise JobError(f"DST {display(str(dst))!r}: {exc}; use --overwrite to redo DST, or another DST") from None
+    if previous is None:
+        return
     asked, current = config.to_dict(), recorded.to_dict()
     for section in RESULT_SECTIONS:
         for key, value in current[section].items():
-            old = (previous.get(section) or {}).get(key, value)
+            old = previous[section].get(key, value)
             if old != value and old != asked[section][key]:
                 raise JobError(
                     f"DST {display(str(dst))!r} was made with {section}.{key} = {old!r}, this run has {value!r}; "
@@ -120,37 +115,3 @@ def recorded_config(config: Config, loaded: LoadedModel, enhancer: LateralInhibi
     size, mean and std, the weights only when weights were loaded, the checkpoint's
     sha256 and size."""
     return dataclasses.replace(config, model=loaded.resolved(config.model, enhancer.layers))
-
-
-def _class_labels(items: Sequence[Item], classes: Optional[List[str]]) -> Optional[Dict[str, int]]:
-    """Folder class -> model output index, when every folder class maps onto the model's
-    classes (exactly, or ignoring case and '_' vs ' '); else None."""
-    names = {item.class_name for item in items if item.is_image}
-    if not names or None in names or not classes:
-        return None
-    exact = {name: i for i, name in enumerate(classes)}
-    loose = {name.lower().replace("_", " "): i for i, name in enumerate(classes)}
-    mapping = {}
-    for name in names:
-        if name in exact:
-            mapping[name] = exact[name]
-        elif name.lower().replace("_", " ") in loose:
-            mapping[name] = loose[name.lower().replace("_", " ")]
-        elif name.isdigit() and int(name) < len(classes):
-            mapping[name] = int(name)
-        else:
-            return None
-    return mapping
-
-
-def resolve_labels(items: Sequence[Item], config: Config, classes: Optional[List[str]]) -> Optional[Dict[str, int]]:
-    """The folder labels the loss uses (``target: auto``/``label``), or None for ``pred``/
-    ``entropy``; ``target: label`` without a mapping is a :class:`ConfigError`. Shared by
-    ``enhance`` and ``preview`` so both pick the same target."""
-    labels = _class_labels(items, classes) if config.model.target in ("auto", "label") else None
-    if config.model.target == "label" and labels is None:
-        raise ConfigError(
-            "model.target: 'label' needs every image in a class folder whose name is one of the model's classes "
-            "(set model.classes, or use target auto/pred/entropy)"
-        )
-    return labels

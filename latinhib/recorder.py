@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .data import Item, display
-from .writer import DestinationUnusable, Manifest
+from .files import DestinationUnusable
+from .manifest import Manifest, entry
 
-__all__ = ["PassFailed", "Recorder", "StrictStop", "Summary", "describe", "entry", "progress_bar"]
+__all__ = ["PassFailed", "Recorder", "StrictStop", "Summary", "describe", "progress_bar"]
 
 
 class StrictStop(Exception):
@@ -81,22 +82,6 @@ class Summary:
             f"{self.skipped} skipped, {self.failed} failed, {self.already_done} already done "
             f"({self.seconds:.1f} s, {rate:.1f} files/s) -> {display(self.dst)}"
         )
-
-
-def entry(item: Item, selected: bool, status: str, **values: Any) -> Dict[str, Any]:
-    """One manifest line for ``item``."""
-    line = {
-        "path": item.rel,
-        "selected": selected,
-        "status": status,
-        "kept_fraction": None,
-        "threshold": None,
-        "target": None,
-        "predicted_class": None,
-        "error": None,
-    }
-    line.update(values)
-    return line
 
 
 def describe(exc: BaseException) -> str:

@@ -4,7 +4,7 @@ item done already?), the executor's threads (copy it; write its enhanced image) 
 recorder (this item is recorded, in order), so a new output format is one new class.
 
 Every file a sink leaves under a final name is complete: folder outputs are written under
-a hidden temporary name and renamed (``writer.atomic_write``), and an output shard is
+a hidden temporary name and renamed (``files.atomic_write``), and an output shard is
 assembled under a temporary name once all its items are recorded, then renamed.
 """
 from __future__ import annotations
@@ -17,15 +17,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import shards
 from .data import Item, read_error
-from .recorder import entry
 from .shards import Member, Sample, ShardIndex
 from .sources import SampleItem
-from .writer import atomic_write, copy_file, output_path, save_image, temp_path
+from .encoding import save_image
+from .files import atomic_write, copy_file, output_path, temp_path
+from .manifest import DONE, entry
 
-__all__ = ["DONE", "FolderSink", "TarSink", "shard_names"]
-
-#: Statuses whose output is in DST: a rerun skips them (when the output is still there).
-DONE = ("enhanced", "copied", "unchanged")
+__all__ = ["FolderSink", "TarSink", "shard_names"]
 
 
 def _copy_entry(item: Item, copy: Callable[[], None]) -> Dict[str, Any]:

@@ -139,7 +139,7 @@ class ShardSource:
         for number, shard in enumerate(self.shards):
             spool = None
             if shard.is_pipe:
-                from .writer import temp_path
+                from .files import temp_path
 
                 self.spool_dir.mkdir(parents=True, exist_ok=True)
                 spool = temp_path(self.spool_dir / f"spool-{number}-{shard.name}")

@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 from .config import Config
 from .data import display
 from .recorder import Summary
-from .writer import DestinationUnusable
+from .files import DestinationUnusable
 
 __all__ = ["DestinationFull", "Interrupted", "STOP_SIGNALS", "StopRequest", "Stopped", "folder_of", "rank_of"]
 

@@ -110,9 +110,9 @@ def row_floor(args, src: Path) -> dict:
 
     from bench_core import floor_step  # the same floor as scripts/bench_core.py
 
-    from latinhib.api import amp_dtype
     from latinhib.importance import default_layers
-    from latinhib.models import load_model, resolve_device
+    from latinhib.models import load_model
+    from latinhib.runtime import amp_dtype, resolve_device
 
     config = _config(args, 1.0)
     device = resolve_device(config.runtime.device)
@@ -189,7 +189,8 @@ def row_gradcam(args, src: Path) -> dict:
     from torch.utils.data import DataLoader, Dataset
 
     from latinhib.importance import default_layers, resolve_layers
-    from latinhib.models import load_model, resolve_device
+    from latinhib.models import load_model
+    from latinhib.runtime import resolve_device
 
     config = _config(args, 1.0)
     device = resolve_device(config.runtime.device)

@@ -52,13 +52,14 @@ def test_enhance_applies_it_before_the_job(monkeypatch, tmp_path):
 
     import latinhib.pipeline as pipeline
     from latinhib.cli import main
+    from latinhib.plan import JobError
 
     calls = []
     monkeypatch.setattr(allocator, "keep_large_blocks", lambda: calls.append("tuned") or True)
 
     def fake_run(*args, **kwargs):
         calls.append("run")
-        raise pipeline.JobError("stop here")
+        raise JobError("stop here")
 
     monkeypatch.setattr(pipeline, "run", fake_run)
     src = tmp_path / "src"

@@ -6,7 +6,7 @@ finishes the job with the same files as a run that never ran out.
 
 Two ways: a real 4 MB tmpfs, partly filled so the job runs out part-way (needs root and
 ``mount``; skipped otherwise), and a simulated disk with a byte budget in front of the two
-places every byte the job writes goes through (``writer.write_all``, ``shutil.copyfile``),
+places every byte the job writes goes through (``files.write_all``, ``shutil.copyfile``),
 which runs everywhere."""
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from latinhib import writer
+from latinhib import files
 from latinhib.cli import main
+from latinhib.manifest import Manifest, read_manifest
 from test_resume import check_no_partial_file, command, entries, final_files, reference, src  # noqa: F401
 from test_cli import checkpoint  # noqa: F401 - the session checkpoint fixture
 
@@ -111,7 +112,7 @@ class SmallDisk:
         self.budget = budget
         self.code = code
         self.lock = threading.Lock()
-        self.real_write_all = writer.write_all
+        self.real_write_all = files.write_all
         self.real_copyfile = shutil.copyfile
 
     def _take(self, size: int) -> int:
@@ -146,7 +147,7 @@ def test_a_simulated_full_disk_stops_once_and_the_rerun_finishes(src, tmp_path, 
     argv = [str(a) for a in command(src, dst, masks, checkpoint)[3:]]  # after "python -m latinhib"
     total = sum(p.stat().st_size for root in (ref_dst, ref_masks) for p in root.rglob("*") if p.is_file())
     disk = SmallDisk(share * total, code)
-    monkeypatch.setattr(writer, "write_all", disk.write_all)
+    monkeypatch.setattr(files, "write_all", disk.write_all)
     monkeypatch.setattr(shutil, "copyfile", disk.copyfile)
 
     result = CliRunner().invoke(main, argv, catch_exceptions=False)
@@ -172,11 +173,11 @@ def _named(stderr: str, dst: Path, masks: Path) -> str:
 
 def test_a_manifest_write_that_runs_out_leaves_no_half_line(tmp_path, monkeypatch):
     path = tmp_path / "latinhib-manifest.jsonl"
-    manifest = writer.Manifest(path)
+    manifest = Manifest(path)
     manifest.write([{"path": "a.jpg", "status": "copied"}])
     disk = SmallDisk(10, errno.ENOSPC)
-    monkeypatch.setattr(writer, "write_all", disk.write_all)
-    with pytest.raises(writer.DestinationUnusable) as caught:
+    monkeypatch.setattr(files, "write_all", disk.write_all)
+    with pytest.raises(files.DestinationUnusable) as caught:
         manifest.write([{"path": "b.jpg", "status": "copied"}, {"path": "c.jpg", "status": "copied"}])
     assert caught.value.path == path and caught.value.errno == errno.ENOSPC
     manifest.close()
@@ -185,7 +186,7 @@ def test_a_manifest_write_that_runs_out_leaves_no_half_line(tmp_path, monkeypatc
     with open(path, "a") as handle:
         handle.write('{"path": "d.j')
     monkeypatch.undo()
-    manifest = writer.Manifest(path)
+    manifest = Manifest(path)
     manifest.write([{"path": "e.jpg", "status": "copied"}])
     manifest.close()
-    assert [e["path"] for e in writer.read_manifest(path).values()] == ["a.jpg", "e.jpg"]
+    assert [e["path"] for e in read_manifest(path).values()] == ["a.jpg", "e.jpg"]

@@ -19,7 +19,8 @@ from PIL import Image
 
 from latinhib.cli import main
 from latinhib.data import list_folder
-from latinhib.distributed import Shard, listing_key, parse_shard, shard_of, split
+from latinhib.distributed import Part, parse_part, part_of, split
+from latinhib.manifest import listing_key
 from latinhib.inhibition import selection_score
 
 ARCH = "mobilenet_v3_small"
@@ -52,7 +53,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 def broken_name(owner: int, count: int) -> str:
     """A file name owned by shard ``owner`` of ``count``."""
-    return next(n for n in (f"bees/broken{i}.jpg" for i in range(100)) if shard_of(n, count) == owner)
+    return next(n for n in (f"bees/broken{i}.jpg" for i in range(100)) if part_of(n, count) == owner)
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +124,8 @@ def assert_same_as_single(single: Path, dst: Path, masks: Path) -> None:
 
 def test_shard_hash_partitions_and_is_independent_of_the_selection():
     paths = [f"class{i % 7}/image_{i:05d}.jpg" for i in range(4000)]
-    owners = [shard_of(p, 3) for p in paths]
-    assert all(Shard(o, 3).owns(p) and sum(Shard(i, 3).owns(p) for i in range(3)) == 1 for p, o in zip(paths, owners))
+    owners = [part_of(p, 3) for p in paths]
+    assert all(Part(o, 3).owns(p) and sum(Part(i, 3).owns(p) for i in range(3)) == 1 for p, o in zip(paths, owners))
     for index in range(3):
         mine = [p for p, o in zip(paths, owners) if o == index]
         assert abs(len(mine) / len(paths) - 1 / 3) < 0.03
@@ -135,17 +136,17 @@ def test_shard_hash_partitions_and_is_independent_of_the_selection():
 def test_torchrun_ranks_split_exactly_the_shard_given():
     paths = [f"d{i % 5}/f{i}.png" for i in range(600)]
     for rel in paths:
-        assert split(None, shard_of(rel, 4), 4).owns(rel)
+        assert split(None, part_of(rel, 4), 4).owns(rel)
         for index in range(3):
-            owners = [rank for rank in range(2) if split(Shard(index, 3), rank, 2).owns(rel)]
-            assert len(owners) == (1 if Shard(index, 3).owns(rel) else 0)
+            owners = [rank for rank in range(2) if split(Part(index, 3), rank, 2).owns(rel)]
+            assert len(owners) == (1 if Part(index, 3).owns(rel) else 0)
 
 
-def test_parse_shard():
-    assert parse_shard("2/3") == Shard(2, 3)
+def test_parse_part():
+    assert parse_part("2/3") == Part(2, 3)
     for bad in ("3/3", "-1/3", "1", "a/b", "0/0"):
         with pytest.raises(ValueError, match="expected I/N"):
-            parse_shard(bad)
+            parse_part(bad)
     result = invoke("enhance", "a", "b", "--shard", "3/3")
     assert result.exit_code == 2 and "--shard: '3/3' is not allowed" in result.output
 
@@ -171,10 +172,10 @@ def test_shards_then_merge_equal_one_process_and_a_shard_reruns_alone(src, check
     for index in range(3):
         result = invoke("enhance", src, dst, *base_args(checkpoint), "--save-masks", masks, "--shard", f"{index}/3",
                         "--json")
-        assert result.exit_code == (1 if shard_of(broken_name(1, 2), 3) == index else 0), result.output
+        assert result.exit_code == (1 if part_of(broken_name(1, 2), 3) == index else 0), result.output
         part = dst / f"latinhib-manifest.part-{index}-of-3.jsonl"
         parts.append({json.loads(line)["path"] for line in part.read_text().splitlines()})
-        assert all(shard_of(p, 3) == index for p in parts[-1])
+        assert all(part_of(p, 3) == index for p in parts[-1])
     # every file in exactly one part: nothing written twice, nothing left out
     assert sum(map(len, parts)) == len(set().union(*parts)) == len(manifest(single / "out"))
     assert not (dst / "latinhib-manifest.jsonl").exists()
@@ -188,11 +189,11 @@ def test_shards_then_merge_equal_one_process_and_a_shard_reruns_alone(src, check
     first = manifest(dst)
 
     # A killed shard: one of its outputs is gone. Rerun alone, it redoes exactly that file.
-    victim = next(e["path"] for e in first if e["status"] == "enhanced" and shard_of(e["path"], 3) == 1)
+    victim = next(e["path"] for e in first if e["status"] == "enhanced" and part_of(e["path"], 3) == 1)
     (dst / victim).unlink()
     result = invoke("enhance", src, dst, *base_args(checkpoint), "--save-masks", masks, "--shard", "1/3", "--json")
     summary = json.loads(result.stdout)
-    owned = sum(shard_of(e["path"], 3) == 1 for e in first)
+    owned = sum(part_of(e["path"], 3) == 1 for e in first)
     assert summary["enhanced"] == 1 and summary["copied"] == 0
     assert summary["already_done"] + summary["skipped"] + summary["failed"] + 1 == owned
     assert invoke("merge", dst).exit_code == 1
@@ -223,7 +224,7 @@ def test_torchrun_two_processes_equal_one_process(src, checkpoint, single, tmp_p
     # each output written by exactly one rank, each rank only its own share
     written = {rank: [os.path.relpath(line, dst) for line in lines if not line.startswith("{")]
                for rank, lines in rank_stdout.items()}
-    assert all(shard_of(rel, 2) == rank for rank, rels in written.items() for rel in rels)
+    assert all(part_of(rel, 2) == rank for rank, rels in written.items() for rel in rels)
     assert sorted(written[0] + written[1]) == outputs(dst)
     assert not list(dst.glob("latinhib-manifest.part-*"))  # rank 0 merged them
     assert_same_as_single(single, dst, masks)

@@ -20,9 +20,9 @@ from test_cli import ARCH, checkpoint  # noqa: F401 - the session checkpoint fix
 HOLD = """
 import sys, time
 from pathlib import Path
-from latinhib.distributed import parse_shard
+from latinhib.distributed import parse_part
 from latinhib.locking import DstLock
-shard = None if sys.argv[2] == "-" else parse_shard(sys.argv[2])
+shard = None if sys.argv[2] == "-" else parse_part(sys.argv[2])
 lock = DstLock(Path(sys.argv[1]), shard)
 lock.acquire()
 print("held", flush=True)

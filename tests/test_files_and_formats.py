@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from latinhib.cli import main
-from latinhib.distributed import shard_of
+from latinhib.distributed import part_of
 from test_cli import ARCH, checkpoint, make_image  # noqa: F401 - the session checkpoint fixture
 
 #: Files latinhib does not enhance, at the root and inside a class folder.
@@ -120,7 +120,7 @@ def test_lossless_webp_stays_lossless_and_lossy_webp_stays_lossy(tmp_path, check
 
 def test_one_bit_and_palette_png_keep_their_mode(tmp_path, checkpoint):
     """A 1-bit PNG stays 1-bit (the blur is thresholded at half, no dithering: see
-    writer.to_pil); a palette PNG stays a palette image with kept pixels exact."""
+    encoding.to_pil); a palette PNG stays a palette image with kept pixels exact."""
     src, dst, masks = tmp_path / "src", tmp_path / "dst", tmp_path / "masks"
     src.mkdir()
     rng = np.random.default_rng(2)
@@ -237,7 +237,7 @@ def test_shards_copy_each_other_file_once(dataset, tmp_path, checkpoint):
         assert result.exit_code == 0, result.output
         written = {os.path.relpath(line, dst) for line in result.stdout.splitlines()}
         # each shard copies exactly the other files the shard hash gives it
-        assert {rel for rel in OTHERS if shard_of(rel, 2) == index} == written & set(OTHERS)
+        assert {rel for rel in OTHERS if part_of(rel, 2) == index} == written & set(OTHERS)
     assert invoke("merge", dst, "--quiet").exit_code == 0
     entries = manifest(dst)
     for rel, data in OTHERS.items():

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from latinhib import LateralInhibition
 from latinhib import api as api_module
-from latinhib.api import amp_dtype
+from latinhib import runtime
+from latinhib.runtime import amp_dtype
 from latinhib.config import ConfigError, load_config
 from latinhib.importance import default_layers, importance_maps
 from latinhib.inhibition import auto_quantile, combine_maps, gate_by_response, quantile_threshold, respond
@@ -423,7 +424,7 @@ def test_default_layers_of_efficientnet_lite0():
 
 @pytest.mark.parametrize("amx", [True, False])
 def test_amp_auto_is_bf16_exactly_on_cpus_with_amx(monkeypatch, amx):
-    monkeypatch.setattr(api_module, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: amx)
     assert amp_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if amx else None)
     assert amp_dtype("off", torch.device("cpu")) is None
     assert amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16
@@ -459,13 +460,13 @@ def test_amx_check_reads_the_cpu_flags(monkeypatch, tmp_path):
 
     monkeypatch.setattr("builtins.open", fake_open)
     info.write_text("processor : 0\nflags : fpu sse avx512f amx_bf16 amx_tile amx_int8\n")
-    assert api_module.cpu_has_amx()
+    assert runtime.cpu_has_amx()
     info.write_text("processor : 0\nflags : fpu sse avx2 avx512f\n")
-    assert not api_module.cpu_has_amx()
+    assert not runtime.cpu_has_amx()
     assert opened
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     info.write_text("flags : amx_bf16 amx_tile\n")
-    assert not api_module.cpu_has_amx()  # torch's own check says no: no bf16 by default
+    assert not runtime.cpu_has_amx()  # torch's own check says no: no bf16 by default
 
 
 @pytest.mark.parametrize("shape, k, sigma", [((4, 1, 28, 28), 73, 12.0), ((3, 2, 7, 9), 19, 3.0), ((2, 1, 40, 30), 7, 1.0)])

@@ -20,7 +20,7 @@ from latinhib.cli import main
 from latinhib.config import load_config
 from latinhib.data import Item, list_folder
 from latinhib.preview import GAP, MARGIN, Column, Row, Table, contact_table, grid_table, load_font, render, sample
-from latinhib.writer import HEAT_STOPS, heat_colors
+from latinhib.encoding import HEAT_STOPS, heat_colors
 
 ARCH = "mobilenet_v3_small"
 CELL = 96
@@ -258,7 +258,8 @@ def test_grid_runs_the_model_once_and_each_column_is_a_full_pass(src, checkpoint
     import latinhib.api as api
     from latinhib.data import decode
     from latinhib.models import load_model
-    from latinhib.pipeline import _importance, enhance_pixels
+    from latinhib.executors import batch_importance
+    from latinhib.finishing import enhance_pixels
     from latinhib.preview import GRID_KEYS, _with, parse_grid
 
     import latinhib.preview as preview
@@ -287,7 +288,7 @@ def test_grid_runs_the_model_once_and_each_column_is_a_full_pass(src, checkpoint
     for column, value in enumerate(values, 1):
         cfg = _with(config, key, value)
         enhancer = LateralInhibition(loaded.model, cfg, input_size=loaded.input_size)
-        imp = _importance(enhancer, [(0, decoded)], [item], None, torch.device("cpu"))
+        imp = batch_importance(enhancer, [(0, decoded)], [item], None, torch.device("cpu"))
         _, mask = enhance_pixels(decoded, imp, 0, cfg, loaded.input_size, torch.device("cpu"))
         shown = np.asarray(table.rows[1].pictures[column]) > 127
         assert np.array_equal(shown, mask[0].numpy()), (grid, value)

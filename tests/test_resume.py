@@ -164,7 +164,7 @@ def test_temporary_names_are_unique_and_only_dead_ones_are_cleaned(tmp_path):
     """Each write gets its own temporary name (a random token after the pid: two hosts
     sharing DST can run the same pid); cleanup removes those of dead processes, in this
     format and the older ``<pid>-<thread id>`` one, and nothing else."""
-    from latinhib.writer import remove_stale_temps, temp_path
+    from latinhib.files import remove_stale_temps, temp_path
 
     target = tmp_path / "a" / "001.jpg"
     names = {temp_path(target).name for _ in range(50)}

@@ -1,8 +1,8 @@
 """The fast paths give what the straightforward implementation gives, bit for bit.
 
-Guarded here: ``writer.tensor_bytes`` (one memcpy instead of ``bytes(storage)``), the
+Guarded here: ``encoding.tensor_bytes`` (one memcpy instead of ``bytes(storage)``), the
 hard-mask select in ``inhibition.inhibit`` (instead of ``blend``'s arithmetic), the
-one-thread section around steps 4-5 in the API (``api.single_thread``), the writer
+one-thread section around steps 4-5 in the API (``runtime.single_thread``), the writer
 threads' one-thread torch (``executors._one_torch_thread``), and the whole ``enhance`` output
 against a reference written the plain way (decode, importance, scale the map, threshold,
 8-bit blur, ``blend`` in float, round) from the same model.
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
-from latinhib.api import LateralInhibition, amp_dtype, single_thread
+from latinhib.api import LateralInhibition
 from latinhib.config import load_config
 from latinhib.data import decode
 from latinhib.filters import blur_uint8, downsampled_gaussian_blur
@@ -28,7 +28,8 @@ from latinhib.inhibition import auto_quantile, blend, combine_maps, gate_by_resp
 from latinhib.models import load_model
 from latinhib.executors import _one_torch_thread
 from latinhib.pipeline import run
-from latinhib.writer import tensor_bytes
+from latinhib.encoding import tensor_bytes
+from latinhib.runtime import amp_dtype, single_thread
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.float32])
@@ -284,7 +285,7 @@ def test_decoding_threads_and_worker_processes_write_the_same(tiny_job, tmp_path
 def test_uint8_select_equals_the_float_blend(valid):
     """enhance_uint8's bitwise select against blend() in float on the same 8-bit blur; an
     image whose map has no spatial information comes back bit for bit."""
-    from latinhib.pipeline import enhance_uint8, kept_fraction
+    from latinhib.finishing import enhance_uint8, kept_fraction
 
     g = torch.Generator().manual_seed(4)
     image = torch.randint(0, 256, (1, 61, 83, 3), generator=g, dtype=torch.uint8).permute(0, 3, 1, 2)
@@ -401,7 +402,7 @@ def test_a_failing_model_pass_stops_the_job_and_leaves_no_partial_file(tiny_job,
     def failing(*args):
         raise RuntimeError("boom: out of memory")
 
-    monkeypatch.setattr(executors, "_importance", failing)
+    monkeypatch.setattr(executors, "batch_importance", failing)
     dst = tmp_path / "out"
     before = torch.get_num_threads()
     try:

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from latinhib.cli import main
-from latinhib.distributed import shard_of
+from latinhib.distributed import part_of
 from latinhib.inhibition import selection_score
 from test_distributed import make_image  # the same blob-on-noise images as the folder jobs
 
@@ -289,7 +289,7 @@ def test_shard_i_of_n_splits_by_input_shard_and_merge_equals_one_process(shards_
         assert invoke("enhance", shards_src, dst, *base_args(checkpoint), "--ratio", "0.5", "--shard", f"{i}/3",
                       "--save-masks", masks_b).exit_code == 0
         part = [json.loads(x) for x in (dst / f"latinhib-manifest.part-{i}-of-3.jsonl").read_text().splitlines()]
-        assert all(shard_of(e["path"].split("/")[0], 3) == i for e in part)
+        assert all(part_of(e["path"].split("/")[0], 3) == i for e in part)
     assert invoke("merge", dst).exit_code == 0
     assert_same_job(single, dst, masks_a, masks_b)
 
@@ -305,7 +305,7 @@ def test_torchrun_two_ranks_over_four_shards_equal_one_process(shards_src, check
                            *base_args(checkpoint, "--ratio", "0.5", "--json", "--save-masks", masks_b)],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    owners = {shard_of(f"train-{s:06d}.tar", 2) for s in range(4)}
+    owners = {part_of(f"train-{s:06d}.tar", 2) for s in range(4)}
     assert owners == {0, 1}  # both ranks had shards to write
     assert not list(dst.glob("latinhib-manifest.part-*"))  # rank 0 merged them
     assert_same_job(single, dst, masks_a, masks_b)

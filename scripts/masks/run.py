@@ -416,7 +416,7 @@ def evaluate_photos(name: str, spec: ModelSpec, passes: Dict[str, Any], photos: 
 def check_api(name: str, spec: ModelSpec, passes: Dict[str, Any]) -> None:
     """The API's default masks on the first batch against recombine on the cached maps of
     the same importance and precision (runtime.amp: auto is bf16 on CPUs with AMX)."""
-    from latinhib.api import amp_dtype
+    from latinhib.runtime import amp_dtype
 
     api_imp: Importance = passes["api_check"]
     config = load_config(overrides=spec.overrides)

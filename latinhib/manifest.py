@@ -1,0 +1,275 @@
+"""DST's record of the job: the manifest (one JSON line per input: its status and what
+was done to it), its parts (one per ``--shard``/torchrun rank) and their merge, and the
+config a run recorded in DST, read back by a rerun.
+
+One module because every rule about these files is one contract between the run that
+writes them and the rerun, ``latinhib merge`` or the user's script that reads them: the
+names of the job's files, the statuses and which of them count as done, how a line is
+appended whole and a torn one cut off, which entry wins when several files name a path,
+and the order the merged manifest is in. The comparison of the recorded config with this
+run's stays in ``plan`` (it decides whether the job may start); the reading is here, next
+to the name of the file it reads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import yaml
+
+from . import files
+from .data import Item
+from .files import UNUSABLE_ERRNOS, DestinationUnusable
+
+__all__ = [
+    "CONFIG_NAME",
+    "DONE",
+    "JOB_FILE",
+    "MANIFEST_NAME",
+    "Manifest",
+    "MergeResult",
+    "PART_PATTERN",
+    "STATUSES",
+    "entry",
+    "is_job_file",
+    "listing_key",
+    "merge",
+    "part_name",
+    "part_paths",
+    "read_all",
+    "read_manifest",
+    "recorded_sections",
+]
+
+MANIFEST_NAME = "latinhib-manifest.jsonl"
+CONFIG_NAME = "latinhib-config.yaml"
+PART_PATTERN = re.compile(r"^latinhib-manifest\.part-(\d+)-of-(\d+)\.jsonl$")
+#: Every status a manifest line can have.
+STATUSES = ("enhanced", "copied", "unchanged", "skipped", "failed")
+#: Statuses whose output is in DST: a rerun skips them (when the output is still there).
+DONE = ("enhanced", "copied", "unchanged")
+
+#: The files a job writes at DST's top level (config, manifest, manifest parts, lock).
+JOB_FILE = re.compile(r"^latinhib-(config\.yaml|manifest(\.part-\d+-of-\d+)?\.jsonl|[^/]*\.lock)$")
+
+
+def is_job_file(rel: str) -> bool:
+    """Whether an input's output path would be one of the job's own files in DST (a SRC
+    that is itself a latinhib DST): such a file is never copied over them."""
+    return JOB_FILE.match(rel) is not None
+
+
+def entry(item: Item, selected: bool, status: str, **values: Any) -> Dict[str, Any]:
+    """One manifest line for ``item``: every key present, so a reader need not guess."""
+    line = {
+        "path": item.rel,
+        "selected": selected,
+        "status": status,
+        "kept_fraction": None,
+        "threshold": None,
+        "target": None,
+        "predicted_class": None,
+        "error": None,
+    }
+    line.update(values)
+    return line
+
+
+def read_manifest(path: Path) -> Dict[str, Dict[str, Any]]:
+    """path -> last entry of an existing manifest; a torn last line (a killed job) is
+    ignored."""
+    entries: Dict[str, Dict[str, Any]] = {}
+    try:
+        with open(path, "r", encoding="utf-8", errors="surrogateescape") as handle:
+            for line in handle:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                    entries[entry["path"]] = entry
+    except FileNotFoundError:
+        pass
+    return entries
+
+
+class Manifest:
+    """Append-only JSONL, one object per input, written batch by batch.
+
+    Each batch's lines go out in one :func:`files.write_all` on an ``O_APPEND`` descriptor, not
+    through a buffered handle: a write that fails part-way (a full disk) is cut back to
+    the last whole line, so the file holds exactly the entries whose write succeeded, and
+    no buffer is left for ``close`` to fail on. A torn last line left by a killed process
+    is cut off on opening."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        self._lock = threading.Lock()
+        try:
+            _cut_torn_line(self._fd)
+        except OSError as exc:
+            os.close(self._fd)
+            if exc.errno in UNUSABLE_ERRNOS:
+                raise DestinationUnusable(path, exc) from exc
+            raise
+
+    def write(self, entries: Iterable[Dict[str, Any]]) -> None:
+        """Append ``entries``; raises :class:`DestinationUnusable` (none of them written) for
+        a full disk or a read-only file system."""
+        data = "".join(json.dumps(entry, ensure_ascii=True) + "\n" for entry in entries).encode("ascii")
+        if not data:
+            return
+        with self._lock:
+            size = os.fstat(self._fd).st_size
+            try:
+                files.write_all(self._fd, data)  # the one place tests put a full disk
+            except OSError as exc:
+                try:
+                    os.ftruncate(self._fd, size)  # no half line: the batch is redone next run
+                except OSError:
+                    pass
+                if exc.errno in UNUSABLE_ERRNOS:
+                    raise DestinationUnusable(self.path, exc) from exc
+                raise
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    @staticmethod
+    def compact(path: Path, order: List[str], entries: Dict[str, Dict[str, Any]]) -> None:
+        """Rewrite ``path`` atomically with one line per input, in listing order."""
+        lines = [json.dumps(entries[rel], ensure_ascii=True) + "\n" for rel in order if rel in entries]
+        files.atomic_write_bytes(path, "".join(lines).encode("ascii"))
+
+
+def _cut_torn_line(fd: int) -> None:
+    """Truncate the file after its last newline (a process killed in the middle of a write
+    can leave half a line; the next line appended would be glued to it)."""
+    end = os.fstat(fd).st_size
+    position = end
+    while position > 0:
+        start = max(0, position - 65536)
+        newline = os.pread(fd, position - start, start).rfind(b"\n")
+        if newline >= 0:
+            position = start + newline + 1
+            break
+        position = start
+    if position != end:
+        os.ftruncate(fd, position)
+
+# -- manifest parts ------------------------------------------------------------------------
+
+def part_name(index: int, count: int) -> str:
+    """The manifest part of part ``index`` of ``count`` (``--shard I/N``, a torchrun rank)."""
+    return f"latinhib-manifest.part-{index}-of-{count}.jsonl"
+
+
+def part_paths(dst: Path) -> List[Tuple[int, int, Path]]:
+    """The manifest parts in ``dst`` as (index, count, path), oldest first (a later part's
+    entries win)."""
+    found = []
+    try:
+        names = os.listdir(dst)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        match = PART_PATTERN.match(name)
+        if match and int(match.group(1)) < int(match.group(2)):
+            path = dst / name
+            found.append((path.stat().st_mtime_ns, name, int(match.group(1)), int(match.group(2)), path))
+    return [(index, count, path) for _, _, index, count, path in sorted(found)]
+
+
+def read_all(dst: Path) -> Dict[str, Dict[str, Any]]:
+    """path -> latest entry over DST's main manifest and every part: the files are read
+    oldest first, so a later file's entry for a path wins (within a file, the later line)."""
+    paths = [path for _, _, path in part_paths(dst)]
+    main = dst / MANIFEST_NAME
+    if main.is_file():
+        paths.append(main)
+    entries: Dict[str, Dict[str, Any]] = {}
+    for path in sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name)):
+        entries.update(read_manifest(path))
+    return entries
+
+
+def listing_key(rel: str) -> Tuple[Tuple[int, str], ...]:
+    """Sort key that reproduces ``data.list_folder``'s order (os.walk top-down with sorted
+    names: a folder's files before its subfolders) from relative paths alone."""
+    parts = rel.split("/")
+    return tuple((1, part) for part in parts[:-1]) + ((0, parts[-1]),)
+
+
+@dataclass
+class MergeResult:
+    """What :func:`merge` did: the parts folded in, counts per status over the merged
+    manifest, and parts missing among the part counts seen (as ``I/N``)."""
+
+    dst: str
+    parts: List[str] = field(default_factory=list)
+    counts: Dict[str, int] = field(default_factory=dict)
+    missing: List[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"dst": self.dst, "parts": self.parts, "total": self.total, **self.counts, "missing": self.missing}
+
+    def line(self) -> str:
+        c = self.counts
+        return (
+            f"merged {len(self.parts)} manifest part(s): {self.total} files: {c['enhanced']} enhanced, "
+            f"{c['copied']} copied, {c['unchanged']} unchanged, {c['skipped']} skipped, {c['failed']} failed "
+            f"-> {self.dst}"
+        )
+
+
+def merge(dst: Path, order: Optional[Sequence[str]] = None) -> MergeResult:
+    """Fold the manifest parts in ``dst`` into ``dst/latinhib-manifest.jsonl`` (written
+    atomically, one line per input, in ``order`` or else in listing order), then remove the
+    parts. Safe to repeat; a part written later by a rerun is folded in by the next merge."""
+    dst = Path(dst)
+    parts = part_paths(dst)
+    if not parts and not (dst / MANIFEST_NAME).is_file():
+        raise ValueError(f"DST {str(dst)!r}: no {MANIFEST_NAME} and no manifest parts to merge")
+    entries = read_all(dst)
+    keys = list(order) if order is not None else sorted(entries, key=listing_key)
+    seen = set(keys)
+    keys += sorted((rel for rel in entries if rel not in seen), key=listing_key)
+    Manifest.compact(dst / MANIFEST_NAME, keys, entries)
+    for _, _, path in parts:
+        path.unlink()
+    counts = {status: 0 for status in STATUSES}
+    for entry in entries.values():
+        if entry.get("status") in counts:
+            counts[entry["status"]] += 1
+    present = {(index, count) for index, count, _ in parts}
+    missing = sorted({f"{i}/{n}" for _, n in present for i in range(n) if (i, n) not in present})
+    return MergeResult(str(dst), [f"{index}/{count}" for index, count, _ in parts], counts, missing)
+
+
+# -- the recorded config -------------------------------------------------------------------
+
+def recorded_sections(dst: Path, sections: Sequence[str]) -> Optional[Dict[str, Dict[str, Any]]]:
+    """``sections`` of the config an earlier run recorded in ``dst`` (each a mapping, empty
+    when the file lacks it), or None when DST has no recorded config. Raises ValueError,
+    naming the file, when it is unreadable or not a latinhib config."""
+    path = dst / CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        recorded = None
+    if not isinstance(recorded, dict) or not all(isinstance(recorded.get(s) or {}, dict) for s in sections):
+        raise ValueError(f"{CONFIG_NAME} is unreadable or not a latinhib config")
+    return {section: recorded.get(section) or {} for section in sections}

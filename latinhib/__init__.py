@@ -19,8 +19,8 @@ _LAZY = {
     "Config": "config",
     "ConfigError": "config",
     "load_config": "config",
-    "evaluate": "evaluation",  # pulls in the folder pipeline
-    "EvaluationResult": "evaluation",
+    "evaluate": "evaluation",
+    "EvaluationResult": "evaluation_statistics",
 }
 
 

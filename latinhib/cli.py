@@ -372,7 +372,8 @@ def evaluate_command(src: Path, config_file, sets, also, masks, save_variants, r
     """
     from .allocator import keep_large_blocks
     from .config import ConfigError
-    from .evaluation import EvaluateError, evaluate_folder
+    from .evaluation_folder import evaluate_folder
+    from .evaluation_statistics import EvaluateError
     from .models import CheckpointError
 
     keep_large_blocks()

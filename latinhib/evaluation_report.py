@@ -12,9 +12,10 @@ from typing import Any, Dict, List, Sequence
 from PIL import Image, ImageDraw
 
 from .data import display
-from .preview import Column, Row, Table, load_font, render
+from .encoding import tensor_bytes
+from .files import atomic_write
+from .preview import Column, Row, Table, load_font, mask_picture, render
 from .variants import VARIANTS
-from .writer import atomic_write, tensor_bytes
 
 __all__ = ["bar_chart", "markdown", "write_report"]
 
@@ -113,8 +114,6 @@ def _picture(rgb) -> Image.Image:
 def sample_table(samples: Sequence[Dict[str, Any]], checkpoints: Sequence[str]) -> Table:
     """The sample sheet: one row per image, one column per variant and the mask; the row
     label says which checkpoints got each variant right."""
-    from .preview import _mask_picture
-
     columns = [Column(name.replace("_", "\n", 1)) for name in VARIANTS] + [Column("mask\n(white = kept)")]
     rows: List[Row] = []
     short = [Path(name).stem or name for name in checkpoints]
@@ -124,7 +123,7 @@ def sample_table(samples: Sequence[Dict[str, Any]], checkpoints: Sequence[str]) 
             hits = [v for i, v in enumerate(VARIANTS) if bool(entry["correct"][k, i])]
             right.append(f"{name}: {len(hits)}/{len(VARIANTS)} right")
         label = f"{display(entry['rel'])}  |  class {display(entry['class'])}  |  " + ", ".join(right)
-        pictures = [_picture(entry["pictures"][name]) for name in VARIANTS] + [_mask_picture(entry["mask"])]
+        pictures = [_picture(entry["pictures"][name]) for name in VARIANTS] + [mask_picture(entry["mask"])]
         rows.append(Row(label, pictures))
     return Table("latinhib evaluate: the variants each model was tested on", columns, rows)
 

@@ -5,9 +5,9 @@ mask and the enhanced image -- and a settings grid shows one image under several
 one setting, one column per value.
 
 Every panel comes from the code ``latinhib enhance`` runs: ``data.decode``, the
-``LateralInhibition`` importance pass, ``pipeline.enhance_pixels`` (so the enhanced panel is
+``LateralInhibition`` importance pass, ``finishing.enhance_pixels`` (so the enhanced panel is
 the image ``enhance`` writes, and the mask panel its ``--save-masks`` mask) and
-``writer.heatmap_image`` (the ``--save-heatmaps`` colours). Text uses Pillow's own bundled
+``encoding.heatmap_image`` (the ``--save-heatmaps`` colours). Text uses Pillow's own bundled
 font (``ImageFont.load_default``), so a sheet renders on a machine with no fonts installed.
 """
 from __future__ import annotations
@@ -25,13 +25,17 @@ from PIL import Image, ImageDraw, ImageFont
 from .api import Importance, LateralInhibition, recombine
 from .config import Config, load_config
 from .data import Decoded, DecodeError, Item, PathError, decode, display, list_files_from, list_folder
+from .encoding import heat_colors, heatmap_image, tensor_bytes
+from .executors import batch_importance
+from .files import atomic_write
+from .finishing import enhance_pixels, kept_fraction
 from .inhibition import is_constant, respond, selection_score
-from .models import LoadedModel, load_model, resolve_device
-from .pipeline import _importance, enhance_pixels, kept_fraction, resolve_labels
-from .writer import atomic_write, heat_colors, heatmap_image, tensor_bytes
+from .labels import resolve_labels
+from .models import LoadedModel, load_model
+from .runtime import resolve_device
 
 __all__ = ["GRID_KEYS", "Column", "PreviewError", "Row", "Sheet", "Table", "contact_table", "grid_table",
-           "load_font", "parse_grid", "preview", "render", "sample"]
+           "load_font", "mask_picture", "parse_grid", "preview", "render", "sample"]
 
 #: ``--grid`` names -> config keys. All act after the model pass (steps 4-8): ``grid_table``
 #: runs the model once and recombines its layer maps per column.
@@ -136,8 +140,9 @@ def _as_rgb(pixels: torch.Tensor, decoded: Decoded) -> Image.Image:
     return _pil(color.expand(3, -1, -1) if color.shape[0] == 1 else color)
 
 
-def _mask_picture(mask: torch.Tensor) -> Image.Image:
-    """A (H, W) mask as ``writer.save_mask`` encodes it: L, 255 = kept sharp."""
+def mask_picture(mask: torch.Tensor) -> Image.Image:
+    """A (H, W) mask as ``encoding.save_mask`` encodes it: L, 255 = kept sharp. The mask panel
+    of every sheet (also ``evaluation_report``'s)."""
     return _pil((mask.float() * 255.0).round_().clamp_(0, 255).to(torch.uint8))
 
 
@@ -228,7 +233,7 @@ class _Session:
     def importance(self, config: Config, batch: Sequence[Tuple[Item, Decoded]]) -> Importance:
         enhancer = LateralInhibition(self.loaded.model, config, input_size=self.loaded.input_size)
         items = [item for item, _ in batch]
-        return _importance(enhancer, list(enumerate(d for _, d in batch)), items, self.labels, self.device)
+        return batch_importance(enhancer, list(enumerate(d for _, d in batch)), items, self.labels, self.device)
 
     def class_name(self, index: int) -> str:
         classes = self.loaded.classes
@@ -279,7 +284,7 @@ def contact_table(
             pictures += [_layer_picture(m).resize((w, h), Image.NEAREST) for m in layer_maps]
             pictures += [
                 _response_picture(layer_maps, config, session.loaded.input_size, (h, w)),
-                _mask_picture(mask[0]),
+                mask_picture(mask[0]),
                 _as_rgb(values.cpu(), decoded),
             ]
             selected = selection_score(config.inhibition.seed, item.rel) < config.inhibition.ratio
@@ -357,7 +362,7 @@ def grid_table(
         imp = recombine(base, cfg.inhibition)
         pixels, mask = enhance_pixels(decoded, imp, 0, cfg, session.loaded.input_size, session.device)
         heats.append(_heat_over(original, imp.combined[0].cpu()))
-        masks.append(_mask_picture(mask[0]))
+        masks.append(mask_picture(mask[0]))
         enhanced.append(_as_rgb(pixels.cpu(), decoded))
         columns.append(Column(f"{GRID_LABELS[key]}={value}\nkept sharp {kept_fraction(mask):.0%}"))
         predicted = session.class_name(int(imp.predicted[0]))

@@ -84,7 +84,7 @@ def run_row(args) -> None:
             summary = run(config, src, Path(tmp) / "out", quiet=True)
             result["images"] = summary.enhanced + summary.unchanged
         else:
-            from latinhib import evaluation
+            from latinhib import evaluation_folder, evaluation_passes
             from latinhib.models import load_model
 
             also = []
@@ -92,18 +92,18 @@ def run_row(args) -> None:
                 model = load_model(config.model, torch.device("cpu")).model
                 also = [Path(tmp) / "also.pth"]
                 torch.save(model.state_dict(), also[0])
-            evaluation.evaluate_folder(config, warm, also=also, quiet=True, log=lambda m: None)
+            evaluation_folder.evaluate_folder(config, warm, also=also, quiet=True, log=lambda m: None)
             calls = []
-            original = evaluation.Evaluator.__init__
+            original = evaluation_passes.Evaluator.__init__
 
             def counting(self, models, *rest, **kw):  # count each model's forward calls
                 original(self, models, *rest, **kw)
                 for k, m in enumerate(models):
                     m.register_forward_hook(lambda *_, k=k: calls.append(k))
 
-            evaluation.Evaluator.__init__ = counting
+            evaluation_passes.Evaluator.__init__ = counting
             start = time.perf_counter()
-            run = evaluation.evaluate_folder(config, src, also=also, quiet=True, log=lambda m: None)
+            run = evaluation_folder.evaluate_folder(config, src, also=also, quiet=True, log=lambda m: None)
             result["images"] = run.images
             batches = -(-run.images // args.batch_size)
             result["forwards_per_batch"] = [calls.count(k) / batches for k in range(1 + len(also))]

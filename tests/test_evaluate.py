@@ -21,8 +21,9 @@ from torchvision.transforms.v2 import functional as TF
 import latinhib
 from latinhib.cli import main
 from latinhib.config import load_config
-from latinhib.evaluation import (Evaluator, MaskStore, bootstrap_accuracies, evaluate_folder, mcnemar_p,
-                                 summarise)
+from latinhib.evaluation_folder import evaluate_folder
+from latinhib.evaluation_passes import Evaluator, MaskStore
+from latinhib.evaluation_statistics import bootstrap_accuracies, mcnemar_p, summarise
 from latinhib.filters import downsampled_gaussian_blur
 from latinhib.models import IMAGENET_MEAN, IMAGENET_STD
 from latinhib.variants import FILL_SHIFTS, GAPS, VARIANTS, background_only, make_variants, pair_partners
@@ -375,7 +376,7 @@ def test_rerun_is_bit_identical_with_or_without_the_cache(src, checkpoints):
 
 def test_cached_inputs_are_the_decoded_bits(src):
     from latinhib.data import list_folder
-    from latinhib.evaluation import _Inputs
+    from latinhib.evaluation_folder import _Inputs
     from latinhib.models import LoadedModel
 
     items = [item for item in list_folder(src) if item.is_image]

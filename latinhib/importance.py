@@ -21,11 +21,15 @@ __all__ = [
     "IMPORTANCE_KINDS",
     "TARGETS",
     "ActivationCapture",
+    "BlockOutput",
     "ImportanceMaps",
     "default_layers",
+    "find_blocks",
     "frozen_eval",
     "importance_maps",
     "logit_gradient",
+    "pick_layers",
+    "probe_blocks",
     "resolve_layers",
 ]
 
@@ -264,43 +268,67 @@ def _weighted_layers(module: nn.Module) -> int:
 def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: int = 3) -> List[str]:
     """Default layers: the last block at each of strides 8, 16 and 32 (SPEC step 2).
 
-    Found by one probe forward on zeros: a "block" is a child of the model itself or of an
-    ``nn.Sequential`` that is a block (ResNet's ``layer2``, ``layer4.0``; MobileNet's
-    ``features.6``; never ``layer4.0.downsample.1``). Blocks whose output *is* the final feature map (the stage feeding
-    global pooling, which has a spatially constant gradient) are left out, and so are
-    strides 4 and finer, whose gradient maps carry edge and checkerboard noise rather than
-    object evidence. For torchvision ResNets this gives ``layer2, layer3, layer4.0``; for
-    MobileNetV2 ``features.6, features.13, features.17``.
+    Found by one probe forward on zeros through the model's blocks (:func:`find_blocks`),
+    then picked by :func:`pick_layers`. For torchvision ResNets this gives ``layer2,
+    layer3, layer4.0``; for MobileNetV2 ``features.6, features.13, features.17``.
     """
     if isinstance(model, torch.jit.ScriptModule):
         return [INPUT_LAYER]
+    blocks = find_blocks(model)
+    return pick_layers(probe_blocks(model, blocks, input_size, in_channels), input_size)
+
+
+def find_blocks(model: nn.Module) -> Dict[str, nn.Module]:
+    """The model's blocks by name, parents first: a child of the model itself or of an
+    ``nn.Sequential``/``nn.ModuleList`` that is a block (ResNet's ``layer2``, ``layer4.0``;
+    MobileNet's ``features.6``; EfficientNet-Lite's ``_blocks.4``)."""
     blocks: Dict[str, nn.Module] = {}
     for name, module in model.named_modules():  # parents come before their children
-        # Only a chain of Sequentials (or ModuleLists: EfficientNet-Lite's ``_blocks``) from
-        # the root leads to blocks: a Sequential *inside* a block (ResNet's
-        # ``layer4.0.downsample``, MobileNet's ``features.7.conv``) is that block's
-        # internals, not a stage.
+        # Only a chain of containers from the root leads to blocks: a Sequential *inside* a
+        # block (ResNet's ``layer4.0.downsample``, MobileNet's ``features.7.conv``) is that
+        # block's internals, not a stage.
         if module is model or (isinstance(module, (nn.Sequential, nn.ModuleList)) and name in blocks):
             for child_name, child in module.named_children():
                 blocks[f"{name}.{child_name}" if name else child_name] = child
-    records: List[Tuple[str, Tuple[int, int], int]] = []
+    return blocks
+
+
+@dataclass(frozen=True)
+class BlockOutput:
+    """What the probe saw of one block, in the order the blocks finished."""
+
+    name: str
+    #: The output's spatial size (H, W).
+    size: Tuple[int, int]
+    #: Two or more weighted layers inside: a block proper, not a bare conv/norm/activation.
+    compound: bool
+    #: Which tensor the block returned: equal for blocks that return the very same one
+    #: (ResNet's ``layer2`` and ``layer2.3``).
+    tensor: int
+
+
+def probe_blocks(model: nn.Module, blocks: Dict[str, nn.Module], input_size: Tuple[int, int],
+                 in_channels: int = 3) -> List[BlockOutput]:
+    """One forward on zeros of ``in_channels`` x ``input_size``: the (B, C, H, W) output
+    of each block, in the order they finished."""
+    records: List[BlockOutput] = []
     # Every recorded output stays referenced until the probe is over: a freed output's
     # memory can be reused for a later one (the final feature map included), and then
     # equal data pointers would no longer mean "the same tensor".
     alive: List[torch.Tensor] = []
     handles = []
 
-    def make_hook(block_name: str):
+    def make_hook(block_name: str, compound: bool):
         def hook(module, inputs, output):
             if isinstance(output, torch.Tensor) and output.ndim == 4:
                 alive.append(output)
-                records.append((block_name, tuple(output.shape[-2:]), output.data_ptr()))
+                records.append(BlockOutput(block_name, tuple(output.shape[-2:]), compound, output.data_ptr()))
 
         return hook
 
     try:
         for block_name, block in blocks.items():
-            handles.append(block.register_forward_hook(make_hook(block_name)))
+            handles.append(block.register_forward_hook(make_hook(block_name, _weighted_layers(block) >= 2)))
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
@@ -311,32 +339,44 @@ def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: i
         for handle in handles:
             handle.remove()
     alive.clear()
-    spatial = [r for r in records if r[1][0] * r[1][1] > 1]
+    return records
+
+
+def pick_layers(outputs: Sequence[BlockOutput], input_size: Tuple[int, int],
+                strides: Sequence[int] = DEFAULT_STRIDES) -> List[str]:
+    """The default layers among the probed blocks' ``outputs``: per stride in ``strides``
+    (the input's height over the map's), the last block to finish, shallowest first.
+
+    Left out: maps of one pixel, and every block whose output *is* the final feature map
+    (the stage feeding global pooling, whose gradient is spatially constant). Per stride
+    the last block to finish wins: the stage's output, not a downsampling layer at its
+    start (ConvNeXt's ``features.6`` against ``features.7.1``). Bare layers (fewer than two
+    weighted layers inside) are a block's internals, such as the head conv before global
+    pooling (MobileNetV2's ``features.18.0``, EfficientNet-Lite's ``_conv_head``); they
+    count only where a stride has nothing else. Of blocks giving the very same tensor
+    (ResNet's ``layer2`` and ``layer2.3``) the shallowest name is kept. With no block at
+    any of ``strides`` (tiny or unusual networks): the last spatial block that is not
+    final. Raises ValueError when no block has a spatial map.
+    """
+    spatial = [output for output in outputs if output.size[0] * output.size[1] > 1]
     if not spatial:
         raise ValueError("model.layers: could not find any spatial layer; set model.layers explicitly")
-    final_ptr = spatial[-1][2]
-    # Per stride, the last block to finish wins: the stage's output, not a downsampling
-    # layer at its start (ConvNeXt's ``features.6`` against ``features.7.1``). Bare layers
-    # (a conv, a norm, an activation: fewer than two weighted layers inside) are a block's
-    # internals, such as the head conv before global pooling (MobileNetV2's
-    # ``features.18.0``, EfficientNet-Lite's ``_conv_head``); they count only where a
-    # stride has nothing else. Of blocks giving the very same tensor (ResNet's ``layer2``
-    # and ``layer2.3``) the shallowest name is kept.
-    chosen: Dict[int, Tuple[bool, int, str, int]] = {}
-    for block_name, (h, w), ptr in spatial:
-        if ptr == final_ptr:
+    final = spatial[-1].tensor
+    chosen: Dict[int, BlockOutput] = {}
+    for output in spatial:
+        stride = round(input_size[0] / output.size[0])
+        if output.tensor == final or stride not in strides:
             continue
-        stride = round(input_size[0] / h)
-        if stride not in DEFAULT_STRIDES:
-            continue
-        compound = _weighted_layers(blocks[block_name]) >= 2
-        depth = block_name.count(".")
         held = chosen.get(stride)
-        if held is not None and (held[0] and not compound or held[3] == ptr and held[1] <= depth):
+        if held is not None and (held.compound and not output.compound
+                                 or held.tensor == output.tensor and _depth(held) <= _depth(output)):
             continue
-        chosen[stride] = (compound, depth, block_name, ptr)
+        chosen[stride] = output
     if not chosen:
-        # Tiny or unusual networks: fall back to the last spatial block that is not final.
-        rest = [r[0] for r in spatial if r[2] != final_ptr]
-        return [rest[-1]] if rest else [spatial[-1][0]]
-    return [chosen[s][2] for s in sorted(chosen)]
+        rest = [output.name for output in spatial if output.tensor != final]
+        return [rest[-1]] if rest else [spatial[-1].name]
+    return [chosen[stride].name for stride in sorted(chosen)]
+
+
+def _depth(output: BlockOutput) -> int:
+    return output.name.count(".")

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torchvision.models import mobilenet_v2, resnet18
 
 from latinhib import LateralInhibition
-from latinhib.importance import ActivationCapture, default_layers, importance_maps, logit_gradient
+from latinhib.importance import (ActivationCapture, BlockOutput, default_layers, importance_maps, logit_gradient,
+                                 pick_layers)
 from latinhib.inhibition import combine_maps, is_constant
 
 RESNET_LAYERS = ["layer1.0.bn1", "layer1.0.relu", "layer1", "layer2.0.bn2", "layer2", "layer3.1", "layer4.0"]
@@ -260,6 +261,41 @@ def test_default_layers_for_torchvision_models():
     torch.manual_seed(0)
     assert default_layers(resnet18(weights=None), (224, 224)) == ["layer2", "layer3", "layer4.0"]
     assert default_layers(mobilenet_v2(weights=None), (224, 224)) == ["features.6", "features.13", "features.17"]
+
+
+def _outputs(*rows):
+    """BlockOutputs from (name, map side, compound, tensor id) rows, in finishing order."""
+    return [BlockOutput(name, (side, side), compound, tensor) for name, side, compound, tensor in rows]
+
+
+def test_the_pick_rule_without_a_model():
+    # A ResNet-like listing at 64 px: strides 2 and 4 are too fine; per stride the last
+    # block wins (layer2.1 over layer2.0); blocks returning one tensor keep the shallowest
+    # name (layer2 for layer2.1's output); the final map (layer4 and layer4.1, feeding the
+    # pool) is left out, so layer4.0 stands for stride 32.
+    resnet = _outputs(("conv1", 32, False, 1), ("maxpool", 16, False, 2), ("layer1.0", 16, True, 3),
+                      ("layer1", 16, True, 3), ("layer2.0", 8, True, 4), ("layer2.1", 8, True, 5),
+                      ("layer2", 8, True, 5), ("layer3.0", 4, True, 6), ("layer3", 4, True, 6),
+                      ("layer4.0", 2, True, 7), ("layer4.1", 2, True, 8), ("layer4", 2, True, 8),
+                      ("avgpool", 1, False, 9))
+    assert pick_layers(resnet, (64, 64)) == ["layer2", "layer3", "layer4.0"]
+    # A bare head conv after a stride's last block does not displace it; alone it counts.
+    head = _outputs(("blocks.0", 8, True, 1), ("head", 8, False, 2), ("bare", 4, False, 3), ("last", 2, True, 4))
+    assert pick_layers(head, (64, 64)) == ["blocks.0", "bare"]
+    # Two blocks at one stride returning different tensors: the later one wins (the
+    # stage's output, not a downsampling layer at its start).
+    assert pick_layers(_outputs(("a", 8, True, 1), ("b", 8, True, 2), ("end", 4, True, 3)), (64, 64)) == ["b"]
+    # ... whichever finishes first: a deeper block passing the same tensor on (an identity,
+    # an in-place activation) does not take the name from a shallower one.
+    passed_on = _outputs(("stage", 8, True, 1), ("next.0", 8, True, 1), ("end", 4, True, 2))
+    assert pick_layers(passed_on, (64, 64)) == ["stage"]
+    # Other strides can be asked for; map sizes decide the stride (input height / map height).
+    assert pick_layers(resnet, (64, 64), strides=(4,)) == ["layer1"]
+    # No block at strides 8-32: the last spatial block that is not the final map.
+    assert pick_layers(_outputs(("a", 32, True, 1), ("b", 32, True, 2), ("c", 32, True, 3)), (64, 64)) == ["b"]
+    assert pick_layers(_outputs(("only", 32, True, 1)), (64, 64)) == ["only"]
+    with pytest.raises(ValueError, match="could not find any spatial layer"):
+        pick_layers(_outputs(("pool", 1, False, 1)), (64, 64))
 
 
 def test_default_layers_skip_the_stage_feeding_global_pooling(tiny_cnn, make_images):

@@ -101,9 +101,9 @@ def read_manifest(path: Path) -> Dict[str, Dict[str, Any]]:
 class Manifest:
     """Append-only JSONL, one object per input, written batch by batch.
 
-    Each batch's lines go out in one :func:`files.write_all` on an ``O_APPEND`` descriptor, not
-    through a buffered handle: a write that fails part-way (a full disk) is cut back to
-    the last whole line, so the file holds exactly the entries whose write succeeded, and
+    Each batch's lines go out in one :func:`files.write_all` on an ``O_APPEND``
+    descriptor, not through a buffered handle: a write that fails part-way (a full disk) is
+    cut back to the last whole line, so the file holds exactly the entries whose write succeeded, and
     no buffer is left for ``close`` to fail on. A torn last line left by a killed process
     is cut off on opening."""
 
@@ -164,10 +164,11 @@ def _cut_torn_line(fd: int) -> None:
     if position != end:
         os.ftruncate(fd, position)
 
+
 # -- manifest parts ------------------------------------------------------------------------
 
 def part_name(index: int, count: int) -> str:
-    """The manifest part of part ``index`` of ``count`` (``--shard I/N``, a torchrun rank)."""
+    """The manifest file of part ``index`` of ``count`` (``--shard I/N``, a torchrun rank)."""
     return f"latinhib-manifest.part-{index}-of-{count}.jsonl"
 
 

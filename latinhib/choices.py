@@ -12,3 +12,20 @@ FILTERS = ("log", "gaussian", "none")
 #: What the kept region's outline follows: the filter's response (the paper's), or the
 #: unfiltered importance gated by that response (``inhibition.gate_by_response``).
 OUTLINES = ("response", "importance")
+#: Where a job reads from and writes to: a folder that is mirrored, or WebDataset tar shards.
+FORMATS = ("folder", "webdataset")
+#: ``--input-format``: one of :data:`FORMATS`, or ``auto`` (tar shards are told apart by name).
+INPUT_FORMATS = ("auto",) + FORMATS
+#: ``preview --grid`` names -> config keys. All act after the model pass (steps 4-8):
+#: ``preview.grid_table`` runs the model once and recombines its layer maps per column.
+GRID_KEYS = {
+    "q": "inhibition.quantile",
+    "quantile": "inhibition.quantile",
+    "sigma": "inhibition.sigma",
+    "k": "inhibition.kernel_size",
+    "kernel_size": "inhibition.kernel_size",
+    "blur": "blur.sigma",
+    "blur_sigma": "blur.sigma",
+    "filter": "inhibition.filter",
+    "outline": "inhibition.outline",
+}

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 import click
 
 from . import __version__
-from .choices import FILTERS, TARGETS
+from .choices import FILTERS, FORMATS, GRID_KEYS, INPUT_FORMATS, TARGETS
 
 if TYPE_CHECKING:
     from .config import Config
+    from .pipeline import JobOptions
 
 
 class BadInput(click.ClickException):
@@ -74,7 +75,7 @@ def config_options(func):
         click.option("-q", "--quantile", type=float, help="Fraction of each image to blur (0-1)."),
         click.option("--sigma", type=float, help="Mexican-hat sigma, in stride-16 feature pixels."),
         click.option("--kernel-size", type=int, help="Mexican-hat kernel size k (odd)."),
-        click.option("--filter", type=click.Choice(FILTERS), help="Importance filter: log, gaussian or none."),
+        click.option("--filter", type=click.Choice(FILTERS), help="Importance filter (log: the paper's Mexican hat)."),
         click.option("--ratio", type=float, help="Fraction of images to enhance (0-1)."),
         click.option("--blur-sigma", type=float, help="Blur sigma in model-input pixels."),
         click.option("--seed", type=int, help="Seed of the per-file selection."),
@@ -120,10 +121,10 @@ def main() -> None:
 @click.argument("src")
 @click.argument("dst", type=click.Path(file_okay=False, path_type=Path))
 @config_options
-@click.option("--input-format", type=click.Choice(("auto", "folder", "webdataset")), default="auto", show_default=True,
+@click.option("--input-format", type=click.Choice(INPUT_FORMATS), default="auto", show_default=True,
               help="SRC is a folder, or WebDataset tar shards (a .tar, a brace pattern, a folder of .tar files, "
                    "pipe:CMD); auto tells them apart.")
-@click.option("--output-format", type=click.Choice(("folder", "webdataset")),
+@click.option("--output-format", type=click.Choice(FORMATS),
               help="Write a mirrored folder or tar shards (default: as SRC).")
 @click.option("--shard-size", type=click.IntRange(min=1), help="Samples per output shard, folder -> webdataset.")
 @click.option("--files-from", type=click.File("r", encoding="utf-8", errors="surrogateescape"),
@@ -160,50 +161,49 @@ def enhance(src: str, dst: Path, config_file, sets, input_format, output_format,
       latinhib enhance 'shards/train-{000000..000099}.tar' shards-li/
     """
     with _stop_before_start():  # SIGTERM or Ctrl-C while torch loads, the model loads, SRC is listed
-        formats = dict(input_format=input_format, output_format=output_format, shard_size=shard_size or 0)
-        _enhance(src, dst, config_file, sets, files_from, follow_symlinks, strict, print_outputs, print0, as_json,
-                 quiet, values, formats)
+        # The heavy imports (torch, torchvision, the pipeline) happen here, when a job runs, not
+        # at the top of this module: --help and --version stay fast (see the module docstring).
+        from .allocator import keep_large_blocks
+        from .pipeline import JobOptions
+
+        keep_large_blocks()  # no page faults on each batch's fresh activations (allocator.py)
+        part = values.pop("shard", None)
+        config = build_config(config_file, sets, values)
+        on_output = _output_printer(print0, part is not None) if (print0 or print_outputs) else None
+        options = JobOptions(input_format=input_format, output_format=output_format, shard_size=shard_size or 0,
+                             files_from=files_from, follow_symlinks=follow_symlinks, strict=strict, quiet=quiet,
+                             part=part, on_output=on_output)
+        _enhance(config, src, dst, options, as_json)
 
 
-def _enhance(src, dst, config_file, sets, files_from, follow_symlinks, strict, print_outputs, print0, as_json, quiet,
-             values, formats) -> None:
-    # The heavy imports (torch, torchvision, the pipeline) happen here, when a job runs, not
-    # at the top of this module: --help and --version stay fast (see the module docstring).
-    from .allocator import keep_large_blocks
-    from .config import ConfigError
-    from .distributed import is_distributed, is_primary
-    from .models import CheckpointError
-    from .pipeline import run
-    from .plan import JobError
-    from .stopping import Stopped
-
-    keep_large_blocks()  # no page faults on each batch's fresh activations (allocator.py)
-    shard = values.pop("shard", None)
-    config = build_config(config_file, sets, values)
+def _output_printer(print0: bool, sharded: bool):
+    """``--print-outputs`` / ``--print0``: each output's path on stdout."""
+    from .distributed import is_distributed
 
     def emit(path: Path) -> None:
         # Bytes, not text: a file name that is not valid UTF-8 comes out as the same bytes
         # it has on disk (xargs can open it), where a text write would raise.
         sys.stdout.flush()
         sys.stdout.buffer.write(os.fsencode(path) + (b"\0" if print0 else b"\n"))
-        if shard is not None or is_distributed():
+        if sharded or is_distributed():
             # torchrun ranks and shards share one stdout: one write per path (atomic on a
             # pipe up to 4 KiB) keeps their lines whole.
             sys.stdout.flush()
 
+    return emit
+
+
+def _enhance(config: Config, src: str, dst: Path, options: JobOptions, as_json: bool) -> None:
+    """Run the job and print its summary (stderr, and stdout with --json); exits with its code."""
+    from .config import ConfigError
+    from .distributed import is_primary
+    from .models import CheckpointError
+    from .pipeline import run
+    from .plan import JobError
+    from .stopping import Stopped
+
     try:
-        summary = run(
-            config,
-            src,
-            dst,
-            files_from=files_from,
-            follow_symlinks=follow_symlinks,
-            strict=strict,
-            quiet=quiet,
-            shard=shard,
-            on_output=emit if (print0 or print_outputs) else None,
-            **formats,
-        )
+        summary = run(config, src, dst, options)
     except (JobError, ConfigError, CheckpointError) as exc:
         raise BadInput(str(exc)) from None
     except Stopped as exc:  # Ctrl-C, SIGTERM, a full disk: what is done is written and recorded
@@ -212,7 +212,7 @@ def _enhance(src, dst, config_file, sets, files_from, follow_symlinks, strict, p
             click.echo(json.dumps(exc.summary.as_dict()))
         sys.exit(exc.exit_code)
     if is_primary():  # under torchrun the counts are the whole job's: print them once
-        if not quiet:
+        if not options.quiet:
             click.echo(f"latinhib: {summary.line()}", err=True)
         if as_json:
             click.echo(json.dumps(summary.as_dict()))
@@ -315,7 +315,7 @@ def merge(dst: Path, as_json: bool, quiet: bool) -> None:
               help="Images on the sheet, drawn with inhibition.seed.")
 @click.option("--files", help="Comma-separated images (relative to SRC) instead of a random sample.")
 @click.option("--grid", metavar="KEY=V1,V2,...",
-              help="One image, one column per value of q, sigma, k, blur, filter or outline (e.g. q=0.3,0.5,0.7).")
+              help=f"One image, one column per value of one of {', '.join(GRID_KEYS)} (e.g. q=0.3,0.5,0.7).")
 @click.option("--cell", type=click.IntRange(64, 1024), default=192, show_default=True, help="Panel size in pixels.")
 @config_options
 def preview(src: Path, output: Path, count, files, grid, cell, config_file, sets, **values) -> None:

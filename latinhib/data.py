@@ -15,11 +15,14 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    from .shards import Member
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -72,6 +75,40 @@ class Item:
         """An extension latinhib enhances; every other file is only ever copied (or, with
         ``output.images_only``, left out)."""
         return Path(self.rel).suffix.lower() in IMAGE_EXTENSIONS
+
+    # What the stages after the source ask of an item, answered here so that none of them
+    # checks which kind of item it holds (``sources.SampleItem`` answers for a tar sample).
+
+    @property
+    def shard(self) -> Optional[str]:
+        """The input shard this item is a sample of; None for a file of a folder."""
+        return None
+
+    @property
+    def members(self) -> Tuple[Member, ...]:
+        """The tar members this item is made of, in order; () for a file of its own."""
+        return ()
+
+    @property
+    def image_member(self) -> Optional[Member]:
+        """The member that holds the image (None: a file, or a sample without one)."""
+        return None
+
+    @property
+    def note(self) -> Optional[str]:
+        """Said on stderr when the item is recorded (and kept in the manifest)."""
+        return None
+
+    @property
+    def copy_note(self) -> Optional[str]:
+        """The manifest's note on a copy, when the item is not simply unselected."""
+        if self.is_image:
+            return None
+        return f"not a format latinhib enhances ({Path(self.rel).suffix or 'no extension'}): copied byte for byte"
+
+    def image_source(self) -> Union[Path, BinaryIO]:
+        """What :func:`decode` reads: the file itself."""
+        return self.path
 
 
 def _item(root: Path, path: Path) -> Item:

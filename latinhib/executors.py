@@ -57,8 +57,7 @@ class _Decoding(Dataset):
     def __getitem__(self, index: int) -> Tuple[int, Optional[Decoded], Optional[DecodeError]]:
         try:
             item = self.items[index]
-            source = item.open() if hasattr(item, "open") else item.path  # a tar sample's bytes, or a file
-            decoded = decode(source, self.input_size, self.mean, self.std, quiet_bombs=not self.threads)
+            decoded = decode(item.image_source(), self.input_size, self.mean, self.std, quiet_bombs=not self.threads)
             return index, decoded, None
         except DecodeError as exc:
             return index, None, exc

@@ -21,6 +21,7 @@ from .filters import blur_uint8
 from .inhibition import inhibit
 from .manifest import entry
 from .models import LoadedModel
+from .sinks import Sink
 
 __all__ = ["Finisher", "enhance_pixels", "enhance_uint8", "kept_fraction", "undecodable"]
 
@@ -102,7 +103,7 @@ class Finisher:
     whose model pass is done: run in writer threads, or on the image's own model stream.
     Returns the file's manifest entry."""
 
-    def __init__(self, config: Config, loaded: LoadedModel, sink: Any, device: torch.device):
+    def __init__(self, config: Config, loaded: LoadedModel, sink: Sink, device: torch.device):
         self.config = config
         self.loaded = loaded
         self.sink = sink
@@ -140,7 +141,7 @@ class Finisher:
         )
 
 
-def undecodable(item: Item, error: DecodeError, sink: Any) -> Dict[str, Any]:
+def undecodable(item: Item, error: DecodeError, sink: Sink) -> Dict[str, Any]:
     """The entry of a selected file that did not decode: a good image latinhib does not
     enhance (an animation, :class:`NotEnhanceable`) is copied byte for byte as
     ``unchanged``; anything else is ``failed`` with the cause."""

@@ -19,13 +19,15 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import torch
 
 from . import distributed
 from .api import LateralInhibition
+from .choices import INPUT_FORMATS
 from .config import Config, to_yaml
 from .data import bomb_warnings_ignored, display
 from .executors import make_executor
@@ -37,35 +39,54 @@ from .manifest import CONFIG_NAME, Manifest
 from .models import load_model
 from .plan import JobError, Plan, check_previous_config, make_plan, recorded_config
 from .recorder import Recorder, StrictStop, Summary, progress_bar
-from .sinks import FolderSink, TarSink
-from .sources import FORMATS, Listing, SourceError, open_source
+from .sinks import FolderSink, Sink, TarSink
+from .sources import FORMATS, Listing, Source, SourceError, open_source
 from .stopping import DestinationFull, Interrupted, StopRequest, folder_of, rank_of
 
-__all__ = ["run"]
+__all__ = ["JobOptions", "run"]
 
 
-def run(
-    config: Config,
-    src: Union[str, Path],
-    dst: Path,
-    *,
-    files_from: Optional[Iterable[str]] = None,
-    follow_symlinks: bool = False,
-    strict: bool = False,
-    quiet: bool = False,
-    shard: Optional[distributed.Part] = None,
-    on_output: Optional[Callable[[Path], None]] = None,
-    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
-    input_format: str = "auto",
-    output_format: Optional[str] = None,
-    shard_size: int = 0,
-) -> Summary:
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How one job runs, beside its :class:`~latinhib.config.Config`: where the inputs
+    come from and the outputs go, which part of the job this process does, what it
+    prints. Unlike the config, none of this is recorded in DST (a rerun may change it);
+    the CLI builds one from its flags."""
+
+    #: SRC is ``folder``, ``webdataset`` (tar shards) or ``auto`` (told apart by name);
+    #: ``choices.INPUT_FORMATS``.
+    input_format: str = "auto"
+    #: ``folder`` or ``webdataset``; None: the input's format.
+    output_format: Optional[str] = None
+    #: Samples per output shard, for a folder written as tar shards (0: not that case).
+    shard_size: int = 0
+    #: Input paths relative to SRC (``--files-from``) instead of every file under it.
+    files_from: Optional[Iterable[str]] = None
+    #: Follow symlinks that point outside SRC.
+    follow_symlinks: bool = False
+    #: Stop at the first file that fails.
+    strict: bool = False
+    #: No progress bar.
+    quiet: bool = False
+    #: Do only part I of N of the job (``--shard I/N``); torchrun ranks split it further.
+    part: Optional[distributed.Part] = None
+    #: Called with each output's path once it is recorded (``--print-outputs``).
+    on_output: Optional[Callable[[Path], None]] = None
+    #: Where warnings and failure lines go (stderr; the progress bar's own line when shown).
+    log: Callable[[str], None] = _to_stderr
+
+
+def run(config: Config, src: Union[str, Path], dst: Path, options: JobOptions = JobOptions()) -> Summary:
     """Run ``latinhib enhance`` from SRC to DST with ``config``; see the CLI's help.
 
     SRC is a folder, or WebDataset tar shards (a .tar file, a brace pattern, a folder of
-    .tar files, ``pipe:CMD``); ``input_format`` (auto, folder, webdataset) says which
-    when detection is not enough. ``output_format`` is the input's by default;
-    folder -> webdataset writes ``shard_size`` samples per shard.
+    .tar files, ``pipe:CMD``); ``options.input_format`` says which when detection is not
+    enough. ``options.output_format`` is the input's by default; folder -> webdataset
+    writes ``options.shard_size`` samples per shard.
 
     Raises :class:`JobError` (or ``ConfigError``/``CheckpointError``) before writing
     anything when the job cannot start, and :class:`Interrupted` after Ctrl-C, once the
@@ -74,25 +95,20 @@ def run(
     started = time.perf_counter()
     dst = Path(dst)
     exclude = [Path(p) for p in (config.output.save_masks, config.output.save_heatmaps) if p]
-    source = _open_source(src, dst, input_format, files_from=files_from, follow_symlinks=follow_symlinks,
-                          exclude=exclude)
+    source = _open_source(src, dst, options, exclude)
     if config.runtime.threads:
         torch.set_num_threads(config.runtime.threads)
     # torchrun rank / --shard I/N: which inputs are ours, which device (cuda:LOCAL_RANK).
     # Other ranks/shards may be writing into DST right now: any cleanup of stale temporary
     # files there must be guarded by ctx.owns_all_temp_files.
-    ctx = distributed.setup(shard, config.runtime.device)
+    ctx = distributed.setup(options.part, config.runtime.device)
     # One job per DST, or per shard of it (locking.py). Taken here when DST exists, so a
     # second job is refused before it loads a model; else _prepare_dst takes it on creating DST.
-    lock = DstLock(dst, ctx.part, log=log)
-    options = dict(strict=strict, quiet=quiet, on_output=on_output, log=log, output_format=output_format,
-                   shard_size=shard_size, started=started)
+    lock = DstLock(dst, ctx.part, log=options.log)
     try:
         if dst.is_dir():
             lock.acquire()
-        if files_from is not None:
-            source.files_from = ctx.same_lines(files_from)
-        return _job(config, source, src, dst, ctx, lock, exclude, **options)
+        return _job(config, source, src, dst, ctx, lock, exclude, options, started)
     except DstBusy as exc:
         raise JobError(str(exc)) from None
     except DestinationUnusable as exc:  # before the loop: DST's config, the first manifest lines, a shard
@@ -102,16 +118,16 @@ def run(
         source.close()
 
 
-def _job(config: Config, source, src, dst: Path, ctx: distributed.Context, lock: DstLock, exclude: List[Path], *,
-         output_format: Optional[str], shard_size: int, started: float, **options) -> Summary:
+def _job(config: Config, source: Source, src: Union[str, Path], dst: Path, ctx: distributed.Context, lock: DstLock,
+         exclude: List[Path], options: JobOptions, started: float) -> Summary:
     """:func:`run` once DST is locked (or is locked as soon as this creates it): the
     stages in turn, then the stop or the job-wide summary."""
     loaded = load_model(config.model, ctx.device)
     enhancer = LateralInhibition(loaded.model, config, input_size=loaded.input_size)
-    listing = _list(source)
+    listing = _list(source, ctx)
     labels = resolve_labels(listing.items, config, loaded.classes)
     # Labels above are decided on the whole listing, so every shard picks the same target.
-    sink = _open_sink(listing, src, dst, output_format, shard_size)
+    sink = _open_sink(listing, src, dst, options)
     items = ctx.select(listing.items, key=sink.unit_of)  # torchrun / --shard: by output unit
     problems = [p for p in listing.problems if ctx.owns_unit(p[0].split("/", 1)[0])]
     recorded = recorded_config(config, loaded, enhancer)
@@ -123,7 +139,7 @@ def _job(config: Config, source, src, dst: Path, ctx: distributed.Context, lock:
                       already_done=plan.already_done)
     summary.target = "label" if labels is not None else ("pred" if config.model.target == "auto" else config.model.target)
     sink.prepare(plan.todo, ctx.owns_unit)
-    job = _Job(config, loaded, enhancer, labels, ctx, sink, plan, summary, started=started, **options)
+    job = _Job(config, loaded, enhancer, labels, ctx, sink, plan, summary, options, started)
     listed = [rel for rel, _ in problems] + [item.rel for item in items]
     unusable = job.run(manifest, ctx.manifest_path(dst), previous, listed)
     if unusable is not None:
@@ -137,28 +153,29 @@ def _job(config: Config, source, src, dst: Path, ctx: distributed.Context, lock:
         raise DestinationFull(summary, exc, folder_of(exc.path, dst, config), rank_of(ctx)) from None
 
 
-def _open_source(src, dst: Path, input_format: str, **options):
+def _open_source(src: Union[str, Path], dst: Path, options: JobOptions, exclude: List[Path]) -> Source:
     """The source for SRC, checked against DST (nothing written yet)."""
-    if input_format not in ("auto",) + FORMATS:
-        raise JobError(f"--input-format: {input_format!r} is not allowed; choose auto, {', '.join(FORMATS)}")
+    if options.input_format not in INPUT_FORMATS:
+        raise JobError(f"--input-format: {options.input_format!r} is not allowed; choose {', '.join(INPUT_FORMATS)}")
     try:
-        source = open_source(src, input_format, spool_dir=dst, **options)
+        source = open_source(src, options.input_format, spool_dir=dst, files_from=options.files_from,
+                             follow_symlinks=options.follow_symlinks, exclude=exclude)
         source.check(dst)
     except SourceError as exc:
         raise JobError(str(exc)) from None
     return source
 
 
-def _list(source) -> Listing:
+def _list(source: Source, ctx: distributed.Context) -> Listing:
     try:
-        return source.list()
+        return source.list(ctx.same_lines)
     except SourceError as exc:  # a --files-from path outside SRC, say
         raise JobError(str(exc)) from None
 
 
-def _open_sink(listing: Listing, src, dst: Path, output_format: Optional[str], shard_size: int):
-    """Shards out for shards in, a folder for a folder, unless ``output_format`` says."""
-    output_format = output_format or listing.format
+def _open_sink(listing: Listing, src: Union[str, Path], dst: Path, options: JobOptions) -> Sink:
+    """Shards out for shards in, a folder for a folder, unless ``options.output_format`` says."""
+    output_format, shard_size = options.output_format or listing.format, options.shard_size
     if output_format not in FORMATS:
         raise JobError(f"--output-format: {output_format!r} is not allowed; choose {', '.join(FORMATS)}")
     if output_format == "folder":
@@ -199,21 +216,21 @@ class _Job:
     out (finally) is the same for every end: done, Ctrl-C or SIGTERM, --strict, a failing
     model pass, a full disk."""
 
-    def __init__(self, config: Config, loaded, enhancer, labels, ctx, sink, plan: Plan, summary: Summary, *,
-                 strict: bool, quiet: bool, on_output, log, started: float):
+    def __init__(self, config: Config, loaded, enhancer, labels, ctx, sink: Sink, plan: Plan, summary: Summary,
+                 options: JobOptions, started: float):
         self.config, self.loaded, self.enhancer, self.labels, self.ctx = config, loaded, enhancer, labels, ctx
-        self.sink, self.plan, self.summary, self.started = sink, plan, summary, started
-        self.strict, self.quiet, self.on_output, self.log = strict, quiet, on_output, log
+        self.sink, self.plan, self.summary, self.options, self.started = sink, plan, summary, options, started
 
     def run(self, manifest: Manifest, manifest_path: Path, previous: Dict[str, Dict[str, Any]],
             listed: List[str]) -> Optional[DestinationUnusable]:
         """Returns the write that found DST full, if one did."""
         summary, plan = self.summary, self.plan
         stop = StopRequest()
-        bar = self.ctx.progress(len(plan.to_copy) + len(plan.to_enhance), self.quiet, progress_bar)
+        options = self.options
+        bar = self.ctx.progress(len(plan.to_copy) + len(plan.to_enhance), options.quiet, progress_bar)
         # Entries of files outside this listing are kept; --overwrite only redoes the listed ones.
-        recorder = Recorder(summary, manifest, dict(previous), self.sink, strict=self.strict, bar=bar, log=self.log,
-                            on_output=self.on_output, check=stop.check)
+        recorder = Recorder(summary, manifest, dict(previous), self.sink, strict=options.strict, bar=bar,
+                            log=options.log, on_output=options.on_output, check=stop.check)
         executor, unusable = None, None
         with bomb_warnings_ignored():  # for the decoding threads too, entered once here
             try:

@@ -16,6 +16,7 @@ from .data import Item, display
 from .inhibition import selection_score
 from .manifest import entry, is_job_file, recorded_sections
 from .models import LoadedModel
+from .sinks import Sink
 
 __all__ = ["JobError", "Plan", "RESULT_SECTIONS", "check_previous_config", "make_plan", "recorded_config"]
 
@@ -42,7 +43,7 @@ class Plan:
         return self.to_enhance + self.to_copy
 
 
-def make_plan(items: Sequence[Item], previous: Dict[str, Dict[str, Any]], config: Config, sink: Any,
+def make_plan(items: Sequence[Item], previous: Dict[str, Dict[str, Any]], config: Config, sink: Sink,
               problems: Sequence[Tuple[str, str]] = ()) -> Plan:
     """Decide every item: ``sink.done`` says whether an earlier run finished it."""
     plan = Plan()

@@ -23,6 +23,7 @@ import yaml
 from PIL import Image, ImageDraw, ImageFont
 
 from .api import Importance, LateralInhibition, recombine
+from .choices import GRID_KEYS
 from .config import Config, load_config
 from .data import Decoded, DecodeError, Item, PathError, decode, display, list_files_from, list_folder
 from .encoding import heat_colors, heatmap_image, tensor_bytes
@@ -37,19 +38,6 @@ from .runtime import resolve_device
 __all__ = ["GRID_KEYS", "Column", "PreviewError", "Row", "Sheet", "Table", "contact_table", "grid_table",
            "load_font", "mask_picture", "parse_grid", "preview", "render", "sample"]
 
-#: ``--grid`` names -> config keys. All act after the model pass (steps 4-8): ``grid_table``
-#: runs the model once and recombines its layer maps per column.
-GRID_KEYS = {
-    "q": "inhibition.quantile",
-    "quantile": "inhibition.quantile",
-    "sigma": "inhibition.sigma",
-    "k": "inhibition.kernel_size",
-    "kernel_size": "inhibition.kernel_size",
-    "blur": "blur.sigma",
-    "blur_sigma": "blur.sigma",
-    "filter": "inhibition.filter",
-    "outline": "inhibition.outline",
-}
 GRID_LABELS = {"inhibition.quantile": "q", "inhibition.sigma": "sigma", "inhibition.kernel_size": "k",
                "blur.sigma": "blur", "inhibition.filter": "filter", "inhibition.outline": "outline"}
 

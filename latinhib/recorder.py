@@ -15,11 +15,14 @@ import sys
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .data import Item, display
 from .files import DestinationUnusable
 from .manifest import Manifest, entry
+
+if TYPE_CHECKING:  # sinks.py imports this module (entry)
+    from .sinks import Sink
 
 __all__ = ["PassFailed", "Recorder", "StrictStop", "Summary", "describe", "progress_bar"]
 
@@ -107,7 +110,7 @@ class Recorder:
     ``sink.commit(item, entry)`` is called for every recorded file, in order.
     """
 
-    def __init__(self, summary: Summary, manifest: Manifest, entries: Dict[str, Dict[str, Any]], sink: Any, *,
+    def __init__(self, summary: Summary, manifest: Manifest, entries: Dict[str, Dict[str, Any]], sink: Sink, *,
                  strict: bool, bar: Any, log: Callable[[str], None],
                  on_output: Optional[Callable[[Path], None]], check: Callable[[], None]):
         self.summary = summary
@@ -154,7 +157,7 @@ class Recorder:
             self.summary.failures.append(message)
             self.bar.write(message, file=sys.stderr) if self.bar is not None else self.log(message)
         else:
-            note = getattr(item, "note", None)  # a tar sample without an image member, say
+            note = item.note  # a tar sample without an image member, say
             if note is not None:
                 message = f"latinhib: {display(item.rel)}: {note}"
                 self.bar.write(message, file=sys.stderr) if self.bar is not None else self.log(message)

@@ -13,17 +13,57 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 from . import shards
 from .data import Item, read_error
-from .shards import Member, Sample, ShardIndex
-from .sources import SampleItem
+from .shards import Member, ShardIndex
 from .encoding import save_image
 from .files import atomic_write, copy_file, output_path, temp_path
 from .manifest import DONE, entry
 
-__all__ = ["FolderSink", "TarSink", "shard_names"]
+__all__ = ["FolderSink", "Sink", "TarSink", "shard_names"]
+
+
+class Sink(Protocol):
+    """What the plan, the executor's threads and the recorder ask of a sink
+    (:class:`FolderSink`, :class:`TarSink`): a new output format is one new class."""
+
+    #: One of ``choices.FORMATS``.
+    format: str
+
+    def unit_of(self, item: Item) -> str:
+        """The output file or shard ``item`` ends up in: what torchrun ranks and
+        ``--shard I/N`` split on, so that one process writes each unit."""
+
+    def unit_of_rel(self, rel: str) -> str:
+        """:meth:`unit_of` from a manifest path alone (an earlier run's entry)."""
+
+    def output_of(self, item: Item) -> Path:
+        """Where ``item``'s output is (the file a rerun checks, the path --print-outputs prints)."""
+
+    def done(self, item: Item, old: Optional[Dict[str, Any]]) -> bool:
+        """Whether an earlier run (its manifest entry ``old``) finished ``item``'s output."""
+
+    def prepare(self, todo: Sequence[Item], owns: Callable[[str], bool]) -> None:
+        """Told once, before any write, which items this run hands to the executor;
+        ``owns(unit)`` says which units are this process's."""
+
+    def copy(self, item: Item) -> Dict[str, Any]:
+        """An unselected item, byte for byte; returns its manifest entry (a source that
+        cannot be read is the item's failure; a failed write is raised)."""
+
+    def copy_unchanged(self, item: Item) -> None:
+        """A selected item that is not enhanced after all (not enhanceable), as it is."""
+
+    def save_image(self, item: Item, pixels, decoded, jpeg_quality: int) -> None:
+        """``item``'s enhanced image (called from writer threads)."""
+
+    def commit(self, item: Item, line: Dict[str, Any]) -> None:
+        """``item`` is recorded in the manifest (in listing order) as ``line``."""
+
+    def close(self) -> None:
+        """The job is over: remove what an unfinished unit left behind."""
 
 
 def _copy_entry(item: Item, copy: Callable[[], None]) -> Dict[str, Any]:
@@ -35,16 +75,7 @@ def _copy_entry(item: Item, copy: Callable[[], None]) -> Dict[str, Any]:
         if exc.filename is None or os.fsdecode(exc.filename) != str(item.path):
             raise  # the write failed: reported as "cannot write: ..."
         return entry(item, False, "failed", error=read_error(exc))
-    return entry(item, False, "copied", error=_note(item))
-
-
-def _note(item: Item) -> Optional[str]:
-    """Why an item is copied rather than enhanced, when it is not simply unselected."""
-    if isinstance(item, SampleItem):
-        return item.note
-    if item.is_image:
-        return None
-    return f"not a format latinhib enhances ({Path(item.rel).suffix or 'no extension'}): copied byte for byte"
+    return entry(item, False, "copied", error=item.copy_note)
 
 
 class FolderSink:
@@ -60,16 +91,15 @@ class FolderSink:
     def unit_of(self, item: Item) -> str:
         """What torchrun ranks and ``--shard`` split on: each file on its own (a tar
         sample: its input shard)."""
-        return getattr(item, "unit", item.rel)
+        return item.shard if item.shard is not None else item.rel
 
     def unit_of_rel(self, rel: str) -> str:
         """:meth:`unit_of` from a manifest path alone (earlier runs' entries)."""
         return rel.split("/", 1)[0] if self.from_shards else rel
 
     def output_of(self, item: Item) -> Path:
-        if isinstance(item, SampleItem):
-            member = item.sample.image_member or item.sample.members[0]
-            return self._member_path(item, member)
+        if item.members:  # a tar sample: named by its image member
+            return self._member_path(item, item.image_member or item.members[0])
         return output_path(self.dst, item.rel)
 
     def done(self, item: Item, old: Optional[Dict[str, Any]]) -> bool:
@@ -83,18 +113,16 @@ class FolderSink:
         return _copy_entry(item, lambda: self.copy_unchanged(item))
 
     def copy_unchanged(self, item: Item) -> None:
-        if isinstance(item, SampleItem):
-            for member in item.sample.members:
-                self._write_member(item, member)
-        else:
+        if not item.members:
             copy_file(item.path, output_path(self.dst, item.rel))
+        for member in item.members:
+            self._write_member(item, member)
 
     def save_image(self, item: Item, pixels, decoded, jpeg_quality: int) -> None:
         save_image(pixels, decoded, self.output_of(item), jpeg_quality)
-        if isinstance(item, SampleItem):  # the sidecars, byte for byte
-            for member in item.sample.members:
-                if member is not item.sample.image_member:
-                    self._write_member(item, member)
+        for member in item.members:  # a tar sample's sidecars, byte for byte
+            if member is not item.image_member:
+                self._write_member(item, member)
 
     def commit(self, item: Item, line: Dict[str, Any]) -> None:
         """Folder outputs are in place once written."""
@@ -102,11 +130,11 @@ class FolderSink:
     def close(self) -> None:
         pass
 
-    def _member_path(self, item: SampleItem, member: Member) -> Path:
-        stem = item.sample.shard[: -len(".tar")] if item.sample.shard.endswith(".tar") else item.sample.shard
+    def _member_path(self, item: Item, member: Member) -> Path:
+        stem = item.shard[: -len(".tar")] if item.shard.endswith(".tar") else item.shard
         return self.dst / stem / member.name
 
-    def _write_member(self, item: SampleItem, member: Member) -> None:
+    def _write_member(self, item: Item, member: Member) -> None:
         data = shards.read_member(item.path, member)
         atomic_write(self._member_path(item, member), lambda tmp: tmp.write_bytes(data))
 
@@ -180,7 +208,7 @@ class TarSink:
     def unit_of(self, item: Item) -> str:
         """The output shard ``item`` goes into: what torchrun ranks and ``--shard`` split
         on, so each output shard is written by one process."""
-        return getattr(item, "unit", None) or self._unit[item.rel]
+        return item.shard if item.shard is not None else self._unit[item.rel]
 
     def unit_of_rel(self, rel: str) -> str:
         return self._unit.get(rel) or rel.split("/", 1)[0]
@@ -204,9 +232,9 @@ class TarSink:
 
     def copy(self, item: Item) -> Dict[str, Any]:
         """Copies are made when the shard is assembled; a folder file must be readable."""
-        if not isinstance(item, SampleItem):
+        if item.shard is None:
             return _copy_entry(item, lambda: os.close(os.open(item.path, os.O_RDONLY)))
-        return entry(item, False, "copied", error=_note(item))
+        return entry(item, False, "copied", error=item.copy_note)
 
     def copy_unchanged(self, item: Item) -> None:
         """Nothing to spool: the input's bytes go in as they are."""

@@ -11,16 +11,15 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import BinaryIO, Callable, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
 from . import shards
+from .choices import FORMATS
 from .data import Item, PathError, display, list_files_from, list_folder
 from .shards import IMAGE_MEMBER_EXTENSIONS, Member, Sample, ShardError, ShardIndex
 
-__all__ = ["FORMATS", "FolderSource", "Listing", "SampleItem", "ShardSource", "SourceError", "open_source"]
+__all__ = ["FORMATS", "FolderSource", "Listing", "SampleItem", "ShardSource", "Source", "SourceError", "open_source"]
 
-#: --input-format / --output-format values.
-FORMATS = ("folder", "webdataset")
 
 
 class SourceError(ValueError):
@@ -39,8 +38,16 @@ class SampleItem(Item):
         return self.sample.image is not None
 
     @property
-    def unit(self) -> str:
+    def shard(self) -> str:
         return self.sample.shard
+
+    @property
+    def members(self) -> Tuple[Member, ...]:
+        return self.sample.members
+
+    @property
+    def image_member(self) -> Optional[Member]:
+        return self.sample.image_member
 
     @property
     def note(self) -> Optional[str]:
@@ -49,7 +56,11 @@ class SampleItem(Item):
             return f"no image member ({', '.join(IMAGE_MEMBER_EXTENSIONS)}): its members are copied unchanged"
         return None
 
-    def open(self) -> BinaryIO:
+    @property
+    def copy_note(self) -> Optional[str]:
+        return self.note
+
+    def image_source(self) -> BinaryIO:
         """The image member's bytes, for decoding."""
         return io.BytesIO(shards.read_member(self.path, self.sample.image_member))
 
@@ -63,6 +74,29 @@ class Listing:
     problems: List[Tuple[str, str]] = field(default_factory=list)
     indexes: List[ShardIndex] = field(default_factory=list)
     format: str = "folder"
+
+
+def _as_read(lines: Iterable[str]) -> Iterable[str]:
+    return lines
+
+
+class Source(Protocol):
+    """What the pipeline asks of a source (:class:`FolderSource`, :class:`ShardSource`):
+    a new input format is one new class with these calls."""
+
+    #: The output format a job writes by default (one of :data:`FORMATS`).
+    format: str
+
+    def check(self, dst: Path) -> None:
+        """Refuse SRC, or DST for this SRC, with :class:`SourceError`; nothing is written."""
+
+    def list(self, shared_lines: Callable[[Iterable[str]], Iterable[str]] = _as_read) -> Listing:
+        """Every input, in a stable order, and the problems found on the way.
+        ``shared_lines`` turns lines read from a stream (``--files-from``) into the same
+        lines in every process of the job (torchrun: rank 0 reads, the others receive)."""
+
+    def close(self) -> None:
+        """Remove what listing left behind (the spool files of ``pipe:`` shards)."""
 
 
 def check_dst(src_real: Optional[Path], src_text: str, dst: Path) -> None:
@@ -98,10 +132,10 @@ class FolderSource:
             raise SourceError(f"SRC {display(str(src))!r}: not a directory")
         check_dst(Path(os.path.realpath(src)), str(src), dst)
 
-    def list(self) -> Listing:
+    def list(self, shared_lines: Callable[[Iterable[str]], Iterable[str]] = _as_read) -> Listing:
         try:
             if self.files_from is not None:
-                items = list_files_from(self.src, self.files_from, follow_symlinks=self.follow_symlinks)
+                items = list_files_from(self.src, shared_lines(self.files_from), follow_symlinks=self.follow_symlinks)
             else:
                 items = list_folder(self.src, follow_symlinks=self.follow_symlinks, exclude=self.exclude)
         except PathError as exc:
@@ -134,7 +168,8 @@ class ShardSource:
             if not shard.is_pipe and Path(os.path.realpath(dst / shard.name)) == Path(os.path.realpath(shard.url)):
                 raise SourceError(f"DST {display(str(dst))!r}: its output shard {shard.name!r} would be the input")
 
-    def list(self) -> Listing:
+    def list(self, shared_lines: Callable[[Iterable[str]], Iterable[str]] = _as_read) -> Listing:
+        """The shards' samples (``shared_lines``: nothing is read from a stream here)."""
         listing = Listing([], format=self.format)
         for number, shard in enumerate(self.shards):
             spool = None
@@ -164,7 +199,7 @@ class ShardSource:
                     pass
 
 
-def open_source(src: Union[str, Path], input_format: str = "auto", **folder_options) -> Union[FolderSource, ShardSource]:
+def open_source(src: Union[str, Path], input_format: str = "auto", **folder_options) -> Source:
     """The source for SRC: ``webdataset`` for tar shards, ``folder`` for a folder; ``auto``
     tells them apart (:func:`latinhib.shards.looks_like_shards`)."""
     text = str(src)
@@ -177,7 +212,3 @@ def open_source(src: Union[str, Path], input_format: str = "auto", **folder_opti
     folder_options.pop("spool_dir", None)
     return FolderSource(Path(src), **folder_options)
 
-
-#: Members a tar sink copies for a sample (the whole sample, in order).
-def sample_members(item: Item) -> Tuple[Member, ...]:
-    return item.sample.members if isinstance(item, SampleItem) else ()

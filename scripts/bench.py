@@ -153,7 +153,7 @@ def make_shards(src: Path, folder: Path, shard_size: int = SHARD_SIZE) -> Path:
 
 
 def row_enhance(args, src: Path, ratio: float, shards: bool = False, path=None) -> dict:
-    from latinhib.pipeline import run
+    from latinhib.pipeline import JobOptions, run
 
     config = _config(args, ratio, path)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
@@ -164,10 +164,11 @@ def row_enhance(args, src: Path, ratio: float, shards: bool = False, path=None) 
         for path in sorted(Path(args.src).rglob("*.jpg"))[: args.batch_size]:
             (warm_src / path.parent.name).mkdir(parents=True, exist_ok=True)
             shutil.copy(path, warm_src / path.parent.name / path.name)
-        run(_config(args, 1.0), warm_src, Path(tmp) / "warm-out", quiet=True)
+        run(_config(args, 1.0), warm_src, Path(tmp) / "warm-out", JobOptions(quiet=True))
         written = []
         start = time.perf_counter()
-        summary = run(config, src, Path(tmp) / "out", quiet=True, on_output=lambda _: written.append(time.perf_counter()))
+        timed = JobOptions(quiet=True, on_output=lambda _: written.append(time.perf_counter()))
+        summary = run(config, src, Path(tmp) / "out", timed)
         seconds = time.perf_counter() - start
     done = summary.enhanced + summary.copied + summary.unchanged
     # Steady state: the images written after the first batch's, over the time they took

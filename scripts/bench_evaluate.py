@@ -77,11 +77,11 @@ def run_row(args) -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         warm = _warm(src, Path(tmp), args.batch_size)
         if args.row == "enhance":
-            from latinhib.pipeline import run
+            from latinhib.pipeline import JobOptions, run
 
-            run(config, warm, Path(tmp) / "warm-out", quiet=True)
+            run(config, warm, Path(tmp) / "warm-out", JobOptions(quiet=True))
             start = time.perf_counter()
-            summary = run(config, src, Path(tmp) / "out", quiet=True)
+            summary = run(config, src, Path(tmp) / "out", JobOptions(quiet=True))
             result["images"] = summary.enhanced + summary.unchanged
         else:
             from latinhib import evaluation_folder, evaluation_passes

@@ -68,11 +68,11 @@ def main() -> None:
         src, warm = Path(tmp) / "images", Path(tmp) / "warm"
         make_images(src, args.images)
         make_images(warm, args.batch_size, seed=1)
-        pipeline.run(config, warm, Path(tmp) / "warm-out", quiet=True)
+        pipeline.run(config, warm, Path(tmp) / "warm-out", pipeline.JobOptions(quiet=True))
         cpu.clear()
         wall.clear()
         before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        summary = pipeline.run(config, src, Path(tmp) / "out", quiet=True)
+        summary = pipeline.run(config, src, Path(tmp) / "out", pipeline.JobOptions(quiet=True))
         seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
     n = summary.enhanced
     total = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

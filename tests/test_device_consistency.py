@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from latinhib.config import load_config
-from latinhib.pipeline import run
+from latinhib.pipeline import JobOptions, run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -32,7 +32,7 @@ def enhance(tmp_path: Path, device: str, amp: str) -> Path:
         "runtime.device": device, "runtime.amp": amp, "runtime.workers": 0,
         "inhibition.ratio": 0.75, "output.save_masks": str(dst) + "-masks",
     })
-    summary = run(config, EXAMPLES, dst, quiet=True)
+    summary = run(config, EXAMPLES, dst, JobOptions(quiet=True))
     assert summary.failed == 0
     return dst
 

@@ -27,7 +27,7 @@ from latinhib.importance import importance_maps
 from latinhib.inhibition import auto_quantile, blend, combine_maps, gate_by_response, inhibit, make_mask, quantile_threshold
 from latinhib.models import load_model
 from latinhib.executors import _one_torch_thread
-from latinhib.pipeline import run
+from latinhib.pipeline import JobOptions, run
 from latinhib.encoding import tensor_bytes
 from latinhib.runtime import amp_dtype, single_thread
 
@@ -149,7 +149,7 @@ def tiny_job(tmp_path_factory):
 def test_enhance_output_equals_the_plain_reference(tiny_job):
     config, src, root = tiny_job
     dst = root / "dst"
-    summary = run(config, src, dst, quiet=True)
+    summary = run(config, src, dst, JobOptions(quiet=True))
     assert summary.enhanced == 4 and summary.failed == 0
     loaded = load_model(config.model, torch.device("cpu"))
     files = sorted(src.glob("*.png"))
@@ -226,7 +226,7 @@ def test_enhance_on_two_streams_equals_one(tiny_job, tmp_path):
         cfg = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, threads=threads, batch_size=8))
         before = torch.get_num_threads()
         try:
-            summary = run(cfg, src, tmp_path / str(threads), quiet=True)
+            summary = run(cfg, src, tmp_path / str(threads), JobOptions(quiet=True))
         finally:
             torch.set_num_threads(before)
         assert summary.enhanced == 4
@@ -275,7 +275,7 @@ def test_decoding_threads_and_worker_processes_write_the_same(tiny_job, tmp_path
     outputs = {}
     for threads in (True, False):
         monkeypatch.setattr(executors, "_decode_in_threads", lambda device, threads=threads: threads)
-        summary = run(config, src, tmp_path / str(threads), quiet=True)
+        summary = run(config, src, tmp_path / str(threads), JobOptions(quiet=True))
         assert summary.enhanced == 4
         outputs[threads] = {p.name: p.read_bytes() for p in sorted((tmp_path / str(threads)).glob("*.png"))}
     assert outputs[True] == outputs[False] and len(outputs[True]) == 4
@@ -315,7 +315,7 @@ def test_decoding_threads_leave_the_warning_filters_alone(tiny_job, tmp_path, mo
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5400)  # 6000-10773 px images warn, none refused
     before = list(warnings.filters)
     for attempt in range(3):
-        summary = run(config, src, tmp_path / str(attempt), quiet=True)
+        summary = run(config, src, tmp_path / str(attempt), JobOptions(quiet=True))
         assert summary.enhanced == 4 and summary.failed == 0
     assert warnings.filters == before
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
@@ -375,7 +375,7 @@ def test_which_cpu_jobs_run_each_chunk_start_to_end_on_its_stream(tiny_job, tmp_
     monkeypatch.setattr(executors, "_run_chunk", lambda *a: (chunks.append(list(a[1])), original(*a))[1])
     before = torch.get_num_threads()
     try:
-        summary = run(_threads_and_batch(config, threads, batch_size), src, tmp_path / "out", quiet=True)
+        summary = run(_threads_and_batch(config, threads, batch_size), src, tmp_path / "out", JobOptions(quiet=True))
     finally:
         torch.set_num_threads(before)
     assert summary.enhanced == 4 and summary.failed == 0
@@ -384,7 +384,7 @@ def test_which_cpu_jobs_run_each_chunk_start_to_end_on_its_stream(tiny_job, tmp_
         assert len(chunks) == (2 if threads == 2 else 1)
     else:
         assert chunks == []
-    reference = run(_threads_and_batch(config, 1, 4), src, tmp_path / "reference", quiet=True)
+    reference = run(_threads_and_batch(config, 1, 4), src, tmp_path / "reference", JobOptions(quiet=True))
     assert reference.enhanced == 4
     for path in sorted((tmp_path / "reference").glob("*.png")):
         assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes(), path.name
@@ -407,7 +407,7 @@ def test_a_failing_model_pass_stops_the_job_and_leaves_no_partial_file(tiny_job,
     before = torch.get_num_threads()
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            run(_threads_and_batch(config, threads, batch_size), src, dst, quiet=True)
+            run(_threads_and_batch(config, threads, batch_size), src, dst, JobOptions(quiet=True))
     finally:
         torch.set_num_threads(before)
     assert not list(dst.glob("*.png")) and not list(dst.glob(".*"))
@@ -494,7 +494,7 @@ def test_copies_do_not_hold_back_the_next_batch(tiny_job, tmp_path, monkeypatch)
     monkeypatch.setattr(executors.ModelStreams, "submit", submit)
     before = torch.get_num_threads()
     try:
-        summary = run(config, src, tmp_path / "out", quiet=True)
+        summary = run(config, src, tmp_path / "out", JobOptions(quiet=True))
     finally:
         torch.set_num_threads(before)
     assert summary.enhanced == selected and summary.copied == 80 - selected and summary.failed == 0

@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import torch
 
 from .data import Item
-from .manifest import MANIFEST_NAME, merge, part_name, part_paths, read_all
+from .manifest import MANIFEST_NAME, STATUSES, merge, part_name, part_paths, read_all
 from .runtime import resolve_device
 
 __all__ = [
@@ -53,8 +53,8 @@ __all__ = [
 
 #: Salt of the part hash; any value other than the selection hash's (none) would do.
 PART_SALT = b"latinhib-shard"
-#: Summary counters summed over ranks at the end of a torchrun job.
-COUNTERS = ("total", "enhanced", "copied", "unchanged", "skipped", "failed", "already_done")
+#: Summary counters summed over ranks at the end of a torchrun job: one per status, and two more.
+COUNTERS = ("total", *STATUSES, "already_done")
 PROGRESS_KEY = "latinhib/progress"
 DONE_KEY = "latinhib/done"
 EXIT_KEY = "latinhib/exit"

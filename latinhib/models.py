@@ -259,70 +259,113 @@ def _read_classes(cfg: ModelConfig) -> Optional[List[str]]:
 def load_model(cfg: ModelConfig, device: torch.device) -> LoadedModel:
     """Build the model described by ``cfg``, load its weights, freeze it, put it in eval
     mode on ``device``. Raises :class:`ConfigError`/:class:`CheckpointError`."""
-    weights = None
-    meta_mean = meta_std = meta_size = meta_classes = None
-    sha256 = size = None
-    kwargs = dict(cfg.kwargs)
-    if cfg.checkpoint is not None:
-        path = Path(cfg.checkpoint)
-        loaded = _load_file(path, cfg.trust_checkpoint)
-        sha256, size = _file_digest(path, cfg)
-        if isinstance(loaded, nn.Module):  # TorchScript, or a trusted pickled model
-            model = loaded
-            description = f"{type(loaded).__name__} from {path}"
-        else:
-            if not isinstance(loaded, dict):
-                raise CheckpointError(f"checkpoint {str(path)!r}: expected a state_dict, got {type(loaded).__name__}")
-            state = clean_state_dict(loaded)
-            if not state:
-                raise CheckpointError(f"checkpoint {str(path)!r}: holds no tensors")
-            builder = _user_builder(cfg.arch) if ":" in cfg.arch else _torchvision_builder(cfg.arch)
-            try:
-                model = builder(**kwargs)
-            except TypeError as exc:
-                raise ConfigError(f"model.kwargs: cannot build {cfg.arch!r} with {kwargs}: {exc}") from None
-            head = _classifier_out_features(model)
-            if head is not None and "num_classes" not in kwargs:
-                head_weight = state.get(f"{head[0]}.weight")
-                if head_weight is not None and head_weight.shape[0] != head[1]:
-                    # The checkpoint's own head says how many classes it was trained on.
-                    kwargs["num_classes"] = int(head_weight.shape[0])
-                    try:
-                        model = builder(**kwargs)
-                    except TypeError as exc:
-                        raise ConfigError(
-                            f"model.kwargs: the checkpoint has {kwargs['num_classes']} classes but {cfg.arch!r} "
-                            f"takes no num_classes ({exc}); set model.kwargs to build a matching model"
-                        ) from None
-            _load_state(model, state, path)
-            description = f"{cfg.arch} with {path}"
-    else:
-        builder = _user_builder(cfg.arch) if ":" in cfg.arch else _torchvision_builder(cfg.arch)
-        if cfg.weights is not None:
-            if ":" in cfg.arch:
-                raise ConfigError("model.weights: torchvision weights need a torchvision model.arch; use model.checkpoint")
-            weights = _resolve_weights(cfg.arch, cfg.weights)
-            try:
-                model = builder(weights=weights, **kwargs)
-            except (OSError, RuntimeError) as exc:  # URLError is an OSError
-                cache = _weights_cache_path(weights)
-                raise CheckpointError(
-                    f"model.weights: cannot get {weights} ({str(exc).splitlines()[0]}); torchvision looks for "
-                    f"{cache} (set TORCH_HOME to move it): copy the file there on a machine without internet, "
-                    f"or use --checkpoint"
-                ) from None
-            transforms = weights.transforms()
-            meta_mean, meta_std = tuple(transforms.mean), tuple(transforms.std)
-            crop = transforms.crop_size
-            meta_size = (crop[0], crop[0]) if len(crop) == 1 else (crop[0], crop[1])
-            meta_classes = list(weights.meta.get("categories") or []) or None
-            description = f"{cfg.arch} with {weights}"
-        else:
-            try:
-                model = builder(**kwargs)
-            except TypeError as exc:
-                raise ConfigError(f"model.kwargs: cannot build {cfg.arch!r} with {kwargs}: {exc}") from None
-            description = f"{cfg.arch} (random weights)"
+    built = _from_checkpoint(cfg) if cfg.checkpoint is not None else _from_arch(cfg)
+    model = _frozen(built.model, device)
+    classes = _read_classes(cfg) or built.classes or _imagenet_classes(model)
+    input_size = cfg.input_size or built.input_size or DEFAULT_INPUT_SIZE
+    mean = cfg.mean or built.mean or IMAGENET_MEAN
+    std = cfg.std or built.std or IMAGENET_STD
+    if len(mean) != len(std):
+        raise ConfigError(f"model.mean / model.std: need the same length, got {len(mean)} and {len(std)}")
+    return LoadedModel(model, tuple(input_size), tuple(mean), tuple(std), classes, built.description,
+                       weights=None if built.weights is None else str(built.weights),
+                       checkpoint_sha256=built.sha256, checkpoint_bytes=built.size)
+
+
+@dataclass
+class _Built:
+    """A model as built, before it is frozen and moved, with what its source says about
+    it: torchvision weights carry their preprocessing and classes, a checkpoint its digest."""
+
+    model: nn.Module
+    description: str
+    weights: Any = None  # a torchvision WeightsEnum member
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
+    input_size: Optional[Tuple[int, int]] = None
+    classes: Optional[List[str]] = None
+    sha256: Optional[str] = None
+    size: Optional[int] = None
+
+
+def _builder(arch: str):
+    return _user_builder(arch) if ":" in arch else _torchvision_builder(arch)
+
+
+def _build(builder, arch: str, kwargs: Dict[str, Any], *, head_from_checkpoint: bool = False) -> nn.Module:
+    """``builder(**kwargs)``; a builder that refuses the arguments is the config's error
+    (``head_from_checkpoint``: ``num_classes`` was taken from the checkpoint's head)."""
+    try:
+        return builder(**kwargs)
+    except TypeError as exc:
+        if head_from_checkpoint:
+            raise ConfigError(
+                f"model.kwargs: the checkpoint has {kwargs['num_classes']} classes but {arch!r} "
+                f"takes no num_classes ({exc}); set model.kwargs to build a matching model"
+            ) from None
+        raise ConfigError(f"model.kwargs: cannot build {arch!r} with {kwargs}: {exc}") from None
+
+
+def _from_checkpoint(cfg: ModelConfig) -> _Built:
+    """A TorchScript file or trusted pickled model as it is, or ``cfg.arch`` with the
+    file's state_dict."""
+    path = Path(cfg.checkpoint)
+    loaded = _load_file(path, cfg.trust_checkpoint)
+    sha256, size = _file_digest(path, cfg)
+    if isinstance(loaded, nn.Module):  # TorchScript, or a trusted pickled model
+        return _Built(loaded, f"{type(loaded).__name__} from {path}", sha256=sha256, size=size)
+    if not isinstance(loaded, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r}: expected a state_dict, got {type(loaded).__name__}")
+    state = clean_state_dict(loaded)
+    if not state:
+        raise CheckpointError(f"checkpoint {str(path)!r}: holds no tensors")
+    model = _build_for_state(cfg, state)
+    _load_state(model, state, path)
+    return _Built(model, f"{cfg.arch} with {path}", sha256=sha256, size=size)
+
+
+def _build_for_state(cfg: ModelConfig, state: Dict[str, torch.Tensor]) -> nn.Module:
+    """``cfg.arch`` built to take ``state``: unless ``model.kwargs`` says, with as many
+    classes as the checkpoint's own head was trained on."""
+    builder, kwargs = _builder(cfg.arch), dict(cfg.kwargs)
+    model = _build(builder, cfg.arch, kwargs)
+    head = _classifier_out_features(model)
+    if head is not None and "num_classes" not in kwargs:
+        head_weight = state.get(f"{head[0]}.weight")
+        if head_weight is not None and head_weight.shape[0] != head[1]:
+            kwargs["num_classes"] = int(head_weight.shape[0])
+            model = _build(builder, cfg.arch, kwargs, head_from_checkpoint=True)
+    return model
+
+
+def _from_arch(cfg: ModelConfig) -> _Built:
+    """``cfg.arch`` with torchvision's ``cfg.weights`` (and their preprocessing and
+    classes), or with random weights."""
+    builder, kwargs = _builder(cfg.arch), dict(cfg.kwargs)
+    if cfg.weights is None:
+        return _Built(_build(builder, cfg.arch, kwargs), f"{cfg.arch} (random weights)")
+    if ":" in cfg.arch:
+        raise ConfigError("model.weights: torchvision weights need a torchvision model.arch; use model.checkpoint")
+    weights = _resolve_weights(cfg.arch, cfg.weights)
+    try:
+        model = builder(weights=weights, **kwargs)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError
+        cache = _weights_cache_path(weights)
+        raise CheckpointError(
+            f"model.weights: cannot get {weights} ({str(exc).splitlines()[0]}); torchvision looks for "
+            f"{cache} (set TORCH_HOME to move it): copy the file there on a machine without internet, "
+            f"or use --checkpoint"
+        ) from None
+    transforms = weights.transforms()
+    crop = transforms.crop_size
+    return _Built(model, f"{cfg.arch} with {weights}", weights=weights,
+                  mean=tuple(transforms.mean), std=tuple(transforms.std),
+                  input_size=(crop[0], crop[0]) if len(crop) == 1 else (crop[0], crop[1]),
+                  classes=list(weights.meta.get("categories") or []) or None)
+
+
+def _frozen(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in eval mode, without gradients for its parameters, on ``device``."""
     model.eval()
     for param in model.parameters():  # (ScriptModules have no requires_grad_ of their own)
         param.requires_grad_(False)
@@ -330,12 +373,4 @@ def load_model(cfg: ModelConfig, device: torch.device) -> LoadedModel:
     if not isinstance(model, torch.jit.ScriptModule):
         # channels_last: measured 1.4-1.6x faster forward on this CPU for ResNet/MobileNet.
         model = model.to(memory_format=torch.channels_last)
-    classes = _read_classes(cfg) or meta_classes or _imagenet_classes(model)
-    input_size = cfg.input_size or meta_size or DEFAULT_INPUT_SIZE
-    mean = cfg.mean or meta_mean or IMAGENET_MEAN
-    std = cfg.std or meta_std or IMAGENET_STD
-    if len(mean) != len(std):
-        raise ConfigError(f"model.mean / model.std: need the same length, got {len(mean)} and {len(std)}")
-    return LoadedModel(model, tuple(input_size), tuple(mean), tuple(std), classes, description,
-                       weights=None if weights is None else str(weights),
-                       checkpoint_sha256=sha256, checkpoint_bytes=size)
+    return model

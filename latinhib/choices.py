@@ -1,6 +1,7 @@
-"""Allowed values of the config's choice keys, shared by the config validator, the CLI's
-``click.Choice`` options and the modules that act on them. No imports: the CLI builds
-its options (and ``--help``) from these without importing torch."""
+"""Allowed values of the config's choice keys and of the CLI's own choices (formats,
+``--grid`` keys), shared by the config validator, the CLI's ``click.Choice`` options and
+help, and the modules that act on them. No imports: the CLI builds its options (and
+``--help``) from these without importing torch."""
 
 #: Loss targets (SPEC step 1). ``auto`` becomes ``label`` when labels are given, else ``pred``.
 TARGETS = ("auto", "label", "pred", "entropy")

@@ -3,9 +3,8 @@
 Left at its defaults, glibc hands every block above a (dynamic) threshold of 128 KiB to
 32 MiB straight to ``mmap`` and returns it to the system when freed. A model pass frees
 and reallocates tens of megabytes of activations per batch, so each pass starts on fresh
-pages that the kernel must fault in and zero: measured on 2 cores (mobilenet_v2, batch
-16, forward + grad in memory), 0.9-2.2 million page faults per 480 images and 55-88 img/s
-from one run to the next, against 87-90 img/s every time with the blocks kept. The CLI
+pages that the kernel must fault in and zero: millions of page faults per job, and a model
+pass whose speed swings from run to run (docs/SPEED.md#allocator). The CLI
 calls :func:`keep_large_blocks` once, before the job; the library never does it on its
 own, since it changes the whole process. ``scripts/bench.py`` applies it to every row.
 """

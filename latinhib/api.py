@@ -94,19 +94,41 @@ class InhibitionResult:
 
 
 class LateralInhibition:
-    """Lateral-inhibition data enhancement for a CNN classifier.
+    """Lateral-inhibition data enhancement for a CNN classifier: the model's loss gradients
+    say which parts of each image matter, a Mexican-hat filter sharpens that map, and the
+    unimportant part of a fraction of the images is Gaussian-blurred (docs/how-it-works.md).
 
-    Example, inside a training loop::
+    The object is the code path of ``latinhib enhance`` too, so a training loop and the CLI
+    make the same masks. The model is run in eval mode with frozen parameters for the
+    importance pass and restored afterwards, so the enhancer can sit inside a training loop.
 
-        from latinhib import LateralInhibition
-        enhancer = LateralInhibition(model, {"inhibition.quantile": 0.5, "inhibition.ratio": 0.3})
-        out = enhancer(images, targets=labels)    # images: normalised model inputs
-        loss = criterion(model(out.enhanced), labels)
+    Args:
+        model: the classifier whose gradients judge importance, on the device the images
+            will be on; any ``nn.Module`` taking (N, C, H, W) and returning (N, K) logits.
+        config: a :class:`~latinhib.config.Config`, a mapping of ``"section.key"``
+            overrides (``{"inhibition.ratio": 0.3}``), or None for the defaults. Only the
+            ``model.layers``, ``model.target``, ``inhibition``, ``blur`` and ``runtime.amp``
+            keys matter here.
+        input_size: (H, W) of the images the enhancer will see, used to find the default
+            layers; default ``model.input_size``, else 224 x 224.
 
-    ``config`` is a :class:`~latinhib.config.Config`, a mapping of ``"section.key"``
-    overrides, or None for the defaults. Only the ``model.layers``, ``model.target``,
-    ``inhibition``, ``blur`` and ``runtime.amp`` keys matter here. The model is run in eval
-    mode with frozen parameters for the importance pass and restored afterwards.
+    Raises:
+        ConfigError: a config key or value is not allowed, or ``model.layers`` names a
+            module the model does not have.
+        ValueError: no default layers can be found (the model has no spatial layer).
+
+    Example:
+        >>> import torch, torchvision
+        >>> from latinhib import LateralInhibition
+        >>> model = torchvision.models.mobilenet_v2(weights=None)
+        >>> enhancer = LateralInhibition(model, {"inhibition.ratio": 1.0})
+        >>> enhancer.layers
+        ['features.6', 'features.13', 'features.17']
+        >>> out = enhancer(torch.randn(2, 3, 224, 224))
+        >>> out.enhanced.shape, out.masks.shape
+        (torch.Size([2, 3, 224, 224]), torch.Size([2, 224, 224]))
+        >>> out.selected
+        tensor([True, True])
     """
 
     def __init__(
@@ -176,10 +198,33 @@ class LateralInhibition:
         targets: Optional[torch.Tensor] = None,
         keys: Optional[Sequence[str]] = None,
     ) -> InhibitionResult:
-        """Enhance a batch of model inputs (N, C, H, W); returns an :class:`InhibitionResult`.
+        """Enhance a batch of model inputs: select a fraction ``inhibition.ratio`` of the
+        samples, run the importance pass on those alone, and blur each one's unimportant part.
 
-        Unselected samples get no model pass at all. The blur sigma (``blur.sigma``) is in
-        pixels of ``images``.
+        Args:
+            images: (N, C, H, W) float model inputs, normalised as the model expects. The
+                blur sigma (``blur.sigma``) is in pixels of ``images``.
+            targets: (N,) class indices, the loss target under ``model.target`` ``label``
+                (and ``auto`` with labels); None where the target is the model's own
+                prediction or its entropy.
+            keys: one string per sample (e.g. its file path): the selection is then a
+                stable hash of (``inhibition.seed``, key), the same as ``latinhib enhance``
+                makes; None draws from the enhancer's seeded generator.
+
+        Returns:
+            An :class:`InhibitionResult`: ``enhanced`` (N, C, H, W), unselected samples
+            bit-identical to the input (they get no model pass at all); ``masks`` (N, H, W),
+            1 = kept sharp; ``importance``, ``selected``, ``threshold``, ``kept_fraction``,
+            ``predicted`` and the loss ``target`` used.
+
+        Raises:
+            ValueError: ``images`` is not a float (N, C, H, W) tensor, ``keys`` does not
+                have one entry per image, or the target is ``label`` and ``targets`` is None.
+
+        Example:
+            >>> enhancer = LateralInhibition(model, {"inhibition.ratio": 0.5})
+            >>> out = enhancer(images, targets=labels, keys=paths)
+            >>> loss = criterion(model(out.enhanced), labels)
         """
         if images.ndim != 4 or not images.is_floating_point():
             raise ValueError(f"images should be a float (N, C, H, W) tensor. Got {images.dtype} {tuple(images.shape)}")

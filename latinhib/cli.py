@@ -221,7 +221,7 @@ def _enhance(config: Config, src: str, dst: Path, options: JobOptions, as_json: 
 
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C's KeyboardInterrupt until the job's own handler takes over
-    (``pipeline._StopRequest``), so both stop the command the same way."""
+    (``stopping.StopRequest``), so both stop the command the same way."""
 
     signum = signal.SIGTERM
 

@@ -39,7 +39,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     # torchvision architecture name (resnet50, mobilenet_v2, ...), or "package.module:Class"
     # for your own network. MobileNetV2: light enough for a laptop CPU, and its ImageNet
-    # weights can be had offline (see README).
+    # weights can be had offline (README.md#set-up-two-commands).
     arch: str = "mobilenet_v2"
     # torchvision weights name, e.g. IMAGENET1K_V1 or ResNet50_Weights.IMAGENET1K_V2;
     # used when no checkpoint is given. null = random init (only useful in tests).
@@ -79,12 +79,12 @@ class InhibitionConfig:
     # importance map is the threshold. auto: per image by Otsu's method on its own map,
     # clipped to [0.3, 0.95] (inhibition.AUTO_QUANTILE_BOUNDS) and written to the manifest:
     # one folder mixes objects of 5% and 70% of the frame, and on the real-model benchmark
-    # (docs/RESULTS.md) auto beat any single q. A number = the background's known share.
+    # (docs/RESULTS.md#summary) auto beat any single q. A number = the background's known share.
     quantile: Union[float, str] = "auto"
     # filter applied to each layer's importance map: log (Mexican hat, as in the paper),
-    # gaussian (same sigma, no inhibitory surround) or none. log gave the best masks in
-    # docs/RESULTS.md (IoU 0.464 vs 0.429 Gaussian, 0.401 none at equal settings), though
-    # not better downstream accuracy than a Gaussian.
+    # gaussian (same sigma, no inhibitory surround) or none. log gave the best masks at
+    # equal settings, though not better downstream accuracy than a Gaussian
+    # (docs/RESULTS.md#downstream-does-it-help-a-classifier-ignore-backgrounds).
     filter: str = "log"
     # sigma and kernel size (k) of the filter, in pixels of a stride-16 feature map (14x14
     # at a 224 input); layers at other strides scale both by 16/stride, so the filter
@@ -93,11 +93,12 @@ class InhibitionConfig:
     # the frame; well below 1 the filter sharpens gradient noise and masks collapse.
     sigma: float = 2.0
     # k must hold the inhibitory surround (zero crossing at 1.41 sigma, most of its mass
-    # within 3 sigma): k >= 2 * ceil(2.7 sigma) + 1; a kernel that cuts it short cost ~0.04
-    # IoU in docs/RESULTS.md. 13 for sigma 2.
+    # within 3 sigma): k >= 2 * ceil(2.7 sigma) + 1; a kernel that cuts it short costs mask
+    # IoU (docs/RESULTS.md#downstream-does-it-help-a-classifier-ignore-backgrounds). 13 for sigma 2.
     kernel_size: int = 13
     # r: the fraction of images that is enhanced; the others are copied byte for byte.
-    # 0.75 beat 0.5 and 1.0 on the validation split of docs/RESULTS.md.
+    # 0.75 beat 0.5 and 1.0 on the benchmark's validation split
+    # (docs/RESULTS.md#downstream-does-it-help-a-classifier-ignore-backgrounds).
     ratio: float = 0.75
     # p of the p-norm over channels (IoM); 2 as in most saliency work.
     norm: float = 2.0
@@ -151,14 +152,15 @@ class OutputConfig:
 class RuntimeConfig:
     # auto = cuda when available, else cpu; or cpu, cuda, cuda:N.
     device: str = "auto"
-    # images per model pass; 16 fits a CPU's cache (8-16 beat 32 per image on 2 cores),
-    # raise it to 64-256 on a GPU.
+    # images per model pass; 16 fits a CPU's cache (8-16 beat 32 per image,
+    # docs/SPEED.md#the-benchmark), raise it to 64-256 on a GPU.
     batch_size: int = 16
     # decoding workers: processes on CUDA, threads on a CPU whose model streams have several
     # threads each; 0 = decode in the main thread. Unused where each core runs its own
     # one-thread stream (it decodes its own images).
     workers: int = 2
-    # mixed precision for forward/backward: auto (bf16 on CUDA, off on CPU), off, bf16, fp16.
+    # mixed precision for forward/backward: auto (bf16 on CUDA and on CPUs with AMX, else
+    # off: runtime.amp_dtype), off, bf16, fp16.
     amp: str = "auto"
     # threads for torch on CPU (shared by the model streams); 0 = torch's default.
     threads: int = 0

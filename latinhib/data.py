@@ -2,7 +2,7 @@
 folder classes, and turning one file into the original pixels (for the blend, at full
 resolution) plus the model's input (resized and normalised). Decoding runs in the model
 streams or in threads on a CPU, and in DataLoader worker processes on CUDA (see
-``pipeline.py``); every failure becomes a :class:`DecodeError` naming the cause, never a
+``executors.py``); every failure becomes a :class:`DecodeError` naming the cause, never a
 crash.
 """
 from __future__ import annotations

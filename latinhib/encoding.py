@@ -37,8 +37,8 @@ def tensor_bytes(tensor: torch.Tensor) -> bytes:
     """The raw bytes of a CPU tensor, in its (contiguous) element order.
 
     Not ``bytes(tensor.untyped_storage())``: that iterates the storage one element at a
-    time in Python, ~3 s for one 600x400 RGB image (it was 95% of ``enhance``'s time);
-    this is a single memcpy (~0.1 ms), with no numpy needed."""
+    time in Python, seconds per image (docs/SPEED.md#encoding); this is a single memcpy,
+    with no numpy needed."""
     tensor = tensor.detach().cpu().contiguous()
     return ctypes.string_at(tensor.data_ptr(), tensor.numel() * tensor.element_size())
 

@@ -101,9 +101,9 @@ def _decode_pool(workers: int) -> Optional[ThreadPoolExecutor]:
     """Decoding threads for a CPU job (None: decode in the calling thread).
 
     On a CPU the model needs every cycle: worker processes would cost each image a copy
-    of its pixels into shared memory and a file descriptor passed back, ~2 ms of CPU per
-    image (measured: resnet18, 2 cores, 35.7 -> 38.2 img/s with threads). Pillow and
-    torch release the GIL while they decode and resize, so threads decode in parallel."""
+    of its pixels into shared memory and a file descriptor passed back
+    (docs/SPEED.md#decode-pool). Pillow and torch release the GIL while they decode and
+    resize, so threads decode in parallel."""
     if workers <= 0:
         return None
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="latinhib-decode", initializer=_one_torch_thread)
@@ -132,9 +132,8 @@ def _one_torch_thread() -> None:
     """Writer and decoding threads run torch on one thread each (OpenMP's thread count is
     per calling thread, so the model streams keep theirs). Left at the default,
     2-4 writers each fork an OpenMP team per element-wise op of the blur and fight the
-    model for the cores: measured on 2 cores, the full-size blur of a 600x400 image went
-    from ~5 ms on one thread to 140-380 ms, and ``enhance`` ran at 0.3 img/s against a
-    floor of 4.5 (resnet18, batch 16, under load)."""
+    model for the cores, which made the blur dozens of times slower
+    (docs/SPEED.md#decode-pool)."""
     torch.set_num_threads(1)
 
 
@@ -144,10 +143,8 @@ def _whole_core_streams(device: torch.device, streams: ModelStreams) -> bool:
 
     Why: with separate decoding and writer threads, 2 cores ran 2 model threads plus up
     to 6 others, switching between them. One thread per core doing everything in turn
-    keeps the cores busy with no switching and holds fewer images in memory. Measured on
-    2 cores (scripts/bench.py --rows r1, 480 JPEGs, batch 16, 3 alternating runs, the
-    allocator tuned in both): resnet18 43.1-45.9 -> 44.9-47.5 img/s, peak RSS 1190-1250
-    -> 1050-1060 MB; mobilenet_v2 57.7-60.0 -> 59.9-60.7 img/s, 1560-1660 -> 1340-1430 MB."""
+    keeps the cores busy with no switching and holds fewer images in memory
+    (docs/SPEED.md#whole-core-streams)."""
     return device.type == "cpu" and streams.threads_per_stream == 1
 
 

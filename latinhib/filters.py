@@ -62,8 +62,8 @@ def filter2d(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 def _blur_axis(image: torch.Tensor, weights: Sequence[float], dim: int) -> torch.Tensor:
     """Correlate ``image`` with the symmetric 1-D ``weights`` along ``dim`` (2 or 3).
 
-    Written as a sum of shifted slices: on CPU builds this is ~20x faster than a depthwise
-    ``conv2d`` for image-sized inputs (SPEC "Traps": 2.5 ms vs 46 ms at 500x375).
+    Written as a sum of shifted slices: on CPU builds this is far faster than a depthwise
+    ``conv2d`` for image-sized inputs (docs/SPEED.md#filters).
     """
     radius = len(weights) // 2
     size = image.shape[dim]
@@ -169,7 +169,8 @@ def downsampled_gaussian_blur(image: torch.Tensor, sigma: float, max_sigma: floa
     # Upsample by the cell size itself, not to (h, w): when h or w is not a multiple of
     # the factor, the last cell is partial and "size=" would stretch the grid by up to
     # half a cell; scale_factor keeps every cell centred on the pixels it averaged.
-    # channels_last: the same bits (tests/test_speed_paths.py), ~1.6x faster on CPU for RGB.
+    # channels_last: the same bits (tests/test_speed_paths.py), faster on CPU for RGB
+    # (docs/SPEED.md#filters).
     upsampled = F.interpolate(
         small.contiguous(memory_format=torch.channels_last),
         scale_factor=factor,
@@ -184,9 +185,8 @@ def blur_uint8(image: torch.Tensor, sigma: float, max_sigma: float = 3.0) -> tor
     """Gaussian blur of 8-bit images (B, C, H, W) uint8, for writing files: uint8 out.
 
     The same plan as :func:`downsampled_gaussian_blur`, with every full-size pass in
-    uint8, where torch has vectorised kernels for channels_last resizing (on this 2-core
-    CPU a 500x375 RGB image: 0.2 ms down and 0.16 ms up, against 1.0 and 1.4 ms for the
-    float passes). For ``sigma > max_sigma`` the image is shrunk by ``f`` (f =
+    uint8, where torch has vectorised kernels for channels_last resizing, several times
+    faster than the float passes (docs/SPEED.md#filters). For ``sigma > max_sigma`` the image is shrunk by ``f`` (f =
     floor(sigma / max_sigma) + 1) with antialiased bilinear resizing, blurred in float with
     the sigma that makes the total match (shrinking and enlarging are tents of variance
     f^2 / 6 each), rounded to uint8 and resized back bilinearly; a step edge comes out as

@@ -151,7 +151,7 @@ def combine_maps(
         usable = ~is_constant(layer_map)
         response = respond(torch.nan_to_num(layer_map), kind, kernel_size, sigma, size[-1], scales, gamma)
         response = F.interpolate(response[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        low = response.amin(dim=(1, 2), keepdim=True)  # amin + amax: ~8x faster than aminmax on CPU
+        low = response.amin(dim=(1, 2), keepdim=True)  # amin + amax: faster than aminmax on CPU (docs/SPEED.md#filters)
         high = response.amax(dim=(1, 2), keepdim=True)
         usable = usable & (high > low).view(-1)
         normalised = response.sub_(low).div_((high - low).clamp(min=torch.finfo(torch.float32).tiny))

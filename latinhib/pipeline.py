@@ -81,16 +81,46 @@ class JobOptions:
 
 
 def run(config: Config, src: Union[str, Path], dst: Path, options: JobOptions = JobOptions()) -> Summary:
-    """Run ``latinhib enhance`` from SRC to DST with ``config``; see the CLI's help.
+    """Run ``latinhib enhance`` from SRC to DST: DST becomes a complete copy of SRC with a
+    fraction of the images enhanced, plus ``latinhib-config.yaml`` and
+    ``latinhib-manifest.jsonl`` (docs/usage.md). A rerun into the same DST skips what is done.
 
-    SRC is a folder, or WebDataset tar shards (a .tar file, a brace pattern, a folder of
-    .tar files, ``pipe:CMD``); ``options.input_format`` says which when detection is not
-    enough. ``options.output_format`` is the input's by default; folder -> webdataset
-    writes ``options.shard_size`` samples per shard.
+    Args:
+        config: the job's :class:`~latinhib.config.Config` (``load_config``): the model, the
+            method's settings and the outputs; recorded in DST.
+        src: a folder (an ImageFolder tree or a flat folder), or WebDataset tar shards (a
+            .tar file, a brace pattern, a folder of .tar files, ``pipe:CMD``).
+        dst: the output folder; created if absent.
+        options: how this job runs beside its config (:class:`JobOptions`): input and
+            output formats (``options.input_format`` when detection is not enough; folder
+            -> webdataset writes ``options.shard_size`` samples per shard), ``files_from``,
+            ``strict``, ``quiet``, the ``part`` of a ``--shard I/N`` job, the output and log
+            callbacks. Not recorded in DST.
 
-    Raises :class:`JobError` (or ``ConfigError``/``CheckpointError``) before writing
-    anything when the job cannot start, and :class:`Interrupted` after Ctrl-C, once the
-    work in flight is safely written.
+    Returns:
+        The job's :class:`~latinhib.recorder.Summary`: counts per status, the failures'
+        lines, and ``exit_code`` (0 all done, 1 some files failed).
+
+    Raises:
+        JobError: the job cannot start (bad options, SRC or DST, DST in use by another job,
+            a rerun with other settings); nothing is written.
+        ConfigError: the config does not fit the model (e.g. unknown layers); nothing is
+            written.
+        CheckpointError: the checkpoint cannot be loaded or does not match its recorded
+            hash; nothing is written.
+        Interrupted: Ctrl-C or SIGTERM, once the work in flight is safely written
+            (``exit_code`` 130 or 143; rerunning finishes the job).
+        DestinationFull: DST or a masks/heat-maps folder is full or read-only; what was
+            written is whole and recorded.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from latinhib import load_config
+        >>> from latinhib.pipeline import JobOptions, run
+        >>> summary = run(load_config(overrides={"inhibition.ratio": 1.0}), "examples", Path("out/api-demo"),
+        ...               JobOptions(quiet=True))
+        >>> summary.exit_code, summary.enhanced, summary.copied  # 4 photos and examples/README.md
+        (0, 4, 1)
     """
     started = time.perf_counter()
     dst = Path(dst)

@@ -55,13 +55,11 @@ def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
     """Resolve ``runtime.amp`` to an autocast dtype: ``auto`` is bf16 on CUDA and on CPUs
     with AMX (:func:`cpu_has_amx`), float32 on other CPUs.
 
-    On CPUs with AMX tiles bf16 pays off: on this project's 2-core Xeon, resnet18's
-    forward + grad ran 3x faster (180 against 59 img/s) and ``enhance`` 1.9x (90 against 47
-    img/s); mobilenet_v2's depthwise convolutions gain ~10%. It does not cost mask quality:
-    on the real-model mask benchmark (scripts/masks/run.py, docs/RESULTS.md) the IoU against
-    exact masks under bf16 equals float32's within noise for MobileNetV2 and
-    EfficientNet-Lite0, although 1-6% of the mask pixels flip at the threshold's edge.
-    Without AMX, bf16 is emulated and slower, so ``auto`` stays float32 there."""
+    On CPUs with AMX tiles bf16 pays off (a convolutional model pass runs several times
+    faster) and does not cost mask quality: against exact masks its IoU equals float32's
+    within noise, although a few mask pixels flip at the threshold's edge
+    (docs/SPEED.md#amx-and-bf16). Without AMX, bf16 is emulated and slower, so ``auto``
+    stays float32 there."""
     if amp == "auto":
         if device.type == "cuda" or (device.type == "cpu" and cpu_has_amx()):
             return torch.bfloat16
@@ -74,8 +72,8 @@ def single_thread(device: torch.device) -> Iterator[None]:
     """On CPU, run the enclosed torch ops on one thread, then restore the count.
 
     Steps 4-5 (LoG on three small maps, scaling to 224, min-max, quantile) are many small
-    ops: with two or more OpenMP threads each one pays a fork/join, and on 2 busy cores
-    that made ``combine_maps`` 10x slower (444 ms vs 47 ms for a batch of 16 at load 8).
+    ops: with two or more OpenMP threads each one pays a fork/join, which on busy cores
+    costs more than the ops themselves (docs/SPEED.md#single-thread-mask-steps).
     Every op involved gives the same bits on any thread count. Elsewhere a no-op."""
     if device.type != "cpu":
         yield

@@ -5,9 +5,8 @@ bytes, and writing an output shard atomically with its members in the input's or
 Knows nothing of models or the job: ``sources.py`` turns samples into the pipeline's
 items and ``sinks.py`` decides what goes into each output shard.
 
-Why the standard library's ``tarfile`` rather than the ``webdataset`` package
-(``scripts/bench_tar.py``: both are far faster than the model, ~600-900 MB/s reading,
-250-400 MB/s writing on this machine): webdataset reads a shard as a stream of samples
+Why the standard library's ``tarfile`` rather than the ``webdataset`` package (both are
+far faster than the model, docs/SPEED.md#shards, so the choice is for function): webdataset reads a shard as a stream of samples
 held in memory and writes a sample's members sorted by extension with fresh headers,
 while a rerun that skips finished work, and an output shard with *the same members in
 the same order*, byte for byte, need each member's place in the file. ``tarfile`` lists

@@ -5,14 +5,12 @@ model and its own share of the cores (``torch.set_num_threads`` is per thread).
 Why: on a CPU the model pass shares the cores with decoding, blurring and encoding. One
 pass over all cores is an OpenMP team that meets at a barrier after every op; whenever
 another thread holds one of its cores, the whole team waits (and spins). Streams of one
-thread each never wait for each other, and the OS fills every gap with the other work.
-Measured on 2 cores when introduced (resnet18, batch 16, 160 JPEGs, nothing else
-changed): end to end 25.0 -> 30.9 img/s, CPU time per image 75.6 -> 62.0 ms. Two streams of
-one thread also run the bare model pass a little faster than one of two threads (resnet18
-batch 8+8: 49 img/s against 47; mobilenet_v2: 70 against 64).
+thread each never wait for each other, and the OS fills every gap with the other work;
+even the bare model pass runs a little faster as two one-thread streams than as one of two
+threads (docs/SPEED.md#streams).
 
 When every stream has one thread (one per core), ``latinhib enhance`` also decodes and
-writes each chunk's images on its stream (``pipeline._run_chunk``), so each core runs one
+writes each chunk's images on its stream (``executors._run_chunk``), so each core runs one
 thread and nothing else competes for it.
 
 On CUDA (or with one core) there is a single stream, run inline by the calling thread:

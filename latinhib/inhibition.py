@@ -197,7 +197,7 @@ def quantile_threshold(combined: torch.Tensor, q: Union[float, torch.Tensor]) ->
     if q.shape != (combined.shape[0],):
         raise ValueError(f"per-image quantiles should be ({combined.shape[0]},). Got shape {tuple(q.shape)}")
     # One sort for all images: torch.quantile gives (N, N) for N q's, image i's own q on
-    # the diagonal (a sort + gather per row by hand was 7x slower on CPU).
+    # the diagonal (a sort + gather per row by hand was slower on CPU: docs/SPEED.md#filters).
     return torch.quantile(flat, q.to(flat).clamp(0.0, 1.0), dim=1).diagonal().contiguous()
 
 

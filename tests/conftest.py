@@ -1,13 +1,18 @@
-"""Shared fixtures: the ``device`` every tensor test runs on (CUDA when present) and a
-tiny CNN that behaves like a torchvision classifier (BatchNorm, in-place ReLU, strided
-stages, global pooling) but runs in milliseconds."""
+"""Shared fixtures: the ``device`` every tensor test runs on (CUDA when present), a tiny CNN
+(``helpers.TinyCNN``), random model inputs, and the session's tiny checkpoint that the CLI
+tests run. Plain functions and constants are in helpers.py."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
+import subprocess
+
+import numpy as np
 import pytest
 import torch
-import torch.nn as nn
+
+from helpers import TinyCNN, build_tiny_cnn, make_image, random_images, resume_command, save_checkpoint
 
 CUDA = pytest.param(
     "cuda",
@@ -25,60 +30,47 @@ def device(request) -> torch.device:
     return torch.device(request.param)
 
 
-def _stage(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
-
-
-class TinyCNN(nn.Module):
-    """Five stride-2 stages (strides 2..32), global average pooling and a linear head.
-
-    At a 64x64 input the stages give 32, 16, 8, 4 and 2 pixel maps; ``features.4`` feeds
-    the global pooling, so its gradient map is spatially constant.
-    """
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.features = nn.Sequential(_stage(3, 8), _stage(8, 16), _stage(16, 16), _stage(16, 32), _stage(32, 32))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(32, num_classes)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.features(images)).flatten(1))
-
-
-def build_tiny_cnn(seed: int = 0, num_classes: int = 10) -> TinyCNN:
-    """A seeded TinyCNN in eval mode with non-trivial BatchNorm running statistics."""
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = TinyCNN(num_classes)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-    return model.eval()
-
-
 @pytest.fixture
 def tiny_cnn() -> TinyCNN:
     return build_tiny_cnn()
-
-
-def random_images(n: int, size: int = 64, seed: int = 0, device="cpu") -> torch.Tensor:
-    """Smooth-ish random model inputs (N, 3, size, size): noise plus a bright blob whose
-    position differs per image, so importance maps differ between images."""
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(n, 3, size, size, generator=generator) * 0.5
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
-    centres = torch.rand(n, 2, generator=generator) * size * 0.6 + size * 0.2
-    blob = torch.exp(-((ys - centres[:, 0, None, None]) ** 2 + (xs - centres[:, 1, None, None]) ** 2) / (2 * (size / 8) ** 2))
-    return (noise + 2.0 * blob[:, None]).to(device)
 
 
 @pytest.fixture
 def make_images() -> Callable[..., torch.Tensor]:
     """Call as ``make_images(n, size=64, seed=0, device="cpu")``."""
     return random_images
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A seeded ``helpers.ARCH`` checkpoint with one output per ``helpers.CLASSES``, saved
+    under a common wrapper with a DataParallel prefix: every job that loads it must see
+    through both."""
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth", wrapped=True)
+
+
+@pytest.fixture(scope="module")
+def resume_src(tmp_path_factory) -> Path:
+    """36 images (PNG and JPEG) in two class folders: long enough a job to stop part-way."""
+    rng = np.random.default_rng(3)
+    root = tmp_path_factory.mktemp("resume") / "src"
+    for c in ("ants", "bees"):
+        (root / c).mkdir(parents=True)
+    for i in range(36):
+        image = make_image(rng, (int(rng.integers(48, 160)), int(rng.integers(48, 160))))
+        folder = root / ("ants" if i % 2 else "bees")
+        if i % 3:
+            image.save(folder / f"{i:03d}.jpg", quality=90)
+        else:
+            image.save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def resume_reference(resume_src, tmp_path_factory, checkpoint):
+    """(DST, masks) of the same job run once without interruption."""
+    out = tmp_path_factory.mktemp("reference")
+    argv = resume_command(resume_src, out / "dst", out / "masks", checkpoint)
+    proc = subprocess.run(argv, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return out / "dst", out / "masks"

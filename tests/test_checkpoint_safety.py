@@ -15,7 +15,7 @@ from PIL import Image
 from latinhib.cli import main
 from latinhib.config import ModelConfig
 from latinhib.models import CheckpointError, load_model
-from test_cli import ARCH
+from helpers import ARCH
 
 
 class Payload:

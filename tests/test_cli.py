@@ -13,36 +13,11 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from click.testing import CliRunner
 from PIL import Image
 
-from latinhib.cli import main
 from latinhib.inhibition import selection_score
 
-ARCH = "mobilenet_v3_small"
-CLASSES = ("ants", "bees", "cats")
-
-
-def make_image(rng: np.random.Generator, size, mode="RGB") -> Image.Image:
-    """A textured background with a bright blob: something for the gradient to find."""
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    noise = rng.integers(0, 255, (h, w, 3)).astype(np.float32)
-    cy, cx, r = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w, min(w, h) * 0.25
-    blob = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2)[..., None]
-    colour = rng.integers(0, 255, 3).astype(np.float32)
-    pixels = np.where(blob, colour, noise * 0.6).astype(np.uint8)
-    return Image.fromarray(pixels).convert(mode)
-
-
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(ARCH, num_classes=len(CLASSES))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    # A common wrapper and a DataParallel prefix: loading must see through both.
-    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
-    return path
+from helpers import ARCH, CLASSES, files, invoke, make_image, manifest_entries
 
 
 @pytest.fixture()
@@ -69,19 +44,6 @@ def base_args(checkpoint: Path):
             "--batch-size", "4", "--set", "model.input_size=64", "--quiet"]
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def manifest(dst: Path):
-    lines = (dst / "latinhib-manifest.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
-
-
-def files(root: Path):
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-
-
 def test_enhance_mirrors_tree_and_blurs_only_where_mask_is_zero(src, tmp_path, checkpoint):
     dst, masks = tmp_path / "dst", tmp_path / "masks"
     result = invoke("enhance", src, dst, *base_args(checkpoint), "--ratio", "0.5", "--save-masks", masks)
@@ -90,7 +52,7 @@ def test_enhance_mirrors_tree_and_blurs_only_where_mask_is_zero(src, tmp_path, c
     # a complete copy: the text file too, byte for byte
     assert files(dst) == sorted(files(src) + ["latinhib-config.yaml", "latinhib-manifest.jsonl"])
     assert (dst / "notes.txt").read_bytes() == (src / "notes.txt").read_bytes()
-    entries = {e["path"]: e for e in manifest(dst)}
+    entries = {e["path"]: e for e in manifest_entries(dst)}
     assert set(entries) == set(files(src))  # one line per input, the text file too
     assert entries["notes.txt"]["status"] == "copied" and entries["notes.txt"]["selected"] is False
     enhanced = [p for p in images if entries[p]["status"] == "enhanced"]
@@ -122,14 +84,14 @@ def test_enhance_mirrors_tree_and_blurs_only_where_mask_is_zero(src, tmp_path, c
 def test_rerun_skips_everything_and_overwrite_redoes(src, tmp_path, checkpoint):
     dst = tmp_path / "dst"
     assert invoke("enhance", src, dst, *base_args(checkpoint), "--ratio", "0.5").exit_code == 0
-    first = manifest(dst)
+    first = manifest_entries(dst)
     stamp = {p: (dst / p).stat().st_mtime_ns for p in files(dst) if not p.startswith("latinhib-")}
     result = invoke("enhance", src, dst, *base_args(checkpoint), "--ratio", "0.5", "--json")
     assert result.exit_code == 0
     summary = json.loads(result.stdout)
     assert summary["already_done"] == len(first) and summary["enhanced"] == summary["copied"] == 0
     assert {p: (dst / p).stat().st_mtime_ns for p in stamp} == stamp
-    assert manifest(dst) == first
+    assert manifest_entries(dst) == first
     result = invoke("enhance", src, dst, *base_args(checkpoint), "--ratio", "0.5", "--overwrite", "--json")
     assert json.loads(result.stdout)["already_done"] == 0
 
@@ -301,7 +263,7 @@ def test_offline_weights_error_names_the_cache_file(src, tmp_path, monkeypatch):
 def test_label_target_uses_folder_classes(src, tmp_path, checkpoint):
     args = [*base_args(checkpoint), "--set", f"model.classes=[{','.join(CLASSES)}]", "--ratio", "1"]
     assert invoke("enhance", src, tmp_path / "dst", *args).exit_code == 0
-    assert {e["target"] for e in manifest(tmp_path / "dst") if e["status"] == "enhanced"} == {"label"}
+    assert {e["target"] for e in manifest_entries(tmp_path / "dst") if e["status"] == "enhanced"} == {"label"}
     result = invoke("enhance", src, tmp_path / "dst2", *base_args(checkpoint), "--target", "label")
     assert result.exit_code == 2 and "model.target: 'label' needs" in result.output
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from latinhib.cli import main
-from test_cli import ARCH, checkpoint  # noqa: F401 - the session checkpoint fixture
+from helpers import ARCH
 
 CASES = [
     # (YAML text or None, extra options, the expected line after "Error: ")

@@ -24,19 +24,19 @@ from PIL import Image
 from latinhib import files
 from latinhib.cli import main
 from latinhib.manifest import Manifest, read_manifest
-from test_resume import check_no_partial_file, command, entries, final_files, reference, src  # noqa: F401
-from test_cli import checkpoint  # noqa: F401 - the session checkpoint fixture
+
+from helpers import check_no_partial_file, final_files, manifest_by_path, resume_command
 
 DONE = ("enhanced", "copied", "unchanged")
 
 
 def assert_manifest_is_what_was_written(dst: Path, masks: Path) -> int:
     """Every entry marked done has its complete output (and mask); returns how many."""
-    done = [rel for rel, entry in entries(dst).items() if entry["status"] in DONE]
+    done = [rel for rel, entry in manifest_by_path(dst).items() if entry["status"] in DONE]
     for rel in done:
         with Image.open(dst / rel) as image:
             image.load()
-        if entries(dst)[rel]["status"] == "enhanced":
+        if manifest_by_path(dst)[rel]["status"] == "enhanced":
             assert (masks / f"{rel}.png").is_file(), rel
     check_no_partial_file(dst, masks)
     return len(done)
@@ -73,11 +73,12 @@ def tmpfs(tmp_path):
 
 
 @pytest.mark.parametrize("full", ["dst", "masks", "heatmaps"])
-def test_a_real_full_disk_stops_once_and_the_rerun_finishes(src, tmp_path, checkpoint, reference, tmpfs, full):
-    ref_dst, ref_masks = reference
+def test_a_real_full_disk_stops_once_and_the_rerun_finishes(resume_src, tmp_path, checkpoint, resume_reference,
+                                                            tmpfs, full):
+    ref_dst, ref_masks = resume_reference
     folders = {name: (tmpfs if name == full else tmp_path) / name for name in ("dst", "masks", "heatmaps")}
     dst, masks, heatmaps = folders["dst"], folders["masks"], folders["heatmaps"]
-    argv = command(src, dst, masks, checkpoint, "--save-heatmaps", str(heatmaps))
+    argv = resume_command(resume_src, dst, masks, checkpoint, "--save-heatmaps", str(heatmaps))
     # Leave room for about half of what the job writes into the folder on the tmpfs.
     needs = {"dst": blocks(ref_dst), "masks": blocks(ref_masks), "heatmaps": 2 * blocks(ref_masks)}[full]
     free = shutil.disk_usage(tmpfs).free
@@ -98,8 +99,8 @@ def test_a_real_full_disk_stops_once_and_the_rerun_finishes(src, tmp_path, check
     assert proc.returncode == 0, proc.stderr
     assert final_files(dst) == final_files(ref_dst)
     assert final_files(masks) == final_files(ref_masks)
-    assert list(entries(dst)) == list(entries(ref_dst))
-    assert all(e["status"] in DONE for e in entries(dst).values())
+    assert list(manifest_by_path(dst)) == list(manifest_by_path(ref_dst))
+    assert all(e["status"] in DONE for e in manifest_by_path(dst).values())
 
 
 # -- a simulated one, everywhere ---------------------------------------------------------
@@ -140,11 +141,12 @@ class SmallDisk:
 
 
 @pytest.mark.parametrize("code, share", [(errno.ENOSPC, 0.2), (errno.EDQUOT, 0.5), (errno.EROFS, 0.9)])
-def test_a_simulated_full_disk_stops_once_and_the_rerun_finishes(src, tmp_path, checkpoint, reference, monkeypatch,
-                                                                  code, share):
-    ref_dst, ref_masks = reference
+def test_a_simulated_full_disk_stops_once_and_the_rerun_finishes(resume_src, tmp_path, checkpoint,
+                                                                 resume_reference, monkeypatch,
+                                                                 code, share):
+    ref_dst, ref_masks = resume_reference
     dst, masks = tmp_path / "dst", tmp_path / "masks"
-    argv = [str(a) for a in command(src, dst, masks, checkpoint)[3:]]  # after "python -m latinhib"
+    argv = [str(a) for a in resume_command(resume_src, dst, masks, checkpoint)[3:]]  # after "python -m latinhib"
     total = sum(p.stat().st_size for root in (ref_dst, ref_masks) for p in root.rglob("*") if p.is_file())
     disk = SmallDisk(share * total, code)
     monkeypatch.setattr(files, "write_all", disk.write_all)
@@ -162,8 +164,8 @@ def test_a_simulated_full_disk_stops_once_and_the_rerun_finishes(src, tmp_path, 
     assert result.exit_code == 0, result.output
     assert final_files(dst) == final_files(ref_dst)
     assert final_files(masks) == final_files(ref_masks)
-    assert list(entries(dst)) == list(entries(ref_dst))
-    assert all(e["status"] in DONE for e in entries(dst).values())
+    assert list(manifest_by_path(dst)) == list(manifest_by_path(ref_dst))
+    assert all(e["status"] in DONE for e in manifest_by_path(dst).values())
 
 
 def _named(stderr: str, dst: Path, masks: Path) -> str:

@@ -12,18 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torchvision
-from click.testing import CliRunner
 from PIL import Image
 
-from latinhib.cli import main
 from latinhib.data import list_folder
 from latinhib.distributed import Part, parse_part, part_of, split
 from latinhib.manifest import listing_key
 from latinhib.inhibition import selection_score
 
-ARCH = "mobilenet_v3_small"
+from helpers import ARCH, invoke, make_image, manifest_entries, save_checkpoint
+
 CLASSES = ("ants", "bees")
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 #: Shards batch other images together than a single process does; float results of a
@@ -32,23 +29,11 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 MASK_TOLERANCE = 0.01
 
 
-def make_image(rng: np.random.Generator, size) -> Image.Image:
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    noise = rng.integers(0, 255, (h, w, 3)).astype(np.float32)
-    cy, cx, r = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w, min(w, h) * 0.25
-    blob = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2)[..., None]
-    pixels = np.where(blob, rng.integers(0, 255, 3).astype(np.float32), noise * 0.6).astype(np.uint8)
-    return Image.fromarray(pixels)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(ARCH, num_classes=len(CLASSES))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save(model.state_dict(), path)
-    return path
+    """This module's own checkpoint, two outputs (conftest's has three): MASK_TOLERANCE, how
+    far another batch composition may move a mask, was measured on this one."""
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth", num_classes=2)
 
 
 def broken_name(owner: int, count: int) -> str:
@@ -78,14 +63,6 @@ def base_args(checkpoint: Path):
             "--ratio", "0.6", "--quiet"]
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def manifest(dst: Path):
-    return [json.loads(line) for line in (dst / "latinhib-manifest.jsonl").read_text().splitlines()]
-
-
 def outputs(root: Path):
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                   if p.is_file() and not p.name.startswith("latinhib-"))
@@ -101,7 +78,7 @@ def single(src, checkpoint, tmp_path_factory):
 
 
 def assert_same_as_single(single: Path, dst: Path, masks: Path) -> None:
-    reference, merged = manifest(single / "out"), manifest(dst)
+    reference, merged = manifest_entries(single / "out"), manifest_entries(dst)
     # same inputs, same listing order, same selection and outcome
     assert [e["path"] for e in merged] == [e["path"] for e in reference]
     assert outputs(dst) == outputs(single / "out")
@@ -177,7 +154,7 @@ def test_shards_then_merge_equal_one_process_and_a_shard_reruns_alone(src, check
         parts.append({json.loads(line)["path"] for line in part.read_text().splitlines()})
         assert all(part_of(p, 3) == index for p in parts[-1])
     # every file in exactly one part: nothing written twice, nothing left out
-    assert sum(map(len, parts)) == len(set().union(*parts)) == len(manifest(single / "out"))
+    assert sum(map(len, parts)) == len(set().union(*parts)) == len(manifest_entries(single / "out"))
     assert not (dst / "latinhib-manifest.jsonl").exists()
     result = invoke("merge", dst, "--json")
     assert result.exit_code == 1  # the corrupt JPEG failed
@@ -186,7 +163,7 @@ def test_shards_then_merge_equal_one_process_and_a_shard_reruns_alone(src, check
     assert merged["failed"] == 1 and merged["missing"] == []
     assert not list(dst.glob("latinhib-manifest.part-*"))
     assert_same_as_single(single, dst, masks)
-    first = manifest(dst)
+    first = manifest_entries(dst)
 
     # A killed shard: one of its outputs is gone. Rerun alone, it redoes exactly that file.
     victim = next(e["path"] for e in first if e["status"] == "enhanced" and part_of(e["path"], 3) == 1)
@@ -197,7 +174,7 @@ def test_shards_then_merge_equal_one_process_and_a_shard_reruns_alone(src, check
     assert summary["enhanced"] == 1 and summary["copied"] == 0
     assert summary["already_done"] + summary["skipped"] + summary["failed"] + 1 == owned
     assert invoke("merge", dst).exit_code == 1
-    assert manifest(dst) == first
+    assert manifest_entries(dst) == first
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this Python")
@@ -217,7 +194,7 @@ def test_torchrun_two_processes_equal_one_process(src, checkpoint, single, tmp_p
     # rank 0 prints the job's summary, summed over both ranks; rank 1 prints none
     summary = json.loads(rank_stdout[0][-1])
     assert not any(line.startswith("{") for line in rank_stdout[1])
-    reference = manifest(single / "out")
+    reference = manifest_entries(single / "out")
     for status in ("enhanced", "copied", "unchanged", "skipped", "failed"):
         assert summary[status] == sum(e["status"] == status for e in reference), status
     assert summary["failed"] == 1 and summary["total"] == len(reference)
@@ -246,5 +223,5 @@ def test_torchrun_with_files_from_stdin_lists_the_same_files_on_every_rank(src, 
     assert proc.returncode != 0, proc.stderr[-3000:]  # the corrupt JPEG, as in the reference
     assert proc.stdout.strip(), proc.stderr[-3000:]
     summary = json.loads(proc.stdout.splitlines()[-1])
-    assert summary["total"] == len(manifest(single / "out")), proc.stderr[-3000:]
+    assert summary["total"] == len(manifest_entries(single / "out")), proc.stderr[-3000:]
     assert_same_as_single(single, dst, masks)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from latinhib.locking import LOCK_NAME
-from test_cli import ARCH, checkpoint  # noqa: F401 - the session checkpoint fixture
+from helpers import ARCH
 
 HOLD = """
 import sys, time

@@ -14,12 +14,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from click.testing import CliRunner
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 import latinhib
-from latinhib.cli import main
 from latinhib.config import load_config
 from latinhib.evaluation_folder import evaluate_folder
 from latinhib.evaluation_passes import Evaluator, MaskStore
@@ -27,33 +25,14 @@ from latinhib.evaluation_statistics import bootstrap_accuracies, mcnemar_p, summ
 from latinhib.filters import downsampled_gaussian_blur
 from latinhib.models import IMAGENET_MEAN, IMAGENET_STD
 from latinhib.variants import FILL_SHIFTS, GAPS, VARIANTS, background_only, make_variants, pair_partners
-from tests.conftest import build_tiny_cnn, random_images
 
-ARCH = "mobilenet_v3_small"
-CLASSES = ("ants", "bees", "cats")
-
-
-def make_image(rng: np.random.Generator, size, colour) -> Image.Image:
-    """Noise with a coloured blob: the colour hints at the class, so a model's answers vary."""
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    noise = rng.integers(0, 255, (h, w, 3)).astype(np.float32) * 0.6
-    cy, cx, r = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w, min(w, h) * 0.3
-    blob = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2)[..., None]
-    return Image.fromarray(np.where(blob, np.array(colour, np.float32), noise).astype(np.uint8))
-
-
-def save_model(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    model = torchvision.models.get_model(ARCH, num_classes=len(CLASSES))
-    torch.save(model.state_dict(), path)
-    return path
+from helpers import ARCH, CLASSES, build_tiny_cnn, invoke, make_image, random_images, save_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
-    return save_model(folder / "a.pth", 0), save_model(folder / "b.pth", 1)
+    return save_checkpoint(folder / "a.pth", seed=0), save_checkpoint(folder / "b.pth", seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +43,8 @@ def src(tmp_path_factory) -> Path:
     for c, name in enumerate(CLASSES):
         (root / name).mkdir(parents=True)
         for i in range(7):
-            image = make_image(rng, (int(rng.integers(50, 110)), int(rng.integers(50, 110))), colours[c])
+            image = make_image(rng, (int(rng.integers(50, 110)), int(rng.integers(50, 110))), colour=colours[c],
+                               radius=0.3)
             image.save(root / name / (f"img{i}.png" if i % 2 else f"img{i}.jpg"))
     (root / "notes.txt").write_text("not an image")  # ignored, as by enhance
     return root
@@ -80,10 +60,6 @@ def config_for(checkpoint: Path, **overrides):
             "model.classes": list(CLASSES), "runtime.device": "cpu", "runtime.workers": 0, "runtime.batch_size": 8}
     keys.update(overrides)
     return load_config(overrides=keys)
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def image_paths(root: Path):

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from latinhib.cli import main
 from latinhib.distributed import part_of
-from test_cli import ARCH, checkpoint, make_image  # noqa: F401 - the session checkpoint fixture
+from helpers import ARCH, invoke, make_image, manifest_by_path
 
 #: Files latinhib does not enhance, at the root and inside a class folder.
 OTHERS = {
@@ -30,14 +28,6 @@ OTHERS = {
 def args(checkpoint, *extra):
     return ["--arch", ARCH, "--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0",
             "--batch-size", "4", "--set", "model.input_size=64", "--quiet", *map(str, extra)]
-
-
-def invoke(*argv):
-    return CliRunner().invoke(main, [str(a) for a in argv], catch_exceptions=False)
-
-
-def manifest(dst: Path):
-    return {e["path"]: e for e in map(json.loads, (dst / "latinhib-manifest.jsonl").read_text().splitlines())}
 
 
 def files(root: Path):
@@ -75,7 +65,7 @@ def test_multi_page_and_float_tiff_are_copied_unchanged_with_a_note_and_a_single
     Image.fromarray(rng.normal(0, 1000, (48, 64)).astype(np.float32)).save(src / "depth.tif")  # mode F
     result = invoke("enhance", src, dst, *args(checkpoint, "--ratio", "1"))
     assert result.exit_code == 0, result.output
-    entries = manifest(dst)
+    entries = manifest_by_path(dst)
     assert (dst / "pages.tif").read_bytes() == (src / "pages.tif").read_bytes()
     with Image.open(dst / "pages.tif") as out:
         assert out.n_frames == 3
@@ -104,7 +94,7 @@ def test_lossless_webp_stays_lossless_and_lossy_webp_stays_lossy(tmp_path, check
         [b"VP8L", b"VP8L", b"VP8 "]
     result = invoke("enhance", src, dst, *args(checkpoint, "--ratio", "1", "--save-masks", masks))
     assert result.exit_code == 0, result.output
-    entries = manifest(dst)
+    entries = manifest_by_path(dst)
     for name in ("lossless.webp", "lossless_alpha.webp"):
         assert entries[name]["status"] == "enhanced"
         assert first_image_chunk(dst / name) == b"VP8L", name
@@ -133,7 +123,7 @@ def test_one_bit_and_palette_png_keep_their_mode(tmp_path, checkpoint):
     result = invoke("enhance", src, dst, *args(checkpoint, "--ratio", "1", "--save-masks", masks))
     assert result.exit_code == 0, result.output
     for name, mode in (("onebit.png", "1"), ("palette.png", "P")):
-        assert manifest(dst)[name]["status"] == "enhanced"
+        assert manifest_by_path(dst)[name]["status"] == "enhanced"
         with Image.open(src / name) as a, Image.open(dst / name) as b:
             assert (a.mode, b.mode) == (mode, mode)
             before, after = np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB"))
@@ -175,7 +165,7 @@ def test_other_files_are_copied_byte_for_byte_with_a_note(dataset, tmp_path, che
     result = invoke("enhance", dataset, dst, *args(checkpoint, "--ratio", "1", "--save-masks", masks, "--json"))
     assert result.exit_code == 0, result.output
     assert files(dst) == files(dataset)
-    entries = manifest(dst)
+    entries = manifest_by_path(dst)
     others = [*OTHERS, "dogs/anim.gif", "cats/labels-link.csv"]
     for rel in others:
         assert (dst / rel).read_bytes() == (dataset / rel).read_bytes(), rel
@@ -197,7 +187,7 @@ def test_images_only_leaves_them_out(dataset, tmp_path, checkpoint):
     dst = tmp_path / "dst"
     result = invoke("enhance", dataset, dst, *args(checkpoint, "--ratio", "0.5", "--images-only"))
     assert result.exit_code == 0, result.output
-    entries = manifest(dst)
+    entries = manifest_by_path(dst)
     for rel in [*OTHERS, "dogs/anim.gif", "cats/labels-link.csv"]:
         assert not (dst / rel).exists(), rel
         assert entries[rel]["status"] == "skipped" and entries[rel]["selected"] is False
@@ -214,7 +204,7 @@ def test_symlink_and_files_from_rules_apply_to_other_files(dataset, tmp_path, ch
     os.symlink(outside, dataset / "leak.csv")
     dst = tmp_path / "dst"
     assert invoke("enhance", dataset, dst, *args(checkpoint)).exit_code == 0
-    assert not (dst / "leak.csv").exists() and "leak.csv" not in manifest(dst)  # leaves SRC: not listed
+    assert not (dst / "leak.csv").exists() and "leak.csv" not in manifest_by_path(dst)  # leaves SRC: not listed
     dst2 = tmp_path / "dst2"
     assert invoke("enhance", dataset, dst2, *args(checkpoint, "--follow-symlinks")).exit_code == 0
     assert (dst2 / "leak.csv").read_bytes() == outside.read_bytes()
@@ -239,7 +229,7 @@ def test_shards_copy_each_other_file_once(dataset, tmp_path, checkpoint):
         # each shard copies exactly the other files the shard hash gives it
         assert {rel for rel in OTHERS if part_of(rel, 2) == index} == written & set(OTHERS)
     assert invoke("merge", dst, "--quiet").exit_code == 0
-    entries = manifest(dst)
+    entries = manifest_by_path(dst)
     for rel, data in OTHERS.items():
         assert (dst / rel).read_bytes() == data and entries[rel]["status"] == "copied"
 
@@ -251,7 +241,7 @@ def test_a_src_file_named_like_the_jobs_own_files_is_not_copied_over_them(datase
     (dataset / "cats" / "latinhib-config.yaml").write_text("below the top level: an ordinary file\n")
     dst = tmp_path / "dst"
     assert invoke("enhance", dataset, dst, *args(checkpoint)).exit_code == 0
-    entries = manifest(dst)
+    entries = manifest_by_path(dst)
     assert "fake" not in entries and "arch: mobilenet_v3_small" in (dst / "latinhib-config.yaml").read_text()
     for rel in ("latinhib-manifest.jsonl", "latinhib-config.yaml"):
         assert entries[rel]["status"] == "skipped" and "file latinhib writes in DST" in entries[rel]["error"]

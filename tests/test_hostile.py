@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from latinhib.cli import main
-from test_cli import ARCH, checkpoint  # noqa: F401 - the session checkpoint fixture
+from helpers import ARCH, manifest_by_path
 
 ROOT = os.geteuid() == 0
 NON_UTF8 = os.fsdecode(b"caf\xe9-latin1.png")  # a Latin-1 name: not valid UTF-8
@@ -127,11 +127,6 @@ def cli(*argv, stdin=None):
                           input=stdin, timeout=300, env=env)
 
 
-def manifest(dst: Path):
-    text = (dst / "latinhib-manifest.jsonl").read_text(encoding="utf-8")
-    return {e["path"]: e for e in map(json.loads, text.splitlines())}
-
-
 def test_every_hostile_file_becomes_an_output_or_one_error_line(corpus, tmp_path, checkpoint):
     dst = tmp_path / "dst"
     # workers 2: decoding failures cross the DataLoader's process boundary.
@@ -144,7 +139,7 @@ def test_every_hostile_file_becomes_an_output_or_one_error_line(corpus, tmp_path
     for name, cause in FAILS.items():
         [line] = [s for s in stderr if s.startswith(f"latinhib: {name}: ")]
         assert line[len(f"latinhib: {name}: "):].startswith(cause), line
-    entries = manifest(dst)
+    entries = manifest_by_path(dst)
     listed = set(os.listdir(corpus))
     assert set(entries) == listed  # one manifest line per input, the bad ones included
     for name, cause in FAILS.items():
@@ -205,8 +200,8 @@ def test_unreadable_file_fails_with_its_cause(tmp_path, checkpoint, monkeypatch)
     os.chmod(src / "secret.png", 0o644)
     assert result.exit_code == 1
     assert result.stderr.strip() == "latinhib: secret.png: permission denied"
-    assert manifest(dst)["secret.png"]["error"] == "permission denied"
-    assert manifest(dst)["fine.png"]["status"] == "enhanced"
+    assert manifest_by_path(dst)["secret.png"]["error"] == "permission denied"
+    assert manifest_by_path(dst)["fine.png"]["status"] == "enhanced"
 
 
 def test_strict_stops_at_the_first_bad_file(corpus, tmp_path, checkpoint):
@@ -217,7 +212,7 @@ def test_strict_stops_at_the_first_bad_file(corpus, tmp_path, checkpoint):
     # listing order is sorted: anim.gif (copied), anim.webp (copied unchanged), badcrc.png
     assert result.stderr.splitlines() == [result.stderr.splitlines()[0]]
     assert result.stderr.startswith("latinhib: badcrc.png: cannot decode: ")
-    entries = manifest(dst)
+    entries = manifest_by_path(dst)
     assert entries["badcrc.png"]["status"] == "failed"
     assert "zero.jpg" not in entries and not (dst / "rotated.jpg").exists()  # nothing after it ran
 
@@ -232,7 +227,7 @@ def test_12000x9000_image_is_enhanced_at_full_size(tmp_path, checkpoint):
     Image.new("RGB", (12000, 9000), (30, 120, 200)).save(src / "huge.png", compress_level=1)
     result = CliRunner().invoke(main, ["enhance", str(src), str(dst), *args(checkpoint, "--workers", "0")])
     assert result.exit_code == 0, result.output
-    assert manifest(dst)["huge.png"]["status"] in ("enhanced", "unchanged")
+    assert manifest_by_path(dst)["huge.png"]["status"] in ("enhanced", "unchanged")
     with Image.open(dst / "huge.png") as out:
         assert out.size == (12000, 9000)
         out.load()
@@ -251,13 +246,13 @@ def test_symlinks_leaving_src_are_not_followed_unless_asked(tmp_path, checkpoint
     dst = tmp_path / "dst"
     result = CliRunner().invoke(main, ["enhance", str(src), str(dst), *args(checkpoint, "--workers", "0")])
     assert result.exit_code == 0
-    assert set(manifest(dst)) == {"inside.png", "alias.png"}
+    assert set(manifest_by_path(dst)) == {"inside.png", "alias.png"}
     assert not (dst / "link.png").exists() and not (dst / "linkdir").exists()
     dst2 = tmp_path / "dst2"
     result = CliRunner().invoke(main, ["enhance", str(src), str(dst2),
                                        *args(checkpoint, "--workers", "0", "--follow-symlinks")])
     assert result.exit_code == 0
-    assert set(manifest(dst2)) == {"inside.png", "alias.png", "link.png", "linkdir/secret.png"}
+    assert set(manifest_by_path(dst2)) == {"inside.png", "alias.png", "link.png", "linkdir/secret.png"}
     assert (dst2 / "linkdir" / "secret.png").is_file() and not (dst2 / "linkdir").is_symlink()
 
 

@@ -10,39 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
-from click.testing import CliRunner
 from PIL import Image, ImageDraw, ImageFont
 
 from latinhib import preview as preview_module
 from latinhib.api import LateralInhibition
-from latinhib.cli import main
 from latinhib.config import load_config
 from latinhib.data import Item, list_folder
 from latinhib.preview import GAP, MARGIN, Column, Row, Table, contact_table, grid_table, load_font, render, sample
 from latinhib.encoding import HEAT_STOPS, heat_colors
 
-ARCH = "mobilenet_v3_small"
+from helpers import ARCH, invoke, make_image
+
 CELL = 96
-
-
-def make_image(rng: np.random.Generator, size) -> Image.Image:
-    """Textured background with a bright blob: something for the gradient to find."""
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    noise = rng.integers(0, 255, (h, w, 3)).astype(np.float32) * 0.6
-    cy, cx, r = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w, min(w, h) * 0.25
-    blob = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2)[..., None]
-    return Image.fromarray(np.where(blob, rng.integers(0, 255, 3).astype(np.float32), noise).astype(np.uint8))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(ARCH, num_classes=3)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save(model.state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +47,6 @@ def config_for(checkpoint: Path, **overrides):
             "runtime.device": "cpu", "runtime.workers": 0}
     keys.update(overrides)
     return load_config(overrides=keys)
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def line_height() -> int:

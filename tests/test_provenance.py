@@ -14,12 +14,10 @@ import pytest
 import torch
 import torchvision
 import yaml
-from click.testing import CliRunner
 from PIL import Image
 
-from latinhib.cli import main
 from latinhib.importance import default_layers
-from test_cli import ARCH, CLASSES, checkpoint, make_image  # noqa: F401 - the session checkpoint fixture
+from helpers import ARCH, CLASSES, invoke, make_image, manifest_by_path
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -31,16 +29,8 @@ def args(checkpoint, *extra):
             "--batch-size", "4", "--set", "model.input_size=64", "--ratio", "1", "--quiet", *map(str, extra)]
 
 
-def invoke(*argv):
-    return CliRunner().invoke(main, [str(a) for a in argv], catch_exceptions=False)
-
-
 def written(dst: Path) -> dict:
     return yaml.safe_load((dst / "latinhib-config.yaml").read_text())
-
-
-def manifest(dst: Path):
-    return {e["path"]: e for e in map(json.loads, (dst / "latinhib-manifest.jsonl").read_text().splitlines())}
 
 
 @pytest.fixture()
@@ -131,7 +121,7 @@ def test_a_1000_class_checkpoint_without_names_predicts_imagenet_names(src, tmp_
     dst = tmp_path / "dst"
     assert invoke("enhance", src, dst, *args(path)).exit_code == 0
     categories = torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1.meta["categories"]
-    for entry in manifest(dst).values():
+    for entry in manifest_by_path(dst).values():
         assert entry["status"] == "enhanced"
         assert entry["predicted_class"] == categories[entry["predicted_index"]]
 

@@ -5,83 +5,24 @@ and (nearly) the same pixels as an uninterrupted run. Ctrl-C stops cleanly with 
 130 and a line saying how to resume."""
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from test_cli import ARCH, checkpoint, make_image  # noqa: F401 - the session checkpoint fixture
+from helpers import check_no_partial_file, final_files, manifest_by_path, manifest_lines, resume_command
 
-N_IMAGES = 36
 KILLS = 3
 
 
-@pytest.fixture(scope="module")
-def src(tmp_path_factory) -> Path:
-    rng = np.random.default_rng(3)
-    root = tmp_path_factory.mktemp("resume") / "src"
-    for c in ("ants", "bees"):
-        (root / c).mkdir(parents=True)
-    for i in range(N_IMAGES):
-        image = make_image(rng, (int(rng.integers(48, 160)), int(rng.integers(48, 160))))
-        folder = root / ("ants" if i % 2 else "bees")
-        if i % 3:
-            image.save(folder / f"{i:03d}.jpg", quality=90)
-        else:
-            image.save(folder / f"{i:03d}.png")
-    return root
-
-
-def command(src: Path, dst: Path, masks: Path, checkpoint: Path, *extra: str):
-    return [sys.executable, "-m", "latinhib", "enhance", str(src), str(dst), "--arch", ARCH,
-            "--checkpoint", str(checkpoint), "--device", "cpu", "--batch-size", "2", "--workers", "0",
-            "--set", "model.input_size=64", "--ratio", "0.6", "--save-masks", str(masks), "--quiet", *extra]
-
-
-def final_files(root: Path):
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
-def manifest_lines(dst: Path) -> int:
-    try:
-        return (dst / "latinhib-manifest.jsonl").read_bytes().count(b"\n")
-    except FileNotFoundError:
-        return 0
-
-
-def check_no_partial_file(*roots: Path) -> None:
-    """Every file under a final name is complete: each image decodes to its last pixel."""
-    for root in roots:
-        for rel in final_files(root):
-            if rel.startswith("latinhib-"):
-                continue
-            with Image.open(root / rel) as image:
-                image.load()
-
-
-@pytest.fixture(scope="module")
-def reference(src, tmp_path_factory, checkpoint):
-    out = tmp_path_factory.mktemp("reference")
-    proc = subprocess.run(command(src, out / "dst", out / "masks", checkpoint), capture_output=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return out / "dst", out / "masks"
-
-
-def entries(dst: Path):
-    return {e["path"]: e for e in map(json.loads, (dst / "latinhib-manifest.jsonl").read_text().splitlines())}
-
-
-def test_kill_9_at_random_points_then_rerun_finishes_the_same_job(src, tmp_path, checkpoint, reference):
+def test_kill_9_at_random_points_then_rerun_finishes_the_same_job(resume_src, tmp_path, checkpoint, resume_reference):
     dst, masks = tmp_path / "dst", tmp_path / "masks"
-    argv = command(src, dst, masks, checkpoint)
+    argv = resume_command(resume_src, dst, masks, checkpoint)
     rng = random.Random(20240)
     killed = 0
     for attempt in range(KILLS):
@@ -109,13 +50,13 @@ def test_kill_9_at_random_points_then_rerun_finishes_the_same_job(src, tmp_path,
     proc = subprocess.run(argv, capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
 
-    ref_dst, ref_masks = reference
+    ref_dst, ref_masks = resume_reference
     # the same files, each complete, and no stale temporaries left behind
     assert final_files(dst) == final_files(ref_dst)
     assert final_files(masks) == final_files(ref_masks)
     assert [p.name for p in dst.rglob(".*")] == [] and [p.name for p in masks.rglob(".*")] == []
     check_no_partial_file(dst, masks)
-    got, want = entries(dst), entries(ref_dst)
+    got, want = manifest_by_path(dst), manifest_by_path(ref_dst)
     assert list(got) == list(want)  # one line per input, in listing order
     assert {p: e["selected"] for p, e in got.items()} == {p: e["selected"] for p, e in want.items()}
     assert {p: e["status"] for p, e in got.items()} == {p: e["status"] for p, e in want.items()}
@@ -131,12 +72,12 @@ def test_kill_9_at_random_points_then_rerun_finishes_the_same_job(src, tmp_path,
 
 
 @pytest.mark.parametrize("batch_size", ["2", "8"])
-def test_ctrl_c_stops_cleanly_and_says_how_to_resume(src, tmp_path, checkpoint, reference, batch_size):
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(resume_src, tmp_path, checkpoint, resume_reference, batch_size):
     dst, masks = tmp_path / "dst", tmp_path / "masks"
     # workers 2: Ctrl-C reaches the whole process group, decoding workers included.
     # Two threads: batch 2 decodes and writes in their own threads, batch 8 runs each
     # chunk start to end on one of two one-thread streams (executors._run_chunk).
-    argv = command(src, dst, masks, checkpoint, "--set", "runtime.threads=2")
+    argv = resume_command(resume_src, dst, masks, checkpoint, "--set", "runtime.threads=2")
     argv[argv.index("--workers") + 1] = "2"
     argv[argv.index("--batch-size") + 1] = batch_size
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -153,11 +94,11 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(src, tmp_path, checkpoint, 
     assert line.startswith("latinhib: interrupted after ") and line.endswith("rerun the same command to resume")
     assert stdout == b""
     check_no_partial_file(dst, masks)
-    done = sum(e["status"] in ("copied", "enhanced", "unchanged") for e in entries(dst).values())
+    done = sum(e["status"] in ("copied", "enhanced", "unchanged") for e in manifest_by_path(dst).values())
     assert f"after {done} of " in line  # what it says matches what it wrote
     proc = subprocess.run(argv, capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert final_files(dst) == final_files(reference[0])
+    assert final_files(dst) == final_files(resume_reference[0])
 
 
 def test_temporary_names_are_unique_and_only_dead_ones_are_cleaned(tmp_path):

@@ -14,16 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_resume import (  # noqa: F401 - fixtures
-    check_no_partial_file,
-    command,
-    entries,
-    final_files,
-    manifest_lines,
-    reference,
-    src,
-)
-from test_cli import checkpoint  # noqa: F401 - the session checkpoint fixture
+from helpers import check_no_partial_file, final_files, manifest_by_path, manifest_lines, resume_command
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 DONE = ("copied", "enhanced", "unchanged")
@@ -39,9 +30,9 @@ def start_and_wait(argv, dst: Path, lines: int = 12) -> subprocess.Popen:
     return proc
 
 
-def test_sigterm_stops_cleanly_says_how_far_and_the_rerun_finishes(src, tmp_path, checkpoint, reference):
+def test_sigterm_stops_cleanly_says_how_far_and_the_rerun_finishes(resume_src, tmp_path, checkpoint, resume_reference):
     dst, masks = tmp_path / "dst", tmp_path / "masks"
-    argv = command(src, dst, masks, checkpoint)
+    argv = resume_command(resume_src, dst, masks, checkpoint)
     proc = start_and_wait(argv, dst)
     proc.send_signal(signal.SIGTERM)  # to the process alone, as kill and docker stop do
     stdout, stderr = proc.communicate(timeout=120)
@@ -52,17 +43,19 @@ def test_sigterm_stops_cleanly_says_how_far_and_the_rerun_finishes(src, tmp_path
     assert line.startswith("latinhib: stopped by SIGTERM after ") and line.endswith("rerun the same command to resume")
     assert stdout == b""
     check_no_partial_file(dst, masks)
-    done = sum(e["status"] in DONE for e in entries(dst).values())
+    done = sum(e["status"] in DONE for e in manifest_by_path(dst).values())
     assert f"after {done} of 36 files" in line  # what it says matches what it wrote
     proc = subprocess.run(argv, capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert final_files(dst) == final_files(reference[0]) and final_files(masks) == final_files(reference[1])
+    assert (final_files(dst) == final_files(resume_reference[0])
+            and final_files(masks) == final_files(resume_reference[1]))
 
 
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGKILL])
-def test_a_second_signal_during_the_stop_leaves_nothing_half_written(src, tmp_path, checkpoint, reference, second):
+def test_a_second_signal_during_the_stop_leaves_nothing_half_written(resume_src, tmp_path, checkpoint,
+                                                                     resume_reference, second):
     dst, masks = tmp_path / "dst", tmp_path / "masks"
-    argv = command(src, dst, masks, checkpoint)
+    argv = resume_command(resume_src, dst, masks, checkpoint)
     proc = start_and_wait(argv, dst)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.01)
@@ -74,7 +67,8 @@ def test_a_second_signal_during_the_stop_leaves_nothing_half_written(src, tmp_pa
     check_no_partial_file(dst, masks)
     proc = subprocess.run(argv, capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert final_files(dst) == final_files(reference[0]) and final_files(masks) == final_files(reference[1])
+    assert (final_files(dst) == final_files(resume_reference[0])
+            and final_files(masks) == final_files(resume_reference[1]))
 
 
 def caught_signals(pid: int) -> int:
@@ -85,9 +79,9 @@ def caught_signals(pid: int) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc/<pid>/status (Linux)")
-def test_sigterm_while_starting_up_exits_143_with_one_line(src, tmp_path, checkpoint):
+def test_sigterm_while_starting_up_exits_143_with_one_line(resume_src, tmp_path, checkpoint):
     dst = tmp_path / "dst"
-    proc = subprocess.Popen(command(src, dst, tmp_path / "masks", checkpoint), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(resume_command(resume_src, dst, tmp_path / "masks", checkpoint), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     # As soon as the command has its SIGTERM handler (before torch is imported), not before:
     # a SIGTERM earlier, while Python itself starts, kills it as any program.
@@ -103,9 +97,9 @@ def test_sigterm_while_starting_up_exits_143_with_one_line(src, tmp_path, checkp
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this Python")
-def test_sigterm_to_torchrun_stops_every_rank_cleanly(src, tmp_path, checkpoint, reference):
+def test_sigterm_to_torchrun_stops_every_rank_cleanly(resume_src, tmp_path, checkpoint, resume_reference):
     dst, masks, logs = tmp_path / "dst", tmp_path / "masks", tmp_path / "logs"
-    job = [str(a) for a in command(src, dst, masks, checkpoint)[3:]]  # after "python -m latinhib"
+    job = [str(a) for a in resume_command(resume_src, dst, masks, checkpoint)[3:]]  # after "python -m latinhib"
     argv = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "--log-dir", str(logs), "--redirects", "3",
             "-m", "latinhib", *job]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -128,5 +122,6 @@ def test_sigterm_to_torchrun_stops_every_rank_cleanly(src, tmp_path, checkpoint,
     check_no_partial_file(dst, masks)
     proc = subprocess.run(argv[:4] + argv[8:], capture_output=True, timeout=300, env=env)  # no log dir this time
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert final_files(dst) == final_files(reference[0]) and final_files(masks) == final_files(reference[1])
-    assert list(entries(dst)) == list(entries(reference[0]))  # rank 0 merged the parts
+    assert (final_files(dst) == final_files(resume_reference[0])
+            and final_files(masks) == final_files(resume_reference[1]))
+    assert list(manifest_by_path(dst)) == list(manifest_by_path(resume_reference[0]))  # rank 0 merged the parts

@@ -103,7 +103,7 @@ def test_writer_threads_use_one_thread_and_leave_the_main_thread_alone():
 
 
 def test_api_importance_equals_the_plain_steps():
-    from conftest import build_tiny_cnn
+    from helpers import build_tiny_cnn
 
     model = build_tiny_cnn()
     enhancer = LateralInhibition(model, {"model.layers": ["features.2", "features.3"]}, input_size=(64, 64))
@@ -326,7 +326,7 @@ def test_decoding_threads_leave_the_warning_filters_alone(tiny_job, tmp_path, mo
 def test_every_stream_runs_the_model_pass_on_its_own_copy(scripted):
     """Each stream's copy gives the original's maps; a TorchScript model is copied by a
     save/load round trip (its deepcopy has non-leaf parameters, which frozen_eval rejects)."""
-    from conftest import build_tiny_cnn
+    from helpers import build_tiny_cnn
 
     from latinhib.streams import ModelStreams, clone
 

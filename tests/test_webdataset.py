@@ -19,17 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
 from latinhib.cli import main
 from latinhib.distributed import part_of
 from latinhib.inhibition import selection_score
-from test_distributed import make_image  # the same blob-on-noise images as the folder jobs
 
-ARCH = "mobilenet_v3_small"
+from helpers import ARCH, invoke, make_image, manifest_entries, save_checkpoint
+
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 SEED = 0  # inhibition.seed's default
 MASK_TOLERANCE = 0.01  # as tests/test_distributed.py: batches differ, a few threshold pixels may flip
@@ -77,24 +75,14 @@ def members(path: Path):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(ARCH, num_classes=2)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save(model.state_dict(), path)
-    return path
+    """This module's own checkpoint, two outputs (conftest's has three): MASK_TOLERANCE, how
+    far another batch composition may move a mask, was measured on this one."""
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth", num_classes=2)
 
 
 def base_args(checkpoint: Path, *extra):
     return ["--arch", ARCH, "--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0",
             "--batch-size", "4", "--set", "model.input_size=64", "--quiet", *map(str, extra)]
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def manifest(dst: Path):
-    return [json.loads(line) for line in (dst / "latinhib-manifest.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +98,7 @@ def test_shards_in_give_the_same_members_in_the_same_order_and_copies_byte_for_b
                     "--ratio", "0.5", "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.splitlines()[-1])
-    lines = {e["path"]: e for e in manifest(dst)}
+    lines = {e["path"]: e for e in manifest_entries(dst)}
     assert len(lines) == 24 and summary["total"] == 24
     enhanced = 0
     for s in range(4):
@@ -200,7 +188,7 @@ def test_hostile_members_and_shards_each_get_one_line_and_the_rest_goes_on(check
     assert len(lines) == len(expected), lines
     for rel, cause in expected.items():
         assert sum(line.startswith(f"latinhib: {rel}: ") and cause in line for line in lines) == 1, (rel, lines)
-    entries = {e["path"]: e for e in manifest(dst)}
+    entries = {e["path"]: e for e in manifest_entries(dst)}
     assert {rel for rel, e in entries.items() if e["status"] == "failed"} == set(expected) - {"a-000000.tar/00004"}
     assert entries["a-000000.tar/00004"]["status"] == "copied"
     assert entries["a-000000.tar/00000"]["status"] == entries["a-000000.tar/00005"]["status"] == "enhanced"
@@ -251,7 +239,7 @@ def test_kill_9_at_random_points_then_rerun_equals_an_uninterrupted_run(checkpoi
             rel = f"{path.name}/{name.split('.')[0]}"
             if not (name.endswith((".jpg", ".png")) and selection_score(SEED, rel) < 0.5):
                 assert a == b, name  # copies byte for byte
-    assert {e["path"]: e["status"] for e in manifest(dst)} == {e["path"]: e["status"] for e in manifest(reference)}
+    assert {e["path"]: e["status"] for e in manifest_entries(dst)} == {e["path"]: e["status"] for e in manifest_entries(reference)}
 
 
 def assert_same_job(reference: Path, dst: Path, masks_a: Path, masks_b: Path) -> None:
@@ -259,7 +247,7 @@ def assert_same_job(reference: Path, dst: Path, masks_a: Path, masks_b: Path) ->
     and thresholds within the float noise of other batch compositions), same shards with
     the same members, copies byte for byte, enhanced images with masks that agree and,
     where the masks are equal, the same bytes."""
-    ours, theirs = manifest(dst), manifest(reference)
+    ours, theirs = manifest_entries(dst), manifest_entries(reference)
     assert [e["path"] for e in ours] == [e["path"] for e in theirs]
     for a, b in zip(ours, theirs):
         assert (a["status"], a["selected"], a.get("predicted_index")) == (b["status"], b["selected"], b.get("predicted_index"))

@@ -306,7 +306,8 @@ def test_api_original_equals_plain_top1(device):
 def test_unmapped_folder_is_exit_2_naming_it(tmp_path, checkpoints):
     for name in ("ants", "zebras", "yaks"):
         (tmp_path / "src" / name).mkdir(parents=True)
-        make_image(np.random.default_rng(0), (40, 40), (0, 0, 0)).save(tmp_path / "src" / name / "a.png")
+        image = make_image(np.random.default_rng(0), (40, 40), colour=(0, 0, 0), radius=0.3)
+        image.save(tmp_path / "src" / name / "a.png")
     result = invoke("evaluate", tmp_path / "src", *model_args(checkpoints[0]), "--quiet")
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
@@ -317,7 +318,7 @@ def test_unmapped_folder_is_exit_2_naming_it(tmp_path, checkpoints):
 def test_image_outside_a_class_folder_is_exit_2(tmp_path, checkpoints):
     (tmp_path / "src" / "ants").mkdir(parents=True)
     for path in (tmp_path / "src" / "ants" / "a.png", tmp_path / "src" / "loose.png"):
-        make_image(np.random.default_rng(0), (40, 40), (0, 0, 0)).save(path)
+        make_image(np.random.default_rng(0), (40, 40), colour=(0, 0, 0), radius=0.3).save(path)
     result = invoke("evaluate", tmp_path / "src", *model_args(checkpoints[0]), "--quiet")
     assert result.exit_code == 2 and "'loose.png' is not in a class folder" in result.output
 

@@ -326,9 +326,14 @@ def test_a_samples_mask_does_not_depend_on_its_batch(device, tiny_cnn, make_imag
     settings = {"inhibition.ratio": 1.0, "inhibition.quantile": 0.6, "runtime.amp": "off"}
     enhancer = LateralInhibition(model, settings, input_size=(64, 64))
     batch = make_images(8, 64, seed=11, device=device)
-    together = enhancer(batch)
-    for i in (0, 5):
-        alone = enhancer(batch[i:i + 1])
+    # oneDNN's CPU conv backward picks another kernel for a batch of 8 than for 1, and on CPUs
+    # without AMX that kernel's layer2 gradient differed by 0.4% from float64 (batch 1 and
+    # oneDNN off: 1e-7). The property tested is latinhib's (no sample sees another), not the
+    # kernel's precision, so the CPU pass runs on ATen's own convolutions.
+    with torch.backends.mkldnn.flags(enabled=False):
+        together = enhancer(batch)
+        alones = [enhancer(batch[i:i + 1]) for i in (0, 5)]
+    for i, alone in zip((0, 5), alones):
         torch.testing.assert_close(alone.importance[0], together.importance[i], rtol=1e-4, atol=1e-5)
         # A pixel may flip only where the map sits within float noise of the threshold.
         flipped = (alone.masks[0] != together.masks[i]).float().mean().item()

@@ -6,7 +6,7 @@ and reallocates tens of megabytes of activations per batch, so each pass starts 
 pages that the kernel must fault in and zero: millions of page faults per job, and a model
 pass whose speed swings from run to run (docs/SPEED.md#allocator). The CLI
 calls :func:`keep_large_blocks` once, before the job; the library never does it on its
-own, since it changes the whole process. ``scripts/bench.py`` applies it to every row.
+own, since it changes the whole process. ``scripts/bench/enhance.py`` applies it to every row.
 """
 from __future__ import annotations
 

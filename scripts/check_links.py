@@ -4,7 +4,7 @@ that exists (GitHub's anchor rule), and every ``docs/NAME.md#anchor`` that a doc
 comment in latinhib/ points at names a real heading. Prints one line per broken link and
 exits 1 if there is any.
 
-    python scripts/check_links.py
+    .venv/bin/python -m scripts.check_links
 """
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ own process; prints each run's peak RSS.
 
 Usage::
 
-    python scripts/check_shards.py equal --images 2000
-    python scripts/check_shards.py memory
+    .venv/bin/python -m scripts.check_shards equal --images 2000
+    .venv/bin/python -m scripts.check_shards memory
 """
 from __future__ import annotations
 

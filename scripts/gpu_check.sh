@@ -21,5 +21,5 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 "$PY" -c "import torch, torchvision; print(torch.__version__, torchvision.__version__, torch.cuda.get_device_name())" \
   | tee "$OUT/versions.txt"
 timeout 240 "$PY" -m pytest -m needs_cuda -q -rfE -p no:cacheprovider 2>&1 | tail -40 | tee "$OUT/tests.txt"
-timeout 300 "$PY" scripts/bench.py --device cuda --arch resnet50 --batch-size 128 --quick --tmp /dev/shm 2>&1 \
+timeout 300 "$PY" -m scripts.bench.enhance --device cuda --arch resnet50 --batch-size 128 --quick --tmp /dev/shm 2>&1 \
   | tee "$OUT/bench.txt"

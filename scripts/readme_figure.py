@@ -1,5 +1,5 @@
 """Make docs/demo.jpg, the README's original / enhanced / mask figure, from the outputs of
-scripts/demo.sh (out/demo, out/demo-masks). Run: .venv/bin/python scripts/readme_figure.py"""
+scripts/demo.sh (out/demo, out/demo-masks). Run: .venv/bin/python -m scripts.readme_figure"""
 from pathlib import Path
 
 from PIL import Image

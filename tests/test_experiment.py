@@ -11,8 +11,8 @@ from latinhib.filters import downsampled_gaussian_blur
 from scripts.experiment import data
 from scripts.experiment.enhancers import per_image_quantile_mask
 from scripts.experiment.finedetail import load_rows
-from scripts.experiment.report import write_section
-from scripts.experiment.report_finedetail import criteria, paired
+from scripts.experiment.report_common import paired, write_section
+from scripts.experiment.report_finedetail import criteria
 
 
 def garment() -> np.ndarray:
@@ -144,7 +144,7 @@ def test_evaluate_checkpoints_passes_the_protocols_own_mask_options():
     from pathlib import Path
 
     from scripts.experiment import evaluate_checkpoints
-    from scripts.experiment.run import mask_arguments
+    from scripts.experiment.common import mask_arguments
 
     settings = evaluate_checkpoints.DOCUMENTED
     options = evaluate_checkpoints.model_options(settings, Path("pretrain.pth"), ["a", "b"])

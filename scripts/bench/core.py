@@ -11,8 +11,8 @@ repetition, as the median of a few repetitions; each in the default (contiguous)
 channels_last memory format. The machine's load average is printed: on a shared 2-core
 box a busy neighbour slows 2-thread OpenMP kernels by far more than half.
 
-    python scripts/bench_core.py                   # resnet18 and mobilenet_v2, CPU
-    python scripts/bench_core.py --device cuda --batch-size 64
+    .venv/bin/python -m scripts.bench.core                   # resnet18 and mobilenet_v2, CPU
+    .venv/bin/python -m scripts.bench.core --device cuda --batch-size 64
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def floor_step(
     """Plain forward + one autograd.grad to the captured activations (no clone: nothing
     in-place follows these layers' outputs in resnet18 / mobilenet_v2). The first captured
     layer starts the graph (parameters are frozen); later ones are already part of it.
-    Also the floor row of scripts/bench.py."""
+    Also the floor row of scripts/bench/enhance.py."""
     modules = [model.get_submodule(name) for name in layers]
     enabled = autocast_dtype is not None
 

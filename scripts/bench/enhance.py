@@ -25,10 +25,10 @@ mixed in). Each row runs in its own subprocess, so its peak RSS is its own:
 
 Usage::
 
-    python scripts/bench.py --arch resnet18                  # CPU, 2 cores: ~2 min
-    python scripts/bench.py --arch mobilenet_v2
-    python scripts/bench.py --device cuda --arch resnet50 --batch-size 128 --quick
-    python scripts/bench.py --arch resnet18 --repeats 3     # median of 3 alternating runs per row
+    .venv/bin/python -m scripts.bench.enhance --arch resnet18                  # CPU, 2 cores: ~2 min
+    .venv/bin/python -m scripts.bench.enhance --arch mobilenet_v2
+    .venv/bin/python -m scripts.bench.enhance --device cuda --arch resnet50 --batch-size 128 --quick
+    .venv/bin/python -m scripts.bench.enhance --arch resnet18 --repeats 3     # median of 3 alternating runs per row
 
 Prints a table of images/s, ratios, peak RSS (and peak GPU memory on CUDA). Numbers are
 only comparable within one run; check ``uptime``: other processes on the machine skew them.
@@ -61,7 +61,7 @@ MALLOC_ROWS = ("floor-m", "r1-m")
 #: issue 13 (fixed-sigma LoG on the gradient, q 0.5, float32), against the shipped ones,
 #: e.g. --rows r1,r1-paper --repeats 3.
 PAPER_ROWS = ("r1-paper",)
-PAPER_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "paper.yaml"
+PAPER_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "paper.yaml"
 SIZES = [(500, 375)] * 6 + [(375, 500), (640, 480), (500, 333), (800, 600)]
 
 
@@ -108,7 +108,7 @@ def row_floor(args, src: Path) -> dict:
     """Forward + one autograd.grad to the default layers' activations, inputs in memory."""
     import torch
 
-    from bench_core import floor_step  # the same floor as scripts/bench_core.py
+    from scripts.bench.core import floor_step  # the same floor as scripts/bench/core.py
 
     from latinhib.importance import default_layers
     from latinhib.models import load_model
@@ -333,7 +333,7 @@ def main() -> None:
         runs: dict = {row: [] for row in rows}
         for repeat in range(args.repeats):  # rows alternate, so a change in load hits them all
             for row in rows:
-                cmd = [sys.executable, __file__, "--row", row, "--src", str(src)] + [
+                cmd = [sys.executable, "-m", __spec__.name, "--row", row, "--src", str(src)] + [
                     f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                     if k in ("arch", "device", "batch_size", "workers", "threads", "images", "tmp") and v is not None
                 ] + ([f"--weights={args.weights}"] if args.weights else [])

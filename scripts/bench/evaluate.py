@@ -2,7 +2,7 @@
 """Throughput of ``latinhib evaluate`` next to ``latinhib enhance`` (r = 1), and the model
 passes ``evaluate`` makes per batch.
 
-Same machine, model, batch size and images (scripts/bench.py's generated folder of 480
+Same machine, model, batch size and images (scripts/bench/enhance.py's generated folder of 480
 ~ImageNet-sized JPEGs, in class folders ``0`` and ``1`` so they map onto the model's first
 two classes). Each row runs in its own subprocess after an untimed warm-up on one batch;
 ``--repeats`` alternates the rows and reports each row's median, since this machine's
@@ -10,9 +10,9 @@ speed drifts. The ``evaluate`` row also counts the forward calls of each model p
 at most one importance pass plus five classification passes (the first model's
 ``original`` comes from its importance pass, so it makes 1 + 4).
 
-    python scripts/bench_evaluate.py                      # mobilenet_v2, CPU
-    python scripts/bench_evaluate.py --arch resnet18 --repeats 3
-    python scripts/bench_evaluate.py --device cuda --batch-size 128
+    .venv/bin/python -m scripts.bench.evaluate                      # mobilenet_v2, CPU
+    .venv/bin/python -m scripts.bench.evaluate --arch resnet18 --repeats 3
+    .venv/bin/python -m scripts.bench.evaluate --device cuda --batch-size 128
 
 Prints images/s per row (whole run, model loading included, as a user sees it) and the
 ratio evaluate / enhance. Check ``uptime``: other processes skew absolute numbers.
@@ -30,14 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 ROWS = ("enhance", "evaluate", "evaluate+1")
 
 
 def make_folder(folder: Path, count: int) -> None:
-    from bench import make_images
+    from scripts.bench.enhance import make_images
 
     make_images(folder, count)
     for i in (0, 1):  # numeric class folders: model outputs 0 and 1
@@ -142,7 +139,7 @@ def main() -> None:
         runs = {row: [] for row in rows}
         for _ in range(args.repeats):
             for row in rows:
-                cmd = [sys.executable, __file__, "--row", row, "--src", str(src), f"--arch={args.arch}",
+                cmd = [sys.executable, "-m", __spec__.name, "--row", row, "--src", str(src), f"--arch={args.arch}",
                        f"--weights={args.weights}", f"--device={args.device}", f"--batch-size={args.batch_size}",
                        f"--workers={args.workers}", f"--threads={args.threads}"] + ([f"--tmp={args.tmp}"] if args.tmp else [])
                 proc = subprocess.run(cmd, capture_output=True, text=True)

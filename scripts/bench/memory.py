@@ -5,8 +5,8 @@ and prints the peak RSS of the main process (``wait4``'s ru_maxrss) and the peak
 whole process tree (main + DataLoader workers, summed, sampled from /proc every 20 ms).
 With bounded queues both should stay flat as N grows (within ~10%).
 
-    .venv/bin/python scripts/bench_memory.py               # 200 and 4000 images, workers 0 and 2
-    .venv/bin/python scripts/bench_memory.py --counts 200 1000 --workers 2
+    .venv/bin/python -m scripts.bench.memory               # 200 and 4000 images, workers 0 and 2
+    .venv/bin/python -m scripts.bench.memory --counts 200 1000 --workers 2
 
 Uses a tiny randomly initialised mobilenet_v3_small at input 64 (no download), ratio 0.5.
 """

@@ -2,30 +2,27 @@
 """Where ``latinhib enhance``'s CPU time goes, per image: decoding, the model pass with
 steps 4-5, and finishing (steps 6-8 at full size, encoding, the atomic write).
 
-Runs ``latinhib.pipeline.run`` at r = 1 on a generated folder (``scripts/bench.py``'s
+Runs ``latinhib.pipeline.run`` at r = 1 on a generated folder (``scripts/bench/enhance.py``'s
 JPEGs) with the CLI's allocator setting, timing those three pipeline functions with each
 thread's CPU clock (``time.thread_time``) and the wall clock, so the parts can be set
-against the run's total CPU time and against ``bench.py``'s floor.
+against the run's total CPU time and against ``scripts/bench/enhance.py``'s floor.
 
 Usage::
 
-    python scripts/profile_parts.py --arch resnet18
-    python scripts/profile_parts.py --arch mobilenet_v2 --images 960 --batch-size 16
+    .venv/bin/python -m scripts.bench.parts --arch resnet18
+    .venv/bin/python -m scripts.bench.parts --arch mobilenet_v2 --images 960 --batch-size 16
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import resource
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench import make_images  # noqa: E402 - the same folder as the benchmark
+from scripts.bench.enhance import make_images  # the same folder as the benchmark
 
 
 def main() -> None:
@@ -39,6 +36,8 @@ def main() -> None:
     from latinhib.allocator import keep_large_blocks
 
     keep_large_blocks()
+    import latinhib.executors as executors
+    import latinhib.finishing as finishing
     import latinhib.pipeline as pipeline
     from latinhib.config import load_config
 
@@ -57,9 +56,9 @@ def main() -> None:
                     wall[name] += time.perf_counter() - w
         return wrapper
 
-    pipeline._Decoding.__getitem__ = timed("decode", pipeline._Decoding.__getitem__)
-    pipeline._importance = timed("model pass + steps 4-5", pipeline._importance)
-    pipeline._Finisher.__call__ = timed("finish (blur, select, encode, write)", pipeline._Finisher.__call__)
+    executors._Decoding.__getitem__ = timed("decode", executors._Decoding.__getitem__)
+    executors.batch_importance = timed("model pass + steps 4-5", executors.batch_importance)
+    finishing.Finisher.__call__ = timed("finish (blur, select, encode, write)", finishing.Finisher.__call__)
     config = load_config(overrides={
         "model.arch": args.arch, "model.weights": None, "model.target": "pred", "inhibition.ratio": 1.0,
         "runtime.device": "cpu", "runtime.batch_size": args.batch_size, "output.overwrite": True,

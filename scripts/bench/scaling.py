@@ -11,7 +11,7 @@ N times the throughput when N cores are free). The best of
 --repeats runs is reported. The machine's load (uptime) is printed before and after: on a
 shared machine, other jobs take cores from the processes measured here.
 
-    .venv/bin/python scripts/bench_scaling.py --images 48 --more 96 --arch resnet18 --procs 1 2
+    .venv/bin/python -m scripts.bench.scaling --images 48 --more 96 --arch resnet18 --procs 1 2
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ within each repeat (the machine's load drifts) and the median of the repeats is 
   ImageNet MobileNetV2, batch 8), timed from the process start to the first line of its
   manifest (the first batch written and recorded), and to its exit.
 
-    .venv/bin/python scripts/bench_startup.py --tree before=/tmp/before --tree after=. --repeats 5
+    .venv/bin/python -m scripts.bench.startup --tree before=/tmp/before --tree after=. --repeats 5
 """
 from __future__ import annotations
 

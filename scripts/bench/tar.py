@@ -21,8 +21,8 @@ write (one output shard per input shard, every member, from bytes in memory)
 
 Usage::
 
-    python scripts/bench_tar.py                       # 10 shards x 200 samples, 3 repeats
-    python scripts/bench_tar.py --shards 20 --samples 500
+    .venv/bin/python -m scripts.bench.tar                       # 10 shards x 200 samples, 3 repeats
+    .venv/bin/python -m scripts.bench.tar --shards 20 --samples 500
 """
 from __future__ import annotations
 

@@ -33,8 +33,8 @@ import torch
 
 from scripts.experiment import data as bench
 from scripts.experiment.models import SmallResNet
-from scripts.experiment.report import write_section
-from scripts.experiment.run import ARCH, ROOT, Split, log, mask_arguments, run_enhance
+from scripts.experiment.common import ARCH, ROOT, Split, log, mask_arguments, run_enhance
+from scripts.experiment.report_common import write_section
 from scripts.experiment.train import MEAN, STD, accuracy, load_folder, train_model
 
 #: What docs/RESULTS.md reports run.py chose on val (used when no state.json is there).

@@ -38,10 +38,12 @@ import numpy as np
 import torch
 import yaml
 
+from scripts.experiment import common as helpers
 from scripts.experiment import data as bench
 from scripts.experiment.enhancers import (enhance, gradcam_maps, mask_scores,
                                           per_image_quantile_mask, quantile_mask, selected)
 from scripts.experiment.models import SmallResNet
+from scripts.experiment.report_finedetail import write_finedetail
 from scripts.experiment.train import train_model
 
 ROWS_FILE = Path(__file__).with_name("rows.yaml")
@@ -116,7 +118,6 @@ def kept_share(masks: torch.Tensor) -> torch.Tensor:
 def run_pattern(args) -> None:
     """The whole fine-detail benchmark, with run.py's protocol helpers (one implementation
     of running the CLI and reading its outputs for both benchmarks)."""
-    from scripts.experiment import run as helpers
 
     log = helpers.log
     started = time.time()
@@ -224,6 +225,5 @@ def run_pattern(args) -> None:
     save()
 
     # 5. report
-    from scripts.experiment.report_finedetail import write_finedetail
     write_finedetail(state, info, config, args.results, work)
     log(f"done in {time.time() - started:.0f} s; wrote {args.results}")

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from scripts.experiment.report_common import fmt, font, mean_pm_std, paired, table, write_section
 
 COLOURS = {
     "baseline": (120, 120, 120), "oracle": (44, 160, 44), "latinhib-log": (31, 119, 180),
@@ -26,13 +28,6 @@ LABELS = {
 }
 ORDER = ["baseline", "oracle", "latinhib-log", "gradcam", "blur-all", "latinhib-gaussian", "latinhib-none"]
 TESTS = ["test/original", "test/only_fg", "test/mixed_same", "test/mixed_rand", "bg_gap"]
-
-
-def font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
 
 
 def stats(state: dict, method: str, key: str) -> tuple[float, float, int]:
@@ -124,7 +119,7 @@ def iou_chart(path: Path, rows: list[dict], target: str, gradcam: list[dict]) ->
     image.save(path)
 
 
-def example_strip(path: Path, work: Path, count: int = 6) -> None:
+def mask_and_output_strip(path: Path, work: Path, count: int = 6) -> None:
     """Rows: original, true mask, latinhib mask, latinhib output, for a few enhanced images."""
     data = work / "data"
     masks_dir = work / "masks-log"
@@ -147,12 +142,6 @@ def example_strip(path: Path, work: Path, count: int = 6) -> None:
     image.save(path)
 
 
-def table(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    return "\n".join(lines)
-
-
 def write_report(state: dict, info: dict, results: Path, work: Path) -> None:
     docs = results.parent
     docs.mkdir(parents=True, exist_ok=True)
@@ -171,7 +160,7 @@ def write_report(state: dict, info: dict, results: Path, work: Path) -> None:
               [("mixed_rand accuracy (higher = less background)", bars("test/mixed_rand")),
                ("BG-gap = mixed_same - mixed_rand (lower)", bars("bg_gap"))])
     iou_chart(docs / "results-mask-iou.png", rows, target, gradcam_rows)
-    example_strip(docs / "results-examples.png", work)
+    mask_and_output_strip(docs / "results-examples.png", work)
 
     base_mean = stats(state, "baseline", "test/mixed_rand")[0]
     oracle_mean = stats(state, "oracle", "test/mixed_rand")[0]
@@ -361,7 +350,6 @@ blur σ = {settings['blur']} (the best latinhib row on val_rand).
 def extra_rows_text(state: dict, extra: list[str], labels: dict) -> str:
     """Bullets for rows.yaml's extra latinhib rows: their CLI options and paired differences
     (by training seed) against the val-tuned Mexican hat and the baseline."""
-    from scripts.experiment.report_finedetail import fmt, paired
 
     lines = []
     for row in state.get("extra_rows", []):
@@ -382,7 +370,6 @@ def extra_rows_text(state: dict, extra: list[str], labels: dict) -> str:
 def write_quick(state: dict, results: Path) -> None:
     """The section "fashion-mnist-rows": rows.yaml's rows against the val-tuned Mexican hat,
     both rerun now with the same 3 training seeds (``run.py --quick``)."""
-    from scripts.experiment.report_finedetail import fmt, mean_std, paired
 
     settings = state["settings"]
     rows = [("latinhib-log", "latinhib, Mexican hat, val-tuned (the full run's main row)", "")]
@@ -393,8 +380,8 @@ def write_quick(state: dict, results: Path) -> None:
         key = "log" if name == "latinhib-log" else name
         cli = state["cli"][key]
         body.append([label, f"`{options or ' '.join(cli['args'])}`", f"{cli['kept_share']:.2f}",
-                     f"{cli['mask_quality_train']['iou']:.3f}", mean_std(state, name, "test/mixed_rand"),
-                     mean_std(state, name, "bg_gap"),
+                     f"{cli['mask_quality_train']['iou']:.3f}", mean_pm_std(state, name, "test/mixed_rand"),
+                     mean_pm_std(state, name, "bg_gap"),
                      "-" if name == "latinhib-log" else fmt(paired(state, name, "latinhib-log"))])
     seeds = sorted({int(k.rsplit("/", 1)[1]) for k in state["protocol"] if k.startswith("latinhib-log/")})
     text = f"""## Fashion-MNIST benchmark: latinhib's rows rerun side by side
@@ -418,23 +405,6 @@ def recovered_share(state: dict, method: str) -> str:
     base, oracle = stats(state, "baseline", "test/mixed_rand")[0], stats(state, "oracle", "test/mixed_rand")[0]
     value = stats(state, method, "test/mixed_rand")[0]
     return f"{100 * (value - base) / (oracle - base):.0f}%" if oracle != base else "-"
-
-
-def write_section(results: Path, name: str, text: str) -> None:
-    """Replace the text between ``<!-- begin NAME -->`` and ``<!-- end NAME -->`` in
-    ``results`` (append the section if it is not there), keeping everything else: the page
-    has sections written by different scripts (and by hand). Written atomically."""
-    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
-    block = f"{begin}\n{text.strip()}\n{end}"
-    old = results.read_text() if results.exists() else ""
-    if begin in old and end in old:
-        head, rest = old.split(begin, 1)
-        new = head + block + rest.split(end, 1)[1]
-    else:
-        new = old.rstrip("\n") + ("\n\n" if old.strip() else "") + block + "\n"
-    temporary = results.with_name(results.name + ".tmp")
-    temporary.write_text(new)
-    temporary.replace(results)
 
 
 def difference(state: dict, a: str, b: str, key: str = "test/mixed_rand") -> str:

@@ -12,45 +12,14 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from scripts.experiment.report import font, table, write_section
+from scripts.experiment.report_common import KEY, fmt, font, mean_pm_std, paired, per_seed, table, write_section
 
-KEY = "test/mixed_rand"
 TESTS = ["test/original", "test/only_fg", "test/mixed_same", "test/mixed_rand", "bg_gap"]
 LABELS = {"baseline": "baseline (no enhancement)", "oracle": "oracle (true background blurred)",
           "blur-all": "blur the whole image (q = 1)", "gradcam": "Grad-CAM threshold"}
-
-
-def per_seed(state: dict, method: str, key: str = KEY) -> dict[int, float]:
-    return {int(name.rsplit("/", 1)[1]): scores[key] for name, scores in state["protocol"].items()
-            if name.rsplit("/", 1)[0] == method}
-
-
-def mean_std(state: dict, method: str, key: str) -> str:
-    values = np.asarray(list(per_seed(state, method, key).values()))
-    if len(values) == 0:
-        return "-"
-    std = values.std(ddof=1) if len(values) > 1 else float("nan")
-    return f"{100 * values.mean():.1f} ± {100 * std:.1f}"
-
-
-def paired(state: dict, a: str, b: str, key: str = KEY) -> tuple[float, float, int]:
-    """Mean and standard error of a - b over the seeds both have; (nan, nan, 0) if none."""
-    sa, sb = per_seed(state, a, key), per_seed(state, b, key)
-    seeds = sorted(set(sa) & set(sb))
-    if not seeds:
-        return float("nan"), float("nan"), 0
-    diffs = np.asarray([sa[s] - sb[s] for s in seeds])
-    se = diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
-    return float(diffs.mean()), float(se), len(seeds)
-
-
-def fmt(diff: tuple[float, float, int]) -> str:
-    mean, se, n = diff
-    return "-" if n == 0 else f"{100 * mean:+.1f} ± {100 * se:.1f}"
 
 
 def share_of_oracle(state: dict, method: str) -> float:
@@ -70,7 +39,7 @@ def criteria(state: dict, row: str) -> list[tuple[str, bool, str]]:
     ]
 
 
-def example_strip(path: Path, work: Path, rows: list[str], count: int = 6) -> None:
+def masks_per_row_strip(path: Path, work: Path, rows: list[str], count: int = 6) -> None:
     """Train images the CLI enhanced: original, true mask, then each latinhib row's mask."""
     masks_dir = work / f"masks-{rows[0]}"
     picks = sorted(masks_dir.rglob("*.png"))
@@ -101,7 +70,7 @@ def write_finedetail(state: dict, info: dict, config: dict, results: Path, work:
     order = [m for m in state["order"] if per_seed(state, m)]
     seeds = sorted({int(k.rsplit("/", 1)[1]) for k in state["protocol"]})
     cam = state["gradcam"]
-    example_strip(results.parent / "results-finedetail-examples.png", work, rows)
+    masks_per_row_strip(results.parent / "results-finedetail-examples.png", work, rows)
 
     def kept(method: str) -> str:
         if method in state["cli"]:
@@ -117,7 +86,7 @@ def write_finedetail(state: dict, info: dict, config: dict, results: Path, work:
     accuracy_table = table(
         ["enhancer", "kept share / IoU (train)", "original", "only_fg", "mixed_same", "mixed_rand",
          "BG-gap", "share of oracle's gain"],
-        [[labels[m], kept(m)] + [mean_std(state, m, key) for key in TESTS]
+        [[labels[m], kept(m)] + [mean_pm_std(state, m, key) for key in TESTS]
          + ["-" if m == "baseline" else f"{100 * share_of_oracle(state, m):.0f}%"] for m in order])
     paired_table = table(
         ["enhancer", "vs baseline", "vs blur-all", "vs Grad-CAM", "vs oracle"],
@@ -138,7 +107,7 @@ def write_finedetail(state: dict, info: dict, config: dict, results: Path, work:
         checks.append(f"- **{row}**: " + "; ".join(f"{what}: {'met' if ok else 'NOT met'} ({figures})"
                                                   for what, ok, figures in items))
     readme = table(["training set", "mixed_rand", "vs blur-all (paired)", "share of oracle's gain"],
-                   [[labels[m], mean_std(state, m, KEY),
+                   [[labels[m], mean_pm_std(state, m, KEY),
                      "-" if m in ("baseline", "blur-all") else fmt(paired(state, m, "blur-all")),
                      "-" if m == "baseline" else f"{100 * share_of_oracle(state, m):.0f}%"] for m in order])
     pre = state["pretrain"]

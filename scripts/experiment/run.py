@@ -24,10 +24,6 @@ import argparse
 import hashlib
 import itertools
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -37,14 +33,14 @@ import torch
 from latinhib.importance import importance_maps
 from latinhib.inhibition import combine_maps, make_mask, quantile_threshold
 from scripts.experiment import data as bench
+from scripts.experiment.common import ROOT, SEEDS, Split, cli_outputs, evaluate, log, mask_arguments, run_enhance
 from scripts.experiment.enhancers import (blend_images, enhance, gradcam_maps, mask_scores,
                                           quantile_mask, selected)
+from scripts.experiment.finedetail import drop, load_rows, run_pattern, train_all
 from scripts.experiment.models import SmallResNet
-from scripts.experiment.train import MEAN, STD, accuracy, load_folder, normalise, train_model
+from scripts.experiment.report import write_quick, write_report
+from scripts.experiment.train import normalise, train_model
 
-ROOT = Path(__file__).resolve().parents[2]
-ARCH = "scripts.experiment.models:SmallResNet"
-SEEDS = (0, 1, 2)
 TEST_SETS = bench.TEST_SETS
 
 # Candidate layer sets. SmallResNet's stages at a 64x64 input: layer1 32x32 (stride 2),
@@ -71,18 +67,6 @@ PUBLISHED_SETTINGS = {"layers": ["layer1"], "target": "entropy", "filter": "log"
                       "k": 7, "q": 0.95, "r": 0.75, "blur": 3.0}
 KINDS = ("log", "gaussian", "none")   # the val-tuned latinhib rows, one per filter
 ORDER_KINDS = KINDS + ("baseline", "oracle", "gradcam", "blur-all")  # names rows.yaml may not use
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-class Split:
-    """One split in memory: uint8 images, labels, relative names, boolean masks."""
-
-    def __init__(self, root: Path, split: str, classes: list[str]):
-        self.images, self.labels, self.names = load_folder(root / "images" / split, classes)
-        self.masks = load_folder(root / "masks" / split, classes)[0][:, 0] > 127
 
 
 # ----------------------------------------------------------------------------------------
@@ -142,80 +126,6 @@ def best(rows: list[dict], **where) -> dict:
 # training and evaluation
 
 
-def evaluate(model, splits: dict[str, Split], names) -> dict[str, float]:
-    scores = {name: accuracy(model, splits[name].images, splits[name].labels) for name in names}
-    if "test/mixed_same" in scores:
-        scores["bg_gap"] = scores["test/mixed_same"] - scores["test/mixed_rand"]
-    if "val_same" in scores:
-        scores["val_gap"] = scores["val_same"] - scores["val_rand"]
-    return scores
-
-
-def mask_arguments(settings: dict) -> list[str]:
-    """The CLI options of the experiment's val-chosen mask ``settings``: the plain gradient,
-    as the val sweeps measure it (``layer_maps``), whatever configs/default.yaml says; the
-    fixed sigma (--sigma without scales); the filter's own response as the outline."""
-    return ["--layers", ",".join(settings["layers"]), "--target", settings["target"],
-            "--filter", settings["filter"], "--sigma", str(settings["sigma"]),
-            "--kernel-size", str(settings["k"]), "-q", str(settings["q"]),
-            "--set", "inhibition.importance=gradient", "--set", "inhibition.outline=response"]
-
-
-def run_enhance(src: Path, dst: Path, masks: Path, checkpoint: Path, classes: list[str],
-                mask_args: list[str], ratio: float, blur: float, threads: int) -> dict:
-    """`latinhib enhance` as a user runs it on the experiment's model, with ``mask_args``
-    (any CLI options: --filter, -q, --set KEY=VALUE ...) after the benchmark's own
-    (model, ratio r, blur sigma: the same for every enhancer); returns its JSON summary.
-
-    The model's ``classes`` are given as a user with a checkpoint fine-tuned on these
-    folders gives them, so target auto takes each image's label, as Grad-CAM does here
-    (without them latinhib fell back to the model's own, sometimes wrong, top-1)."""
-    if dst.exists():
-        shutil.rmtree(dst)
-    if masks.exists():
-        shutil.rmtree(masks)
-    command = [
-        sys.executable, "-m", "latinhib", "enhance", str(src), str(dst),
-        "--arch", ARCH, "--checkpoint", str(checkpoint),
-        "--set", f"model.kwargs={{num_classes: {len(classes)}}}",
-        "--set", f"model.classes=[{', '.join(classes)}]",
-        "--set", "model.input_size=64",
-        "--set", f"model.mean={list(MEAN)}", "--set", f"model.std={list(STD)}",
-        *mask_args,
-        "--ratio", str(ratio), "--blur-sigma", str(blur),
-        "--device", "cpu", "--workers", "0", "--batch-size", "64",
-        "--set", f"runtime.threads={threads}",
-        "--save-masks", str(masks), "--json", "--quiet",
-    ]
-    environment = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    log("$ " + " ".join(command))
-    result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"latinhib enhance failed ({result.returncode}):\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def cli_outputs(dst: Path, masks_dir: Path, train: Split, classes: list[str]):
-    """Images written by the CLI, its masks (all-ones where a file was only copied) and
-    which files it enhanced according to its manifest."""
-    images = load_folder(dst, classes)[0]
-    enhanced = set()
-    for line in (dst / "latinhib-manifest.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        if entry.get("selected"):
-            enhanced.add(entry.get("path") or entry.get("rel") or entry.get("src"))
-    masks = torch.ones_like(train.masks)
-    which = torch.zeros(len(train.names), dtype=torch.bool)
-    for i, name in enumerate(train.names):
-        path = masks_dir / name
-        path = path if path.exists() else path.with_suffix(path.suffix + ".png")
-        if path.exists():
-            from PIL import Image
-            masks[i] = torch.from_numpy(np.asarray(Image.open(path)) > 127)
-            which[i] = True
-    return images, masks, which, enhanced
-
-
 def mask_gallery(model, val: Split, settings: dict, gradcam_layer: str, path: Path) -> None:
     """Masks of a few val images: true mask, latinhib at the chosen settings and at q 0.7,
     the three filters, Grad-CAM. White = kept sharp."""
@@ -246,7 +156,7 @@ def mask_gallery(model, val: Split, settings: dict, gradcam_layer: str, path: Pa
     canvas.save(path)
 
 
-def mean_std(values) -> tuple[float, float]:
+def mean_and_std(values) -> tuple[float, float]:
     array = np.asarray(values, dtype=np.float64)
     return float(array.mean()), float(array.std(ddof=1) if len(array) > 1 else 0.0)
 
@@ -258,7 +168,6 @@ def cli_rows(state: dict, save, work: Path, data_root: Path, train: Split, class
     train images per method. The CLI passes are redone on every run (seconds); a row's
     trainings are kept only while its output images are byte-identical, so the results are
     always those of the code and config at hand."""
-    from scripts.experiment.finedetail import drop
 
     state.setdefault("cli", {})
     state.setdefault("protocol", {})
@@ -285,8 +194,6 @@ def quick_rows(args, state: dict, save, data_root: Path, splits: dict, classes: 
                checkpoint: Path, eval_names: list[str]) -> None:
     """--quick: the val-tuned Mexican hat at PUBLISHED_SETTINGS and rows.yaml's fashion rows,
     3 seeds each (seed-major), and the section "fashion-mnist-rows" of docs/RESULTS.md."""
-    from scripts.experiment.finedetail import load_rows, train_all
-    from scripts.experiment.report import write_quick
 
     settings = PUBLISHED_SETTINGS
     extra = load_rows("fashion", args.rows, reserved=ORDER_KINDS)["rows"]
@@ -341,7 +248,6 @@ def main() -> None:
     if args.work is None:
         args.work = ROOT / "out" / ("experiment" if args.benchmark == "fashion" else "experiment-pattern")
     if args.benchmark == "pattern":
-        from scripts.experiment.finedetail import run_pattern
         run_pattern(args)
         return
     started = time.time()
@@ -456,7 +362,6 @@ def main() -> None:
     save()
 
     # 4. the protocol: real CLI (cli_rows), references on the same files, 3 seeds
-    from scripts.experiment.finedetail import load_rows
     extra = load_rows("fashion", args.rows, reserved=ORDER_KINDS)["rows"]
     state["extra_rows"] = [{"name": row["name"], "label": row["label"], "args": row["args"]} for row in extra]
     rows = [(kind, f"latinhib-{kind}", mask_arguments(dict(settings, filter=kind))) for kind in KINDS]
@@ -489,7 +394,6 @@ def main() -> None:
     save()
 
     # 5. report
-    from scripts.experiment.report import write_report
     mask_gallery(pretrained, val, settings, gradcam_layer, args.results.parent / "results-masks.png")
     write_report(state, info, args.results, work)
     log(f"done in {time.time() - started:.0f} s; wrote {args.results}")

@@ -3,7 +3,7 @@ one batch of real-sized model inputs, the paper's settings against the defaults 
 CPUs with AMX, and float32), alternating repeats in one process so machine load hits
 every row alike. Prints the median ms per image of each row and of steps 4-5 alone.
 
-    PYTHONPATH=. python scripts/masks/cost.py --arch mobilenet_v2 --threads 1
+    .venv/bin/python -m scripts.masks.cost --arch mobilenet_v2 --threads 1
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 exact, for latinhib's mask variants and for pytorch-grad-cam at its best layer, per
 object-size bucket, on two real ImageNet classifiers of different families.
 
-    PYTHONPATH=. python scripts/masks/run.py                 # both models, prints the tables
-    PYTHONPATH=. python scripts/masks/run.py --write docs/RESULTS.md
+    .venv/bin/python -m scripts.masks.run                 # both models, prints the tables
+    .venv/bin/python -m scripts.masks.run --write docs/RESULTS.md
 
 The models are loaded the way a user loads them (latinhib's ``load_model`` on config
 overrides; EfficientNet-Lite0 through ``model.arch: module:callable`` + ``model.checkpoint``).
@@ -27,14 +27,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import scenes as scenes_mod  # noqa: E402
-
-from latinhib.api import Importance, LateralInhibition, recombine  # noqa: E402
-from latinhib.config import load_config  # noqa: E402
-from latinhib.importance import importance_maps  # noqa: E402
-from latinhib.inhibition import auto_quantile, quantile_threshold  # noqa: E402
-from latinhib.models import load_model  # noqa: E402
+from latinhib.api import Importance, LateralInhibition, recombine
+from latinhib.config import load_config
+from latinhib.importance import importance_maps
+from latinhib.inhibition import auto_quantile, quantile_threshold
+from latinhib.models import load_model
+from scripts.masks import scenes as scenes_mod
 
 BATCH = 16
 #: Fixed q values scored for every method; "auto" is each map's own Otsu q (the same

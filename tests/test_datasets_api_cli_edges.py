@@ -50,8 +50,8 @@ def test_q_auto_is_accepted_on_the_command_line(tmp_path):
 @pytest.mark.parametrize("option, default", [("--quantile", "auto"), ("--ratio", "0.75"), ("--sigma", "2"),
                                              ("--target", "auto"), ("--batch-size", None)])
 def test_options_help_shows_the_defaults(option, default):
-    help_text = " ".join(invoke("enhance", "--help").output.split())
-    described = help_text.split(option, 1)[1].split(" --", 1)[0]
+    options = invoke("enhance", "--help").output.split("Options:", 1)[1]
+    described = " ".join(options.split()).split(f"{option} ", 1)[1].split(" --", 1)[0]
     assert "default" in described, described
     if default is not None:
         assert re.search(rf"default: {re.escape(default)}\b", described), described

@@ -106,8 +106,9 @@ def test_a_log_gets_whole_lines_the_failed_files_and_a_grammatical_summary(tmp_p
     failure = [line for line in lines if "b.jpg" in line]
     assert len(failure) == 1 and failure[0].startswith("latinhib: "), lines  # not glued to a bar
     assert lines[-1].startswith("latinhib: 1 image evaluated, 1 failed"), lines
-    bar = [line for line in lines if "img" in line and "/" in line and not line.startswith("latinhib:")]
-    assert bar and "2/2" in bar[-1], lines  # one count per image, to the end
+    assert "\r" not in proc.stderr  # a log gets lines, not a redrawn bar
+    assert any(line.startswith("latinhib: masks: 2/2 images") for line in lines), lines  # images counted once
+    assert any(line.startswith("latinhib: variants: 1/1 image ") for line in lines), lines  # ... to the end
     document = json.loads(proc.stdout)
     assert document["config"]["evaluate"]["failed_files"] == [
         {"path": f"{ESPRESSO_WNID}/b.jpg", "error": failure[0].split(": ", 2)[2]}]

@@ -2,7 +2,7 @@
 decimal text, as webdataset's own writers and the ImageNet shard converters write it) or
 one field of a ``KEY.json`` member (``model.label_key``). ``labels.py`` decides whether
 these labels are the loss target; this module only reads them, one small member per
-sample at listing time (a pread each: ~1000x less than the sample's image decode).
+sample at listing time (a pread of a few bytes, next to decoding the image).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 from typing import Optional, Sequence, Tuple, Union
 
 from . import shards
-from .shards import Member, Sample
+from .shards import Member
 
 __all__ = ["CLS_EXTENSION", "JSON_EXTENSION", "LabelError", "read_label"]
 
@@ -22,8 +22,8 @@ class LabelError(ValueError):
     """A sample's label member is there but unusable; the message says why."""
 
 
-def _member(sample: Sample, extension: str) -> Optional[Member]:
-    return next((m for m in sample.members if m.extension.lower() == extension), None)
+def _member(members: Sequence[Member], extension: str) -> Optional[Member]:
+    return next((m for m in members if m.extension.lower() == extension), None)
 
 
 def _as_index(value: Union[int, str, float], where: str, classes: Optional[Sequence[str]]) -> int:
@@ -46,13 +46,14 @@ def _as_index(value: Union[int, str, float], where: str, classes: Optional[Seque
     return index
 
 
-def read_label(path, sample: Sample, label_key: Optional[str] = None,
+def read_label(path, members: Sequence[Member], label_key: Optional[str] = None,
                classes: Optional[Sequence[str]] = None) -> Tuple[Optional[int], Optional[str]]:
-    """(class index, None), or (None, why not): the sample's ``.cls`` member, or with
-    ``label_key`` the field of that name in its ``.json`` member. ``path`` is the shard's
-    local file (a spool file for ``pipe:``/gzip shards)."""
+    """(class index, None), or (None, why not): the ``.cls`` member among a sample's
+    ``members``, or with ``label_key`` the field of that name in its ``.json`` member.
+    ``path`` is the shard's local file (a spool file for ``pipe:``/gzip shards); an index
+    is checked against ``classes`` when the model names them."""
     if label_key:
-        member = _member(sample, JSON_EXTENSION)
+        member = _member(members, JSON_EXTENSION)
         if member is None:
             return None, f"no .{JSON_EXTENSION} member for model.label_key {label_key!r}"
         try:
@@ -64,7 +65,7 @@ def read_label(path, sample: Sample, label_key: Optional[str] = None,
         where = f"{member.name}[{label_key!r}]"
         value = document[label_key]
     else:
-        member = _member(sample, CLS_EXTENSION)
+        member = _member(members, CLS_EXTENSION)
         if member is None:
             return None, f"no .{CLS_EXTENSION} member"
         try:

@@ -163,3 +163,16 @@ def test_evaluate_and_preview_accept_shards(tmp_path):
     result = invoke("preview", shard, "-o", sheet, "--n", "2", *RUN)
     assert result.exit_code == 0, result.output
     assert Image.open(sheet).size[0] > 0
+
+
+def test_sample_keys_are_unique_and_stable():
+    from latinhib.shard_keys import member_extension, sample_keys
+
+    rels = ["cat/photo.2019.jpg", "cat/photo.2020.jpg", "cat/photo.png", "cat/photo_2019.jpg", "cat/photo.jpg",
+            "n0/n0_1.JPEG"]
+    keys = sample_keys(rels)
+    assert keys == {"cat/photo.2019.jpg": "cat/photo_2019", "cat/photo.2020.jpg": "cat/photo_2020",
+                    "cat/photo.png": "cat/photo", "cat/photo_2019.jpg": "cat/photo_2019_jpg",
+                    "cat/photo.jpg": "cat/photo_jpg", "n0/n0_1.JPEG": "n0/n0_1"}
+    assert sample_keys(rels) == keys  # the same listing, the same keys (a rerun finds its shards)
+    assert [member_extension(r) for r in ("a.JPEG", "b.jpeg", "c.PNG", "d.tiff")] == ["jpg", "jpg", "png", "tif"]

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import tarfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple
 
 import pytest
-from click.testing import CliRunner
 from PIL import Image
+
+from helpers import invoke, manifest_entries as manifest  # noqa: F401 - the tests import them from here
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image is needed for chelsea() and coffee()")
 wds = pytest.importorskip("webdataset", reason="the standard WebDataset reader/writer (the test extra)")
-
-from latinhib.cli import main  # noqa: E402
 
 WEIGHTS_FILE = Path.home() / ".cache" / "torch" / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth"
 needs_weights = pytest.mark.skipif(not WEIGHTS_FILE.is_file(),
@@ -91,14 +89,6 @@ def read_back(urls: Sequence[str], *fields: str) -> List[Tuple]:
 def gz_members(path: Path) -> List[str]:
     with gzip.open(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         return [member.name for member in tar]
-
-
-def invoke(*args, **kwargs):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, **kwargs)
-
-
-def manifest(dst: Path) -> List[dict]:
-    return [json.loads(line) for line in (dst / "latinhib-manifest.jsonl").read_text().splitlines()]
 
 
 def said(result) -> List[str]:

@@ -93,6 +93,12 @@ class InhibitionResult:
     target: Optional[str]
 
 
+def _check_targets(targets: Optional[torch.Tensor], n: int) -> None:
+    if targets is not None and (targets.ndim != 1 or targets.shape[0] != n):
+        raise ValueError(f"targets should have one entry per image ({n}). Got {targets.shape[0] if targets.ndim else 0}"
+                         f" (shape {tuple(targets.shape)})")
+
+
 class LateralInhibition:
     """Lateral-inhibition data enhancement for a CNN classifier: the model's loss gradients
     say which parts of each image matter, a Mexican-hat filter sharpens that map, and the
@@ -156,10 +162,20 @@ class LateralInhibition:
             self.layers = default_layers(model, self.input_size)
         self._generator = torch.Generator().manual_seed(self.settings.seed)
 
+    def _dtype(self) -> torch.dtype:
+        param = next(self.model.parameters(), None)
+        return param.dtype if param is not None and param.is_floating_point() else torch.float32
+
     def importance(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> Importance:
         """Steps 1-5 on model inputs (N, C, H, W): combined maps and thresholds."""
         s = self.settings
         n = images.shape[0]
+        _check_targets(targets, n)
+        # The model's own dtype for its pass (a float64 batch, say, under bf16 autocast or
+        # none); the maps come back in float32 whatever the input.
+        model_dtype = self._dtype()
+        if images.dtype != model_dtype:
+            images = images.to(model_dtype)
         if s.flip:
             # The mirrored copy rides in the same batch; its maps are mirrored back and
             # averaged with the originals, which cancels left-right artefacts of strided
@@ -229,6 +245,7 @@ class LateralInhibition:
         if images.ndim != 4 or not images.is_floating_point():
             raise ValueError(f"images should be a float (N, C, H, W) tensor. Got {images.dtype} {tuple(images.shape)}")
         n, _, h, w = images.shape
+        _check_targets(targets, n)
         selected = self.select(n, keys).to(images.device)
         enhanced = images.clone()
         masks = images.new_ones((n, h, w))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -61,27 +62,79 @@ FLAG_KEYS = {"trust_checkpoint": "model.trust_checkpoint", "overwrite": "output.
              "images_only": "output.images_only"}
 
 
-def config_options(func):
-    """The options shared by every command that builds a config."""
+def _with_default(text: str, key: str) -> str:
+    """An option's help with its config key's default (the config's own: it cannot drift).
+    Not click's ``default=``: a default there would override the --config file's value."""
+    return f"{text}  [default: {_default(key)}]"
+
+
+def _default(key: str) -> str:
+    from .config import Config
+
+    section, name = key.split(".")
+    value = getattr(getattr(Config(), section), name)
+    if value is None:
+        return "none"
+    if isinstance(value, (tuple, list)):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class _Quantile(click.ParamType):
+    """``-q``: a number in [0, 1], or ``auto`` (the default: per image, by Otsu's method)."""
+
+    name = "Q|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == "auto":
+            return value
+        try:
+            return float(value)  # its range is the config's to check (inhibition.quantile's message)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number in [0, 1] or auto", param, ctx)
+
+
+def config_options(func=None, *, evaluate: bool = False):
+    """The options shared by every command that builds a config. ``evaluate``: without
+    ``--ratio`` (evaluate enhances no files: every image is evaluated), and ``--seed`` is
+    the pairing's and the bootstrap's seed there."""
+    if func is None:
+        return lambda f: config_options(f, evaluate=evaluate)
+    seed_help = ("Seed of the background pairing, the bootstrap and the sample sheet." if evaluate
+                 else "Seed of the per-file selection.")
+    ratio = click.option("--ratio", type=float,
+                         help=_with_default("Fraction of images to enhance (0-1).", "inhibition.ratio"))
     options = [
         click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file."),
-        click.option("--arch", help="torchvision architecture (resnet50, ...) or 'package.module:Class'."),
-        click.option("--weights", help="torchvision weights name, e.g. IMAGENET1K_V1 or ResNet50_Weights.IMAGENET1K_V2."),
+        click.option("--arch", help=_with_default("torchvision architecture (resnet50, ...) or "
+                                                  "'package.module:Class'.", "model.arch")),
+        click.option("--weights", help=_with_default("torchvision weights name, e.g. IMAGENET1K_V1 or "
+                                                     "ResNet50_Weights.IMAGENET1K_V2.", "model.weights")),
         click.option("--checkpoint", type=click.Path(dir_okay=False), help="state_dict or TorchScript file."),
         click.option("--trust-checkpoint", is_flag=True, default=None,
                      help="Allow a fully pickled model (runs code from the file)."),
         click.option("--layers", help="Comma-separated module names whose gradients are used."),
-        click.option("--target", type=click.Choice(TARGETS), help="Loss target."),
-        click.option("-q", "--quantile", type=float, help="Fraction of each image to blur (0-1)."),
-        click.option("--sigma", type=float, help="Mexican-hat sigma, in stride-16 feature pixels."),
-        click.option("--kernel-size", type=int, help="Mexican-hat kernel size k (odd)."),
-        click.option("--filter", type=click.Choice(FILTERS), help="Importance filter (log: the paper's Mexican hat)."),
-        click.option("--ratio", type=float, help="Fraction of images to enhance (0-1)."),
-        click.option("--blur-sigma", type=float, help="Blur sigma in model-input pixels."),
-        click.option("--seed", type=int, help="Seed of the per-file selection."),
-        click.option("--device", help="auto, cpu, cuda or cuda:N."),
-        click.option("--batch-size", type=int, help="Images per model pass."),
-        click.option("--workers", type=int, help="Decoding workers (processes on CUDA; on a CPU, threads when the model streams have several threads)."),
+        click.option("--target", type=click.Choice(TARGETS),
+                     help=_with_default("Loss target: auto is the label where every image has one (class folders, "
+                                        ".cls; docs/datasets.md), else pred.", "model.target")),
+        click.option("-q", "--quantile", type=_Quantile(),
+                     help=_with_default("Fraction of each image to blur (0-1), or auto (per image).",
+                                        "inhibition.quantile")),
+        click.option("--sigma", type=float,
+                     help=_with_default("Mexican-hat sigma, in stride-16 feature pixels (one fixed sigma: "
+                                        "inhibition.scales becomes none).", "inhibition.sigma")),
+        click.option("--kernel-size", type=int,
+                     help=_with_default("Mexican-hat kernel size k (odd).", "inhibition.kernel_size")),
+        click.option("--filter", type=click.Choice(FILTERS),
+                     help=_with_default("Importance filter (log: the paper's Mexican hat).", "inhibition.filter")),
+        *([] if evaluate else [ratio]),
+        click.option("--blur-sigma", type=float, help=_with_default("Blur sigma in model-input pixels.", "blur.sigma")),
+        click.option("--seed", type=int, help=_with_default(seed_help, "inhibition.seed")),
+        click.option("--device", help=_with_default("auto, cpu, cuda or cuda:N.", "runtime.device")),
+        click.option("--batch-size", type=int, help=_with_default("Images per model pass.", "runtime.batch_size")),
+        click.option("--workers", type=int,
+                     help=_with_default("Decoding workers (processes on CUDA; on a CPU, threads when the model "
+                                        "streams have several threads).", "runtime.workers")),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. blur.feather=2."),
     ]
     for option in reversed(options):
@@ -106,7 +159,40 @@ def build_config(config_file: Optional[str], sets: Tuple[str, ...], values: Dict
         raise BadInput(str(exc)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: A hyphen inside a word, held together while help text is wrapped.
+_HYPHEN_IN_WORD = re.compile(r"(?<=[\w/.])-(?=[\w])")
+_HELD = "\u2011"  # non-breaking hyphen: textwrap never breaks a line at it
+
+
+class _HelpFormatter(click.HelpFormatter):
+    """click's help layout, except that a line never breaks inside a hyphenated name
+    (``latinhib-`` / ``manifest.jsonl``, ``--also-`` / ``checkpoint``: textwrap breaks at
+    hyphens). Hyphens inside words are held as U+2011 while wrapping and given back."""
+
+    def write_text(self, text: str) -> None:
+        super().write_text(_HYPHEN_IN_WORD.sub(_HELD, text))
+
+    def write_dl(self, rows, col_max: int = 30, col_spacing: int = 2) -> None:
+        super().write_dl([(first, _HYPHEN_IN_WORD.sub(_HELD, second)) for first, second in rows], col_max, col_spacing)
+
+    def getvalue(self) -> str:
+        return super().getvalue().replace(_HELD, "-")
+
+
+class _Context(click.Context):
+    formatter_class = _HelpFormatter
+
+
+class _Command(click.Command):
+    context_class = _Context
+
+
+class _Group(click.Group):
+    context_class = _Context
+    command_class = _Command
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="latinhib")
 def main() -> None:
     """Lateral-inhibition data enhancement: blur what a pretrained CNN finds unimportant.
@@ -308,7 +394,7 @@ def merge(dst: Path, as_json: bool, quiet: bool) -> None:
 
 
 @main.command()
-@click.argument("src", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("src")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The sheet to write (.png or .jpg).")
 @click.option("-n", "--n", "count", type=click.IntRange(1, 256), default=8, show_default=True,
@@ -346,8 +432,8 @@ def preview(src: Path, output: Path, count, files, grid, cell, config_file, sets
 
 
 @main.command("evaluate")
-@click.argument("src", type=click.Path(file_okay=False, path_type=Path))
-@config_options
+@click.argument("src")
+@config_options(evaluate=True)
 @click.option("--also-checkpoint", "also", multiple=True, type=click.Path(dir_okay=False),
               help="Another checkpoint of the same architecture, evaluated on the same variants (repeatable).")
 @click.option("--masks", type=click.Path(file_okay=False, exists=True, path_type=Path),
@@ -363,8 +449,10 @@ def evaluate_command(src: Path, config_file, sets, also, masks, save_variants, r
     """Top-1 accuracy on the images of SRC as they are and with their background blurred,
     object blurred, background swapped (from an image of another class) or object alone on
     the mean colour, the masks made by latinhib (or --masks); with 95% bootstrap intervals,
-    the gaps between variants and, per --also-checkpoint, paired differences. SRC's class
-    folders must be the model's classes. Exit 1 when some files failed.
+    the gaps between variants and, per --also-checkpoint, paired differences. SRC is an
+    ImageFolder tree whose class folders are the model's classes (names, indices or ImageNet
+    WordNet IDs), or WebDataset shards whose samples carry a .cls (or model.label_key).
+    Exit 1 when some files failed.
 
     \b
     Example:

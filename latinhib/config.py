@@ -68,6 +68,10 @@ class ModelConfig:
     # class names in output order (for target: label and the manifest); null = from the
     # weights' metadata, else "0".."K-1".
     classes: Optional[Tuple[str, ...]] = None
+    # WebDataset shards: the field of each sample's KEY.json that holds its label (a class
+    # index or name), for target auto/label and evaluate; null = the sample's KEY.cls
+    # member, as webdataset's writers and the ImageNet shard converters write labels.
+    label_key: Optional[str] = None
     # keyword arguments for the architecture's constructor (num_classes is read from the
     # checkpoint when not given).
     kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -301,6 +305,7 @@ def _validate(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
         if out["std"] is not None and any(v <= 0 for v in out["std"]):
             raise _fail(k("std"), list(out["std"]), "positive numbers")
         out["classes"] = _strings(k("classes"), out["classes"])
+        out["label_key"] = _optional_str(k("label_key"), out["label_key"])
         if not isinstance(out["kwargs"], Mapping):
             raise _fail(k("kwargs"), out["kwargs"], "a mapping of keyword arguments")
         out["kwargs"] = dict(out["kwargs"])

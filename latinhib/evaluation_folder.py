@@ -1,15 +1,18 @@
 """``latinhib evaluate SRC``: :class:`~latinhib.evaluation_passes.Evaluator` over a labelled
-ImageFolder tree, in batches of ``runtime.batch_size``. The class folders map onto the
-model's classes; the first pass decodes every image (a bad file gets one line and is left
-out), keeps the decoded inputs up to :data:`CACHE_BYTES` and makes the masks (or reads true
-ones, ``--masks``); the second builds the variants, pairs each image with a partner of another
-class, classifies, and optionally saves the variants (``--save-variants``) and the report's
-sample rows (``--report``, written by ``evaluation_report``).
+ImageFolder tree or WebDataset shards, in batches of ``runtime.batch_size``. Each image's
+label maps onto the model's classes (``labels.py``: class folders by name, index or ImageNet
+WordNet ID; a sample's ``.cls`` or JSON field); the first pass decodes every image (a bad
+file gets one line and is left out), keeps the decoded inputs up to :data:`CACHE_BYTES` and
+makes the masks (or reads true ones, ``--masks``, each doubtful one said and counted); the
+second builds the variants, pairs each image with a partner of another class, classifies,
+and optionally saves the variants (``--save-variants``) and the report's sample rows
+(``--report``, written by ``evaluation_report``).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,15 +20,16 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config
-from .data import DecodeError, Item, PathError, decode, display, list_folder
+from .data import DecodeError, Item, decode, display
 from .encoding import tensor_bytes
 from .evaluation_passes import BatchOutcome, Evaluator, MaskStore
 from .evaluation_statistics import RESAMPLES, EvaluateError, EvaluationResult, summarise
 from .files import atomic_write
-from .labels import class_labels
+from .labels import Labels, find_labels
 from .variants import pair_partners
 
 __all__ = ["CACHE_BYTES", "SAMPLE_ROWS", "FirstPass", "FolderRun", "evaluate_folder", "folder_labels", "load_mask"]
@@ -38,45 +42,41 @@ CACHE_BYTES = 1 << 30
 SAMPLE_ROWS = 4
 
 
-def folder_labels(images: Sequence[Item], classes: Optional[List[str]]) -> Dict[str, int]:
-    """Class folder -> model output index, by the mapping ``target: auto/label`` uses
-    (``labels.class_labels``: exact, ignoring case and '_' vs ' ', or a numeric folder).
-    Raises :class:`EvaluateError` naming the first folder (sorted) that does not map."""
-    loose = [item for item in images if item.class_name is None]
-    if loose:
-        raise EvaluateError(f"{display(loose[0].rel)!r} is not in a class folder; SRC should be an ImageFolder "
-                            f"tree SRC/<class>/<file> whose folders are the model's classes")
-    if not classes:
-        raise EvaluateError("the model has no class names to map the folders onto: set model.classes "
-                            "(e.g. the sorted folder names a torchvision ImageFolder trained it on)")
-    mapping = class_labels(images, classes)
-    if mapping is not None:
-        return mapping
-    first: Dict[str, Item] = {}
-    for item in images:
-        first.setdefault(item.class_name, item)
-    for name in sorted(first):
-        if class_labels([first[name]], classes) is None:
-            raise EvaluateError(f"class folder {display(name)!r} is not one of the model's {len(classes)} classes "
-                                f"(matched exactly, ignoring case and '_', or as an index); rename it or set "
-                                f"model.classes")
-    raise AssertionError("unreachable: every folder maps on its own")
+def folder_labels(images: Sequence[Item], config: Config, classes: Optional[List[str]]) -> Labels:
+    """Each image's class as a model output index, by the rules ``target: auto/label`` use
+    (``labels.find_labels``). Raises :class:`EvaluateError` naming the first folder
+    (sorted) or sample without one."""
+    labels, why, _ = find_labels(images, config, classes)
+    if labels is not None:
+        return labels
+    if any(item.shard is not None for item in images):
+        raise EvaluateError(f"{why or 'no labels'}: evaluate needs every sample's class (a .cls member, or the "
+                            f"KEY.json field model.label_key names)")
+    if why is not None and why.startswith("class folder") and classes:
+        raise EvaluateError(f"{why}; rename it or set model.classes")
+    if why is not None and not why.startswith("class folder"):
+        raise EvaluateError(f"{why}; SRC should be an ImageFolder tree SRC/<class>/<file> whose folders are "
+                            f"the model's classes")
+    raise EvaluateError(why or "no image is in a class folder")
 
 
 @dataclass
 class FolderRun:
     """A folder evaluation: the result, the files that failed (rel, cause), the images
-    evaluated and the wall time."""
+    evaluated, the wall time and the true masks that look wrong (rel, why)."""
 
     result: EvaluationResult
     failed: List[Tuple[str, str]]
     images: int
     seconds: float
+    doubtful: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def line(self) -> str:
         rate = self.images / self.seconds if self.seconds > 0 else float("nan")
         failed = f", {len(self.failed)} failed" if self.failed else ""
-        return f"{self.images} images evaluated{failed} in {self.seconds:.1f} s ({rate:.1f} img/s)"
+        doubtful = f", {len(self.doubtful)} doubtful mask{'s' * (len(self.doubtful) != 1)}" if self.doubtful else ""
+        return (f"{self.images} image{'s' * (self.images != 1)} evaluated{failed}{doubtful} in {self.seconds:.1f} s "
+                f"({rate:.1f} img/s)")
 
 
 @dataclass
@@ -95,19 +95,33 @@ class FirstPass:
     fill: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(3))
 
 
+#: A true mask whose width / height differs from its image's by more than this share was
+#: drawn for another picture (or another crop) of it: said, since it is stretched to fit.
+ASPECT_TOLERANCE = 0.02
+
+
+def _mask_names(rel: str) -> List[str]:
+    """Where the true mask of ``rel`` may be, in order: ``rel`` itself (a mirrored tree,
+    e.g. ImageNet-9's or the experiment's), ``rel.png`` (``--save-masks``), ``rel`` with a
+    .png suffix."""
+    return list(dict.fromkeys([rel, f"{rel}.png", Path(rel).with_suffix(".png").as_posix()]))
+
+
 def _mask_file(folder: Path, rel: str) -> Optional[Path]:
-    """The true mask of ``rel`` under ``folder``: ``rel`` itself (a mirrored tree, e.g.
-    ImageNet-9's or the experiment's), ``rel.png`` (``--save-masks``) or ``rel`` with a .png
-    suffix."""
-    for candidate in (folder / rel, folder / f"{rel}.png", (folder / rel).with_suffix(".png")):
-        if candidate.is_file():
-            return candidate
+    for name in _mask_names(rel):
+        if (folder / name).is_file():
+            return folder / name
     return None
 
 
 def load_mask(path: Path, size: Tuple[int, int]) -> torch.Tensor:
     """A mask file (any mode; > 50% grey = object) as a (H, W) 0/1 float mask at ``size``:
     the grey levels are scaled bilinearly (antialiased) and thresholded at half."""
+    return _read_mask(path, size)[0]
+
+
+def _read_mask(path: Path, size: Tuple[int, int]) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """(the mask at ``size``, the file's own (H, W))."""
     from PIL import Image
 
     try:
@@ -118,7 +132,21 @@ def load_mask(path: Path, size: Tuple[int, int]) -> torch.Tensor:
         raise DecodeError(f"mask {display(str(path))!r}: cannot decode: {exc}") from None
     scaled = F.interpolate(raw.float()[None, None] / 255.0, size=size, mode="bilinear", antialias=True,
                            align_corners=False)[0, 0]
-    return (scaled >= 0.5).float()
+    return (scaled >= 0.5).float(), (raw.shape[0], raw.shape[1])
+
+
+def mask_doubt(mask: torch.Tensor, mask_size: Tuple[int, int], image_size: Tuple[int, int]) -> Optional[str]:
+    """Why a true mask looks wrong for its image, or None: another aspect ratio (drawn for
+    another picture or crop: stretched to fit), or no object / no background at all (the
+    object or background variants are then the image itself, or none of it)."""
+    (mask_h, mask_w), (image_h, image_w) = mask_size, image_size
+    if abs((mask_w / mask_h) / (image_w / image_h) - 1) > ASPECT_TOLERANCE:
+        return f"mask is {mask_w}x{mask_h}, the image {image_w}x{image_h}: another aspect ratio (stretched to fit; used)"
+    if not bool(mask.any()):
+        return "mask is all black: no object (used)"
+    if bool(mask.all()):
+        return "mask is all white: no background (used)"
+    return None
 
 
 class _Inputs:
@@ -129,21 +157,35 @@ class _Inputs:
         self.items, self.loaded, self.masks_dir = items, loaded, masks_dir
         self.cache: Dict[int, torch.Tensor] = {}
         self.room = cache_bytes
+        self.doubtful: List[Tuple[str, str]] = []  # (rel, why) of true masks that look wrong
+        self._seen: set = set()
+        self._new: List[Tuple[str, str]] = []
 
     def load(self, index: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(model input (3, H, W), true mask (H, W) or None); raises DecodeError."""
         if index in self.cache:
             return self.cache[index], None
         item, loaded = self.items[index], self.loaded
-        decoded = decode(item.path, loaded.input_size, loaded.mean, loaded.std)
+        decoded = decode(item.image_source(), loaded.input_size, loaded.mean, loaded.std)
         mask = None
         if self.masks_dir is not None:
             path = _mask_file(self.masks_dir, item.rel)
             if path is None:
-                raise DecodeError(f"no mask under {display(str(self.masks_dir))!r} (looked for {display(item.rel)} "
-                                  f"and {display(item.rel)}.png)")
-            mask = load_mask(path, loaded.input_size)
+                names = [display(name) for name in _mask_names(item.rel)]
+                raise DecodeError(f"no mask under {display(str(self.masks_dir))!r} (looked for "
+                                  f"{', '.join(names[:-1])} and {names[-1]})")
+            mask, mask_size = _read_mask(path, loaded.input_size)
+            doubt = mask_doubt(mask, mask_size, tuple(decoded.pixels.shape[-2:]))
+            if doubt is not None and index not in self._seen:  # said once, in the first pass
+                self._seen.add(index)
+                self.doubtful.append((item.rel, doubt))
+                self._new.append((item.rel, doubt))
         return decoded.model_input, mask
+
+    def take_warnings(self) -> List[Tuple[str, str]]:
+        """The doubtful masks found since the last call, to be said once each."""
+        new, self._new = self._new, []
+        return new
 
     def keep(self, index: int, model_input: torch.Tensor) -> None:
         size = model_input.numel() * model_input.element_size()
@@ -195,9 +237,10 @@ def _decode_pool(workers: int):
 
 
 def _decode_batch(inputs: _Inputs, indices: Sequence[int], pool: Optional[ThreadPoolExecutor],
-                  failed: List[Tuple[str, str]], log: Callable[[str], None]):
+                  progress: "_Progress"):
     """[(index, (model input, true mask or None))] of the images in ``indices`` that decode,
-    in order; each one that does not gets a line on ``log`` and a row in ``failed``."""
+    in order; each one that does not is a failure of ``progress`` (one line); each doubtful
+    true mask gets a line."""
     def one(index: int):
         try:
             return index, inputs.load(index), None
@@ -209,9 +252,9 @@ def _decode_batch(inputs: _Inputs, indices: Sequence[int], pool: Optional[Thread
         if error is None:
             decoded.append((index, value))
             continue
-        rel = inputs.items[index].rel
-        log(f"latinhib: {display(rel)}: {error}")
-        failed.append((rel, error))
+        progress.fail(inputs.items[index].rel, error)
+    for rel, why in inputs.take_warnings():
+        progress.say(f"latinhib: {display(rel)}: {why}")
     return decoded
 
 
@@ -226,7 +269,7 @@ def _importance_masks(evaluator: Evaluator, decoded, labels: torch.Tensor, done:
 
 
 def _first_pass(inputs: _Inputs, evaluator: Optional[Evaluator], labels: torch.Tensor, batch_size: int,
-                workers: int, log: Callable[[str], None], bar) -> FirstPass:
+                workers: int, progress: "_Progress") -> FirstPass:
     """Decode every image, batch by batch; with ``evaluator``, its importance pass gives each
     mask and the first model's top-1 on the original, else the true masks are read."""
     done = FirstPass(first_top1={} if evaluator is not None else None)
@@ -234,7 +277,7 @@ def _first_pass(inputs: _Inputs, evaluator: Optional[Evaluator], labels: torch.T
     with _decode_pool(workers) as pool:
         for start in range(0, len(inputs.items), batch_size):
             indices = list(range(start, min(start + batch_size, len(inputs.items))))
-            decoded = _decode_batch(inputs, indices, pool, done.failed, log)
+            decoded = _decode_batch(inputs, indices, pool, progress)
             for index, (model_input, true_mask) in decoded:
                 inputs.keep(index, model_input)
                 sums = model_input.double().sum(dim=(1, 2))
@@ -245,8 +288,8 @@ def _first_pass(inputs: _Inputs, evaluator: Optional[Evaluator], labels: torch.T
                 done.good.append(index)
             if decoded and evaluator is not None:
                 _importance_masks(evaluator, decoded, labels, done)
-            if bar is not None:
-                bar.update(2 * len(indices) - len(decoded))  # a failed file has no second pass
+            progress.update(len(indices))
+    done.failed = progress.failed
     if total is not None:
         done.fill = (total / pixels).float()
     return done
@@ -281,7 +324,7 @@ def _sample_row(item: Item, index: int, outcome: BatchOutcome, masks: torch.Tens
 
 
 def _second_pass(evaluator: Evaluator, inputs: _Inputs, first: FirstPass, labels: torch.Tensor, config: Config,
-                 save_variants: Optional[Path], bar) -> Tuple[torch.Tensor, List[Dict[str, Any]]]:
+                 save_variants: Optional[Path], progress: "_Progress") -> Tuple[torch.Tensor, List[Dict[str, Any]]]:
     """Every decoded image through the variants and models, ``labels`` (one per
     ``first.good``). Returns correct (K, V, n) and the report's sample rows."""
     from .preview import sample
@@ -301,8 +344,7 @@ def _second_pass(evaluator: Evaluator, inputs: _Inputs, first: FirstPass, labels
             _save_variants(Path(save_variants), batch_items, outcome.variants, batch_masks, inputs.loaded)
         samples += [_sample_row(item, row, outcome, batch_masks, inputs.loaded)
                     for row, item in enumerate(batch_items) if item.rel in shown]
-        if bar is not None:
-            bar.update(len(rows))
+        progress.update(len(rows))
     return torch.cat(parts, dim=2), samples
 
 
@@ -310,32 +352,102 @@ def _second_pass(evaluator: Evaluator, inputs: _Inputs, first: FirstPass, labels
 # the command
 
 
-def _list_images(src: Path) -> List[Item]:
-    """The images under ``src`` (other files are not evaluated); a missing or empty SRC raises."""
-    if not src.is_dir():
-        raise EvaluateError(f"SRC {display(str(src))!r}: no such folder")
-    try:
-        items = [item for item in list_folder(src) if item.is_image]
-    except PathError as exc:
-        raise EvaluateError(str(exc)) from None
-    if not items:
-        raise EvaluateError(f"SRC {display(str(src))!r}: no images found")
-    return items
+class _Progress:
+    """The progress of the two passes (masks, then variants), counting images, and the
+    lines said on the way. On a terminal a bar per pass, each line written through it (never
+    glued to it); in a log (stderr not a TTY) no bar, one line per finished pass instead.
+    Failures are collected (rel, cause) for the report and the JSON."""
+
+    def __init__(self, quiet: bool, log: Callable[[str], None]):
+        self.quiet, self.log = quiet, log
+        self.failed: List[Tuple[str, str]] = []
+        self.bar = None
+        self.what, self.done, self.total, self.started = "", 0, 0, time.time()
+
+    def start(self, what: str, total: int) -> None:
+        from .recorder import progress_bar
+
+        self.end()
+        self.what, self.done, self.total, self.started = what, 0, total, time.time()
+        if sys.stderr.isatty():
+            self.bar = progress_bar(total, self.quiet)
+        if self.bar is not None:
+            self.bar.set_description(what)
+
+    def say(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            self.log(line)
+
+    def fail(self, rel: str, cause: str) -> None:
+        self.say(f"latinhib: {display(rel)}: {cause}")
+        self.failed.append((rel, cause))
+
+    def update(self, count: int) -> None:
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def end(self) -> None:
+        """The pass is over: its bar closed, or its line said."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        elif self.what and not self.quiet and self.total:
+            self.log(f"latinhib: {self.what}: {self.done}/{self.total} image{'s' * (self.total != 1)} "
+                     f"({time.time() - self.started:.1f} s)")
+        self.what = ""
 
 
-def _settings(src: Path, masks: Optional[Path], first: FirstPass, config: Config, loaded,
-              mapping: Dict[str, int]) -> Dict[str, Any]:
-    """The ``evaluate`` section of the result's config: what was evaluated and how."""
+def _settings(src, masks: Optional[Path], first: FirstPass, config: Config, loaded, labels: Labels,
+              items: Sequence[Item], doubtful: Sequence[Tuple[str, str]]) -> Dict[str, Any]:
+    """The ``evaluate`` section of the result's config: what was evaluated and how, the
+    failed files and doubtful masks (with why), and which class each folder (or ``.cls``
+    index) was taken for."""
     fill_rgb = _uint8(first.fill.view(1, -1, 1, 1), loaded.mean, loaded.std).view(-1)
+    used = sorted({(item.class_name if labels.by_class else None, labels.of(item)) for item in items},
+                  key=lambda pair: (pair[1], pair[0] or ""))
     return {"src": str(src), "masks": str(masks) if masks is not None else "latinhib", "images": len(first.good),
-            "failed": len(first.failed), "pairing_seed": config.inhibition.seed,
-            "fill_rgb": [int(v) for v in fill_rgb],
-            "classes": {name: loaded.classes[index] for name, index in sorted(mapping.items())}}
+            "failed": len(first.failed), "failed_files": [{"path": rel, "error": cause} for rel, cause in first.failed],
+            "doubtful_masks": [{"path": rel, "warning": why} for rel, why in doubtful],
+            "pairing_seed": config.inhibition.seed, "fill_rgb": [int(v) for v in fill_rgb],
+            "classes": {(name if name is not None else str(index)): _class_name(loaded.classes, index)
+                        for name, index in used}}
+
+
+def _class_name(classes: Optional[Sequence[str]], index: int) -> str:
+    return classes[index] if classes and 0 <= index < len(classes) else str(index)
+
+
+def _output_count(model: nn.Module, input_size: Tuple[int, int], device: torch.device) -> int:
+    """How many classes ``model`` scores: one forward pass of a blank input (any model
+    kind, TorchScript included)."""
+    with torch.inference_mode():
+        logits = model(torch.zeros(1, 3, *input_size, device=device))
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    return int(logits.shape[-1])
+
+
+def _load_also(config: Config, path: Union[str, Path], loaded, device: torch.device) -> nn.Module:
+    """A further checkpoint, refused unless it scores the first model's classes: the
+    accuracy of a model with another head on these labels means nothing (its column read
+    0.0 [0.0, 0.0])."""
+    from .models import CheckpointError, load_model
+
+    model = load_model(dataclasses.replace(config.model, checkpoint=str(path)), device).model
+    theirs = _output_count(model, loaded.input_size, device)
+    ours = _output_count(loaded.model, loaded.input_size, device)
+    if theirs != ours:
+        raise CheckpointError(f"--also-checkpoint {display(str(path))!r}: the model has {theirs} classes, the first "
+                              f"model {ours}; evaluate compares models of the same classes")
+    return model
 
 
 def evaluate_folder(
     config: Config,
-    src: Path,
+    src: Union[str, Path],
     *,
     also: Sequence[Union[str, Path]] = (),
     masks: Optional[Path] = None,
@@ -346,41 +458,64 @@ def evaluate_folder(
     resamples: int = RESAMPLES,
     cache_bytes: int = CACHE_BYTES,
 ) -> FolderRun:
-    """``latinhib evaluate SRC``: every image of the ImageFolder tree ``src`` through
-    :class:`Evaluator` with the model of ``config`` and the checkpoints ``also``. Bad image
-    (or mask) files get one line on ``log`` each and are left out (the pairing only uses
-    images that decoded); an unmapped class folder, no images, a bad config or checkpoint
-    raise before any model pass."""
+    """``latinhib evaluate SRC``: every image of ``src`` (an ImageFolder tree, or WebDataset
+    shards whose samples carry their class) through :class:`Evaluator` with the model of
+    ``config`` and the checkpoints ``also``. Bad image (or mask) files get one line on
+    ``log`` each and are left out (the pairing only uses images that decoded); doubtful true
+    masks get one line each and are counted; an unmapped class folder, no images, a bad
+    config or checkpoint (or one of other classes than the first model's) raise before any
+    model pass."""
+    from .sources import SourceError, read_listing
+
+    try:
+        with read_listing(src) as listing:
+            return _evaluate(config, src, listing, also, masks, save_variants, report, quiet, log, resamples,
+                             cache_bytes)
+    except SourceError as exc:
+        raise EvaluateError(str(exc)) from None
+
+
+def _evaluate(config: Config, src, listing, also, masks, save_variants, report, quiet, log, resamples,
+              cache_bytes) -> FolderRun:
     from .models import load_model
-    from .recorder import progress_bar
     from .runtime import resolve_device
 
     started = time.time()
-    src = Path(src)
-    items = _list_images(src)
+    items = [item for item in listing.items if item.is_image]  # other files are not evaluated
+    if not items:
+        raise EvaluateError(f"SRC {display(str(src))!r}: no images found")
     if config.runtime.threads:
         torch.set_num_threads(config.runtime.threads)
     device = resolve_device(config.runtime.device)
     loaded = load_model(config.model, device)
-    mapping = folder_labels(items, loaded.classes)  # fails before the other checkpoints load
-    models = [loaded.model] + [load_model(dataclasses.replace(config.model, checkpoint=str(path)), device).model
-                               for path in also]
+    labels_of = folder_labels(items, config, loaded.classes)  # fails before the other checkpoints load
+    models = [loaded.model] + [_load_also(config, path, loaded, device) for path in also]
     evaluator = Evaluator(models, config, loaded.input_size)
-    labels = torch.tensor([mapping[item.class_name] for item in items])
+    labels = torch.tensor([labels_of.of(item) for item in items])
     inputs = _Inputs(items, loaded, masks, cache_bytes)
-    bar = progress_bar(2 * len(items), quiet)
-    first = _first_pass(inputs, None if masks is not None else evaluator, labels, config.runtime.batch_size,
-                        config.runtime.workers, log, bar)
-    if not first.good:
-        raise EvaluateError("none of the images could be decoded")
-    correct, samples = _second_pass(evaluator, inputs, first, labels[first.good], config, save_variants, bar)
-    if bar is not None:
-        bar.close()
+    progress = _Progress(quiet, log)
+    try:
+        progress.start("masks", len(items))
+        for rel, problem in listing.problems:  # a shard that cannot be read: its samples are not listed
+            progress.fail(rel, problem)
+        first = _first_pass(inputs, None if masks is not None else evaluator, labels, config.runtime.batch_size,
+                            config.runtime.workers, progress)
+        progress.end()
+        if not first.good:
+            raise EvaluateError("none of the images could be decoded")
+        if len(torch.unique(labels[first.good])) == 1:
+            progress.say("latinhib: background_swapped: SRC holds one class, so backgrounds are swapped between "
+                         "images of that class (a weaker test than across classes)")
+        progress.start("variants", len(first.good))
+        correct, samples = _second_pass(evaluator, inputs, first, labels[first.good], config, save_variants,
+                                        progress)
+    finally:
+        progress.end()
     names = [config.model.checkpoint or loaded.description] + [str(path) for path in also]
-    settings = _settings(src, masks, first, config, loaded, mapping)
+    settings = _settings(src, masks, first, config, loaded, labels_of, items, inputs.doubtful)
     result = summarise(correct, names, {**config.to_dict(), "evaluate": settings}, resamples=resamples,
                        seed=config.inhibition.seed)
-    run = FolderRun(result, first.failed, len(first.good), time.time() - started)
+    run = FolderRun(result, first.failed, len(first.good), time.time() - started, inputs.doubtful)
     if report is not None:
         from .evaluation_report import write_report
 

@@ -59,6 +59,10 @@ def markdown(run, description: str) -> str:
     lines += ["", "![accuracy per variant](accuracy.png)", "", "![samples](samples.png)", ""]
     if run.failed:
         lines += ["Files left out:", ""] + [f"- `{display(rel)}`: {cause}" for rel, cause in run.failed] + [""]
+    doubtful = getattr(run, "doubtful", [])
+    if doubtful:
+        lines += [f"{len(doubtful)} doubtful mask{'s' * (len(doubtful) != 1)} (used as they are):", ""]
+        lines += [f"- `{display(rel)}`: {why}" for rel, why in doubtful] + [""]
     return "\n".join(lines)
 
 

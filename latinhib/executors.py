@@ -31,6 +31,7 @@ from .api import Importance, LateralInhibition
 from .config import Config
 from .data import Decoded, DecodeError, Item, NotEnhanceable, decode
 from .finishing import Finisher, undecodable
+from .labels import Labels
 from .models import LoadedModel
 from .plan import Plan
 from .recorder import PassFailed, Recorder
@@ -183,7 +184,7 @@ def _settle(future: Future, fn: Callable[..., Dict[str, Any]], *args: Any) -> No
 
 def batch_importance(enhancer: LateralInhibition, decoded_ok, items, labels, device) -> Importance:
     """Steps 1-5 on a batch of decoded images (``decoded_ok``: (index into ``items``,
-    decoded) pairs), with their folder labels as targets when ``labels`` maps them; shared
+    decoded) pairs), with their labels (``labels.Labels``) as targets when given; shared
     with ``preview`` so both feed the model the same way."""
     inputs = torch.stack([d.model_input for _, d in decoded_ok])
     if device.type == "cuda":
@@ -191,7 +192,7 @@ def batch_importance(enhancer: LateralInhibition, decoded_ok, items, labels, dev
     inputs = inputs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     targets = None
     if labels is not None:
-        targets = torch.tensor([labels[items[i].class_name] for i, _ in decoded_ok], device=device)
+        targets = torch.tensor([labels.of(items[i]) for i, _ in decoded_ok], device=device)
     return enhancer.importance(inputs, targets)
 
 
@@ -207,7 +208,7 @@ class Executor:
     """
 
     def __init__(self, plan: Plan, recorder: Recorder, finisher: Finisher, streams: ModelStreams, *,
-                 loaded: LoadedModel, labels: Optional[Dict[str, int]], config: Config, device: torch.device,
+                 loaded: LoadedModel, labels: Optional[Labels], config: Config, device: torch.device,
                  check: Callable[[], None]):
         self.plan, self.recorder, self.finisher, self.streams = plan, recorder, finisher, streams
         self.loaded, self.labels, self.device, self.check = loaded, labels, device, check

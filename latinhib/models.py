@@ -161,6 +161,22 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+def _looks_like_torch_save(path: Path) -> bool:
+    """A zip archive (torch.save since 1.6) or a pickle (protocol 2+ opens with 0x80:
+    the legacy format)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return True  # torch.load names the error
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+def _first_bytes(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(8)
+
+
 def _load_file(path: Path, trust: bool) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r}: no such file")
@@ -171,6 +187,9 @@ def _load_file(path: Path, trust: bool) -> Any:
                 return torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - reported with the file name
             raise CheckpointError(f"checkpoint {str(path)!r}: not a loadable TorchScript file: {exc}") from None
+    if not _looks_like_torch_save(path):  # before the unpickler's lecture on pickled code
+        raise CheckpointError(f"checkpoint {str(path)!r}: not a PyTorch checkpoint (torch.save writes a zip "
+                              f"archive; this file starts with {_first_bytes(path)!r})")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:

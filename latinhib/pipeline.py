@@ -29,11 +29,11 @@ from . import distributed
 from .api import LateralInhibition
 from .choices import INPUT_FORMATS
 from .config import Config, to_yaml
-from .data import bomb_warnings_ignored, display
+from .data import Item, bomb_warnings_ignored, display
 from .executors import make_executor
 from .files import UNUSABLE_ERRNOS, DestinationUnusable, atomic_write, remove_stale_temps
 from .finishing import Finisher
-from .labels import resolve_labels
+from .labels import cls_labels, resolve_labels
 from .locking import DstBusy, DstLock
 from .manifest import CONFIG_NAME, Manifest
 from .models import load_model
@@ -155,14 +155,20 @@ def _job(config: Config, source: Source, src: Union[str, Path], dst: Path, ctx: 
     loaded = load_model(config.model, ctx.device)
     enhancer = LateralInhibition(loaded.model, config, input_size=loaded.input_size)
     listing = _list(source, ctx)
-    labels = resolve_labels(listing.items, config, loaded.classes)
+    notes: List[str] = []  # said once DST is ready (a job that cannot start says only why)
+    labels = resolve_labels(listing.items, config, loaded.classes, log=notes.append)
     # Labels above are decided on the whole listing, so every shard picks the same target.
-    sink = _open_sink(listing, src, dst, options)
+    cls = None
+    if listing.format == "folder" and (options.output_format or listing.format) == "webdataset":
+        cls = cls_labels(listing.items, labels, config, loaded.classes, log=notes.append)
+    sink = _open_sink(listing, src, dst, options, cls)
     items = ctx.select(listing.items, key=sink.unit_of)  # torchrun / --shard: by output unit
     problems = [p for p in listing.problems if ctx.owns_unit(p[0].split("/", 1)[0])]
     recorded = recorded_config(config, loaded, enhancer)
     check_previous_config(dst, config, recorded)
     manifest = _prepare_dst(dst, recorded, ctx, lock, exclude)
+    for note in notes if ctx.primary else ():  # once, not by every rank
+        options.log(note)
     previous = ctx.previous(dst, key=sink.unit_of_rel)
     plan = make_plan(items, previous, config, sink, problems)
     summary = Summary(dst=str(dst), total=len(items) + len(problems), device=str(ctx.device),
@@ -203,8 +209,10 @@ def _list(source: Source, ctx: distributed.Context) -> Listing:
         raise JobError(str(exc)) from None
 
 
-def _open_sink(listing: Listing, src: Union[str, Path], dst: Path, options: JobOptions) -> Sink:
-    """Shards out for shards in, a folder for a folder, unless ``options.output_format`` says."""
+def _open_sink(listing: Listing, src: Union[str, Path], dst: Path, options: JobOptions,
+               cls: Optional[Callable[[Item], int]] = None) -> Sink:
+    """Shards out for shards in, a folder for a folder, unless ``options.output_format`` says;
+    folder -> shards writes ``cls(image)`` as each sample's ``KEY.cls``."""
     output_format, shard_size = options.output_format or listing.format, options.shard_size
     if output_format not in FORMATS:
         raise JobError(f"--output-format: {output_format!r} is not allowed; choose {', '.join(FORMATS)}")
@@ -219,7 +227,7 @@ def _open_sink(listing: Listing, src: Union[str, Path], dst: Path, options: JobO
     if shard_size < 1:
         raise JobError("--output-format webdataset from a folder needs --shard-size N (samples per shard)")
     prefix = Path(os.path.abspath(src)).name or "shard"
-    return TarSink(dst, items=listing.items, shard_size=shard_size, prefix=prefix)
+    return TarSink(dst, items=listing.items, shard_size=shard_size, prefix=prefix, labels=cls)
 
 
 def _prepare_dst(dst: Path, recorded: Config, ctx, lock: DstLock, exclude: List[Path]) -> Manifest:

@@ -12,10 +12,11 @@ font (``ImageFont.load_default``), so a sheet renders on a machine with no fonts
 """
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,15 +26,17 @@ from PIL import Image, ImageDraw, ImageFont
 from .api import Importance, LateralInhibition, recombine
 from .choices import GRID_KEYS
 from .config import Config, load_config
-from .data import Decoded, DecodeError, Item, PathError, decode, display, list_files_from, list_folder
+from .data import Decoded, DecodeError, Item, PathError, decode, display, list_files_from
 from .encoding import heat_colors, heatmap_image, tensor_bytes
 from .executors import batch_importance
 from .files import atomic_write
 from .finishing import enhance_pixels, kept_fraction
-from .inhibition import is_constant, respond, selection_score
+from .inhibition import is_constant, respond, scale_kernel_size, selection_score
 from .labels import resolve_labels
 from .models import LoadedModel, load_model
 from .runtime import resolve_device
+from .shards import looks_like_shards
+from .sources import SourceError, read_listing
 
 __all__ = ["GRID_KEYS", "Column", "PreviewError", "Row", "Sheet", "Table", "contact_table", "grid_table",
            "load_font", "mask_picture", "parse_grid", "preview", "render", "sample"]
@@ -184,24 +187,52 @@ def sample(images: Sequence[Item], count: int, seed: int) -> List[Item]:
 class _Session:
     """The model, the importance pass and the per-image pixels, shared by both sheets."""
 
-    def __init__(self, config: Config, src: Path, files: Optional[Sequence[str]]):
+    def __init__(self, config: Config, src: Union[str, Path], files: Optional[Sequence[str]],
+                 log: Callable[[str], None] = print):
         self.config = config
         if config.runtime.threads:
             torch.set_num_threads(config.runtime.threads)
         self.device = resolve_device(config.runtime.device)
+        self._stack = contextlib.ExitStack()
         try:
-            if files:
-                self.items = list_files_from(src, files)
-            else:
-                self.items = list_folder(src)
-        except PathError as exc:
+            self.items = self._list(src, files)
+        except (PathError, SourceError) as exc:
+            self.close()
             raise PreviewError(str(exc)) from None
+        except BaseException:
+            self.close()
+            raise
         self.images = [item for item in self.items if item.is_image]
         if not self.images:
+            self.close()
             raise PreviewError(f"SRC {display(str(src))!r}: no images found")
         self.loaded: LoadedModel = load_model(config.model, self.device)
         # Labels over the same listing `enhance` would see, so the target is the same.
-        self.labels = resolve_labels(self.images, config, self.loaded.classes)
+        self.labels = resolve_labels(self.images, config, self.loaded.classes, log=log)
+
+    def _list(self, src: Union[str, Path], files: Optional[Sequence[str]]) -> List[Item]:
+        """SRC's items (a folder, or shards: ``SHARD/KEY`` names a sample), or the ones
+        ``--files`` names, each of which must be there."""
+        if files and not looks_like_shards(str(src)):
+            items = list_files_from(Path(src), files)
+            missing = [item.rel for item in items if not item.path.is_file()]
+        else:
+            listing = self._stack.enter_context(read_listing(src))
+            items = listing.items
+            if files:
+                by_rel = {item.rel: item for item in items}
+                missing = [name for name in files if name not in by_rel]
+                items = [by_rel[name] for name in files if name in by_rel]
+            else:
+                missing = []
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise PreviewError(f"--files: {display(missing[0])!r} is not in SRC {display(str(src))!r}{more}")
+        return items
+
+    def close(self) -> None:
+        """Shards' spool files are removed."""
+        self._stack.close()
 
     def sample(self, count: int, chosen: bool) -> List[Item]:
         """``--files`` as given, else a seeded sample of ``count`` images."""
@@ -211,7 +242,7 @@ class _Session:
         decoded = []
         for item in items:
             try:
-                decoded.append((item, decode(item.path, self.loaded.input_size, self.loaded.mean, self.loaded.std)))
+                decoded.append((item, decode(item.image_source(), self.loaded.input_size, self.loaded.mean, self.loaded.std)))
             except DecodeError as exc:
                 log(f"latinhib: {display(item.rel)}: {exc}")
         if not decoded:
@@ -231,8 +262,12 @@ class _Session:
 def _settings(config: Config, varied: Optional[str] = None) -> str:
     """The settings that shape the pictures, leaving out the one a grid varies."""
     s, b = config.inhibition, config.blur
-    shown = {"q": s.quantile if isinstance(s.quantile, str) else f"{s.quantile:g}", "filter": s.filter, "sigma": f"{s.sigma:g}", "k": str(s.kernel_size),
-             "outline": s.outline, "blur": f"{b.sigma:g}"}
+    shown = {"q": s.quantile if isinstance(s.quantile, str) else f"{s.quantile:g}", "filter": s.filter}
+    if s.scales and s.filter != "none":  # scale selection: sigma and k are the scales', not the fixed ones
+        shown["scales"] = ",".join(f"{v:g}" for v in s.scales)
+    elif s.filter != "none":
+        shown.update(sigma=f"{s.sigma:g}", k=str(s.kernel_size))
+    shown.update(outline=s.outline, blur=f"{b.sigma:g}")
     if b.feather:
         shown["feather"] = f"{b.feather:g}"
     return "  ".join(f"{name}={value}" for name, value in shown.items() if name != varied)
@@ -251,7 +286,14 @@ def contact_table(
     Every sampled image is shown enhanced, whether or not ``--ratio`` would select it; the
     row label says which ``enhance`` would do.
     """
-    session = _Session(config, src, files)
+    session = _Session(config, src, files, log)
+    try:
+        return _contact_table(config, session, count, files, log)
+    finally:
+        session.close()
+
+
+def _contact_table(config: Config, session: "_Session", count: int, files, log) -> Table:
     batch = session.decode(session.sample(count, bool(files)), log)
     rows: List[Row] = []
     layer_columns: List[Column] = []
@@ -320,6 +362,10 @@ def _with(config: Config, key: str, value: Any) -> Config:
     overrides = [(f"{section}.{name}", v) for section, values in config.to_dict().items() for name, v in values.items()]
     if key in ("inhibition.sigma", "inhibition.kernel_size"):
         overrides.append(("inhibition.scales", None))  # a sigma column means that one fixed filter
+    if key == "inhibition.sigma" and isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        # Each column's kernel holds its sigma's whole surround (config.py's rule for k), as
+        # a fixed k would cut a larger sigma's surround short.
+        overrides.append(("inhibition.kernel_size", scale_kernel_size(value)))
     return load_config(overrides=overrides + [(key, value)])
 
 
@@ -335,7 +381,14 @@ def grid_table(
     of one setting; rows: importance, mask, enhanced."""
     key, values = parse_grid(grid)
     configs = [_with(config, key, value) for value in values]  # validates every value first
-    session = _Session(config, src, files)
+    session = _Session(config, src, files, log)
+    try:
+        return _grid_table(config, session, grid, key, values, configs, files, log)
+    finally:
+        session.close()
+
+
+def _grid_table(config: Config, session: "_Session", grid: str, key: str, values, configs, files, log) -> Table:
     (item, decoded), = session.decode(session.sample(1, bool(files))[:1], log)
     original = _as_rgb(decoded.pixels, decoded)
     heats: List[Optional[Image.Image]] = [original]
@@ -352,7 +405,8 @@ def grid_table(
         heats.append(_heat_over(original, imp.combined[0].cpu()))
         masks.append(mask_picture(mask[0]))
         enhanced.append(_as_rgb(pixels.cpu(), decoded))
-        columns.append(Column(f"{GRID_LABELS[key]}={value}\nkept sharp {kept_fraction(mask):.0%}"))
+        fitted = f" k={cfg.inhibition.kernel_size}" if key == "inhibition.sigma" else ""
+        columns.append(Column(f"{GRID_LABELS[key]}={value}{fitted}\nkept sharp {kept_fraction(mask):.0%}"))
         predicted = session.class_name(int(imp.predicted[0]))
     rows = [Row("importance (bright = kept)", heats), Row("mask (white = kept sharp)", masks),
             Row("enhanced", enhanced)]
@@ -434,9 +488,9 @@ def preview(
     if fmt is None:
         raise PreviewError(f"-o {display(str(output))!r}: unknown image extension; use .png or .jpg")
     if grid:
-        table = grid_table(config, Path(src), grid, files=files, log=log)
+        table = grid_table(config, src, grid, files=files, log=log)
     else:
-        table = contact_table(config, Path(src), count=count, files=files, log=log)
+        table = contact_table(config, src, count=count, files=files, log=log)
     sheet = render(table, cell)
     atomic_write(output, lambda tmp: sheet.image.save(tmp, format=fmt, **({"quality": 92} if fmt == "JPEG" else {})))
     return sheet

@@ -166,10 +166,16 @@ class Recorder:
         if self.bar is not None:
             self.bar.update(1)
 
+    def _with_sink_fields(self, done: Sequence[Tuple[Dict[str, Any], Item]]) -> None:
+        """The fields the sink adds to a line (folder -> shards: the sample's key)."""
+        for line, item in done:
+            line.update(self.sink.manifest_fields(item))
+
     def record_all(self, done: Sequence[Tuple[Dict[str, Any], Item]]) -> None:
         if self.strict:  # --strict: the first failure is the last file recorded; later ones stay undone
             first = next((k for k, (line, _) in enumerate(done) if line["status"] == "failed"), None)
             done = done if first is None else done[: first + 1]
+        self._with_sink_fields(done)
         self.manifest.write(e for e, _ in done)
         for line, item in done:
             self.record(line, item)
@@ -229,6 +235,7 @@ class Recorder:
             if line["status"] == "failed" and self.strict and self.summary.failed:
                 continue  # after --strict's stop only the first failure is reported; this one is redone
             done.append((line, item))
+        self._with_sink_fields(done)
         try:
             self.manifest.write(e for e, _ in done)
         except DestinationUnusable as exc:

@@ -18,17 +18,21 @@ temporary file, so it can be indexed like a local shard.
 """
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "IMAGE_MEMBER_EXTENSIONS",
+    "SHARD_SUFFIXES",
     "Member",
     "Sample",
     "Shard",
@@ -39,6 +43,9 @@ __all__ = [
     "looks_like_shards",
     "member_header",
     "read_member",
+    "is_gzip_name",
+    "is_shard_name",
+    "shard_stem",
     "split_name",
     "write_shard",
 ]
@@ -46,6 +53,11 @@ __all__ = [
 #: The image member of a sample: the first of these extensions it has (webdataset's
 #: ``to_tuple("jpg;png;...")`` convention); every other member is a sidecar.
 IMAGE_MEMBER_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
+#: Shard file names: plain tar, or tar in a gzip stream (read through a spool file,
+#: written compressed the same way).
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+GZIP_SUFFIXES = (".tar.gz", ".tgz")
+GZIP_MAGIC = b"\x1f\x8b"
 BLOCK = tarfile.BLOCKSIZE  # 512
 RECORD = tarfile.RECORDSIZE  # 20 blocks: tarfile pads an archive to a multiple of this
 PIPE = "pipe:"
@@ -69,26 +81,54 @@ class Shard:
     def is_pipe(self) -> bool:
         return self.url.startswith(PIPE)
 
+    @property
+    def is_gzip(self) -> bool:
+        """Written gzipped (``.tar.gz``/``.tgz``); input is recognised by its bytes."""
+        return is_gzip_name(self.name)
+
+    @property
+    def needs_spool(self) -> bool:
+        """Read through a spool file: a command's output, or a local shard that may be
+        gzipped (tar offsets need the plain bytes)."""
+        return self.is_pipe or self.is_gzip
+
+
+def is_shard_name(name: str) -> bool:
+    return name.endswith(SHARD_SUFFIXES)
+
+
+def is_gzip_name(name: str) -> bool:
+    return name.endswith(GZIP_SUFFIXES)
+
+
+def shard_stem(name: str) -> str:
+    """``train-000001.tar.gz`` -> ``train-000001``."""
+    for suffix in sorted(SHARD_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
 
 def _pipe_name(command: str) -> str:
     """The shard name of ``pipe:cat data/x.tar`` or ``pipe:curl -s https://h/x.tar``: the
-    base name of the last word ending in .tar."""
+    base name of the last word ending in .tar. ``pipe:gzip -dc x.tar.gz`` is ``x.tar``: a
+    command's output shard is a plain tar (gzip bytes from the command are still read)."""
     try:
         words = shlex.split(command)
     except ValueError:
         words = command.split()
     for word in reversed(words):
         base = word.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
-        if base.endswith(".tar"):
-            return base
-    raise ShardError(f"SRC {PIPE}{command!r}: no word ending in .tar to name the output shard after")
+        if is_shard_name(base):
+            return shard_stem(base) + ".tar"
+    raise ShardError(f"SRC {PIPE}{command!r}: no word ending in .tar, .tar.gz or .tgz to name the output shard after")
 
 
 def looks_like_shards(src: str) -> bool:
-    """``--input-format auto``: a ``pipe:`` command, a brace pattern or a ``.tar`` file,
-    or a folder holding ``.tar`` files and nothing else but folders (and latinhib's own
-    ``latinhib-*`` files: a shard job's DST is a shard SRC)."""
-    if src.startswith(PIPE) or src.endswith(".tar") or ("{" in src and ".tar" in src):
+    """``--input-format auto``: a ``pipe:`` command, a brace pattern or a ``.tar`` (or
+    ``.tar.gz``, ``.tgz``) file, or a folder holding such files and nothing else but
+    folders (and latinhib's own ``latinhib-*`` files: a shard job's DST is a shard SRC)."""
+    if src.startswith(PIPE) or is_shard_name(src) or ("{" in src and (".tar" in src or ".tgz" in src)):
         return True
     path = Path(src)
     if not path.is_dir():
@@ -96,7 +136,7 @@ def looks_like_shards(src: str) -> bool:
     # A DST of a shard job holds latinhib's own manifest and config next to its shards.
     names = [entry.name for entry in os.scandir(path)
              if not entry.name.startswith((".", "latinhib-")) and not _is_dir(entry)]
-    return bool(names) and all(name.endswith(".tar") for name in names)
+    return bool(names) and all(is_shard_name(name) for name in names)
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
@@ -107,9 +147,9 @@ def _is_dir(entry: os.DirEntry) -> bool:
 
 
 def expand(src: str) -> List[Shard]:
-    """The shards SRC names, in order: a ``.tar`` file, a brace pattern
-    (``data/train-{000000..000099}.tar``, each expansion must exist), a folder of ``.tar``
-    files (sorted by name) or ``pipe:CMD`` (braces in CMD expand to one command each).
+    """The shards SRC names, in order: a ``.tar`` (``.tar.gz``, ``.tgz``) file, a brace
+    pattern (``data/train-{000000..000099}.tar``, each expansion must exist), a folder of
+    such files (sorted by name) or ``pipe:CMD`` (braces in CMD expand to one command each).
     Raises :class:`ShardError` naming what is missing; two shards with one file name are
     refused (their outputs would collide)."""
     from braceexpand import braceexpand
@@ -117,9 +157,9 @@ def expand(src: str) -> List[Shard]:
     if src.startswith(PIPE):
         shards = [Shard(PIPE + cmd, _pipe_name(cmd)) for cmd in braceexpand(src[len(PIPE):])]
     elif Path(src).is_dir():
-        names = sorted(n for n in os.listdir(src) if n.endswith(".tar") and not n.startswith("."))
+        names = sorted(n for n in os.listdir(src) if is_shard_name(n) and not n.startswith("."))
         if not names:
-            raise ShardError(f"SRC {src!r}: a folder with no .tar shards in it")
+            raise ShardError(f"SRC {src!r}: a folder with no .tar shards in it (nor .tar.gz, .tgz)")
         shards = [Shard(str(Path(src) / n), n) for n in names]
     else:
         paths = list(braceexpand(src))
@@ -300,25 +340,30 @@ def index_shard(shard: Shard, spool: Optional[Path] = None) -> ShardIndex:
     A shard cut short keeps the samples before the cut; a sample cut in half is kept,
     marked incomplete, and a sample lost whole to the cut is a problem of its own."""
     path = Path(shard.url)
-    problems: List[Tuple[str, str]] = []
-    if shard.is_pipe:
+    failed = None  # the command's (or the gzip stream's) own error: the shard's one problem
+    if shard.needs_spool:
         if spool is None:
-            raise ValueError("a pipe: shard needs a spool file")
-        problem = _spool(shard.url[len(PIPE):], spool)
-        if problem:
-            problems.append((shard.name, problem))
+            raise ValueError("a pipe: or gzip shard needs a spool file")
+        failed = _spool(shard.url[len(PIPE):], spool) if shard.is_pipe else None
+        path = spool if shard.is_pipe else path
+        try:
+            failed = failed or _gunzip(path, spool)
+        except OSError as exc:
+            return ShardIndex(shard, path, [], [(shard.name, f"cannot read: {exc.strerror or exc}")])
         path = spool
     try:
         size = os.stat(path).st_size
         with open(path, "rb") as handle:
             members, problem, cut = _headers(handle, size)
     except OSError as exc:
-        return ShardIndex(shard, path, [], problems + [(shard.name, f"cannot read: {exc.strerror or exc}")])
+        return ShardIndex(shard, path, [], [(shard.name, failed or f"cannot read: {exc.strerror or exc}")])
     entries = _group(shard.name, members)
+    problems: List[Tuple[str, str]] = []
     if cut is not None:
         problems.extend(_blame_cut(shard.name, entries, cut, problem))
-    elif problem:
-        problems.append((shard.name, problem))
+    if failed or (problem and cut is None):
+        # A failed command or stream explains what its output lacks: said once.
+        problems.append((shard.name, failed or problem))
     return ShardIndex(shard, path, entries, problems)
 
 
@@ -342,6 +387,28 @@ def _spool(command: str, spool: Path) -> Optional[str]:
         said = process.stderr.decode("utf-8", "replace").strip().splitlines()
         return f"{PIPE}{command} exited with status {process.returncode}" + (f": {said[-1]}" if said else "")
     return None
+
+
+def _gunzip(path: Path, spool: Path) -> Optional[str]:
+    """A gzipped shard at ``path`` decompressed into ``spool`` (in place when ``path`` is
+    the spool: a command's output); the problem if the stream is corrupt or cut. A plain
+    tar is copied (local) or left (spool) as it is: the bytes say which it is."""
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == GZIP_MAGIC
+    if not gzipped:
+        if path != spool:
+            shutil.copyfile(path, spool)
+        return None
+    target = spool if path != spool else spool.with_name(spool.name + ".gunzip")
+    problem = None
+    try:
+        with gzip.open(path, "rb") as stream, open(target, "wb") as out:
+            shutil.copyfileobj(stream, out, 1 << 20)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        problem = f"gzip stream {'cut short' if isinstance(exc, EOFError) else 'corrupt'} ({exc})"
+    if target != spool:
+        os.replace(target, spool)
+    return problem
 
 
 def read_member(path: Path, member: Member) -> bytes:

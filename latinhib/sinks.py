@@ -9,6 +9,7 @@ assembled under a temporary name once all its items are recorded, then renamed.
 """
 from __future__ import annotations
 
+import gzip
 import os
 import threading
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from .shards import Member, ShardIndex
 from .encoding import save_image
 from .files import atomic_write, copy_file, output_path, temp_path
 from .manifest import DONE, entry
+from .sample_labels import CLS_EXTENSION
+from .shard_keys import member_extension, sample_keys
 
 __all__ = ["FolderSink", "Sink", "TarSink", "shard_names"]
 
@@ -61,6 +64,10 @@ class Sink(Protocol):
 
     def commit(self, item: Item, line: Dict[str, Any]) -> None:
         """``item`` is recorded in the manifest (in listing order) as ``line``."""
+
+    def manifest_fields(self, item: Item) -> Dict[str, Any]:
+        """What ``item``'s manifest line says besides its path and outcome (the sample
+        key a folder's file became in shards), added before the line is written."""
 
     def close(self) -> None:
         """The job is over: remove what an unfinished unit left behind."""
@@ -130,9 +137,12 @@ class FolderSink:
     def close(self) -> None:
         pass
 
+    def manifest_fields(self, item: Item) -> Dict[str, Any]:
+        """Nothing beyond the path: DST mirrors it."""
+        return {}
+
     def _member_path(self, item: Item, member: Member) -> Path:
-        stem = item.shard[: -len(".tar")] if item.shard.endswith(".tar") else item.shard
-        return self.dst / stem / member.name
+        return self.dst / shards.shard_stem(item.shard) / member.name
 
     def _write_member(self, item: Item, member: Member) -> None:
         data = shards.read_member(item.path, member)
@@ -158,21 +168,44 @@ def shard_names(prefix: str, count: int) -> List[str]:
     return [f"{prefix}-{number:06d}.tar" for number in range(count)]
 
 
-def _group_files(items: Sequence[Item], shard_size: int) -> List[List[Item]]:
-    """A folder's files in listing order, ``shard_size`` samples (keys: the path without
-    its extensions, as webdataset groups members) per output shard."""
-    groups: List[List[Item]] = []
-    last_key, samples = None, 0
+def _group_files(samples: Sequence[List[Item]], shard_size: int) -> List[List[Item]]:
+    """A folder's samples (each an image and its sidecars, in listing order), ``shard_size``
+    samples per output shard, flattened."""
+    return [[item for sample in samples[start : start + shard_size] for item in sample]
+            for start in range(0, len(samples), shard_size)]
+
+
+def _folder_samples(items: Sequence[Item]) -> Tuple[List[List[Item]], Dict[str, str], List[Item]]:
+    """(samples, sidecar rel -> its image's rel, files beside the shards). A non-image file
+    with an image's webdataset key (``0001.json`` beside ``0001.jpg``) is that image's
+    sidecar, in listing order; any other (``labels.csv``) belongs to no sample."""
+    images = [item for item in items if item.is_image]
+    by_key: Dict[str, str] = {}
+    for image in images:
+        by_key.setdefault(shards.split_name(image.rel)[0], image.rel)
+    samples: Dict[str, List[Item]] = {image.rel: [] for image in images}
+    owner: Dict[str, str] = {}
+    beside: List[Item] = []
     for item in items:
-        key = shards.split_name(item.rel)[0]
-        if key != last_key:
-            if not groups or samples == shard_size:
-                groups.append([])
-                samples = 0
-            samples += 1
-            last_key = key
-        groups[-1].append(item)
-    return groups
+        if item.is_image:
+            samples[item.rel].append(item)
+            continue
+        image = by_key.get(shards.split_name(item.rel)[0])
+        if image is None:
+            beside.append(item)
+        else:
+            samples[image].append(item)
+            owner[item.rel] = image
+    return list(samples.values()), owner, beside
+
+
+def _image_of(sample: Sequence[Item]) -> Item:
+    return next(item for item in sample if item.is_image)
+
+
+def _beside_note(item: Item) -> str:
+    return (f"not an image ({Path(item.rel).suffix or 'no extension'}): copied beside the shards, "
+            f"not into the sample stream")
 
 
 class TarSink:
@@ -181,29 +214,42 @@ class TarSink:
     byte, raw from the input). From a folder: ``shard_size`` samples per shard, named
     ``PREFIX-%06d.tar``.
 
+    From a folder each image is a sample with a key of its own (``shard_keys.py``) and,
+    given ``labels`` (image -> class index), a ``KEY.cls``, so a standard reader's
+    ``to_tuple("jpg;png", "cls")`` trains on the shards as they are; files that are not
+    images are copied beside the shards (``DST/<rel>``), out of the sample stream.
+
     Enhanced images are spooled to hidden temporary files as they are written (memory
     stays flat whatever the shard size); when the recorder has recorded every item of a
-    shard, the shard is assembled under a temporary name and renamed. A shard is done
-    when its final file exists: a rerun skips its items and redoes unfinished shards
-    whole, so a killed job (kill -9) leaves only whole shards.
+    shard, the shard is assembled under a temporary name and renamed (gzipped for a
+    ``.tar.gz``/``.tgz`` name, as its input was). A shard is done when its final file
+    exists: a rerun skips its items and redoes unfinished shards whole, so a killed job
+    (kill -9) leaves only whole shards.
     """
 
     format = "webdataset"
 
     def __init__(self, dst: Path, *, indexes: Sequence[ShardIndex] = (), items: Sequence[Item] = (),
-                 shard_size: int = 0, prefix: str = "shard"):
+                 shard_size: int = 0, prefix: str = "shard", labels: Optional[Callable[[Item], int]] = None):
         self.dst = dst
         self._lock = threading.Lock()
         self.shards: Dict[str, _OutputShard] = {}
         self._unit: Dict[str, str] = {}
+        self._keys: Dict[str, str] = {}  # image rel -> its sample's key
+        self._owner: Dict[str, str] = {}  # sidecar rel -> its image's rel
+        self._labels = labels
         for index in indexes:
             self.shards[index.shard.name] = _OutputShard(index.shard.name, index=index)
         if not indexes:
-            groups = _group_files([i for i in items], max(1, shard_size))
+            samples, self._owner, beside = _folder_samples(items)
+            self._keys = sample_keys(_image_of(sample).rel for sample in samples)
+            groups = _group_files(samples, max(1, shard_size))
             for name, group in zip(shard_names(prefix, len(groups)), groups):
                 self.shards[name] = _OutputShard(name, files=group)
                 for item in group:
                     self._unit[item.rel] = name
+            for item in beside:  # under its own name, beside the shards
+                self._unit[item.rel] = item.rel
 
     def unit_of(self, item: Item) -> str:
         """The output shard ``item`` goes into: what torchrun ranks and ``--shard`` split
@@ -224,17 +270,30 @@ class TarSink:
         with none of them and no final file yet (its listing held only problems, or
         only files left out) is written at once."""
         for item in todo:
-            self.shards[self.unit_of(item)].waiting.add(item.rel)
+            if self.unit_of(item) in self.shards:  # not a file beside the shards
+                self.shards[self.unit_of(item)].waiting.add(item.rel)
         for shard in self.shards.values():
             has_entries = shard.index.entries if shard.index is not None else shard.files
             if owns(shard.name) and not shard.waiting and has_entries and not (self.dst / shard.name).exists():
                 self._assemble(shard)
 
     def copy(self, item: Item) -> Dict[str, Any]:
-        """Copies are made when the shard is assembled; a folder file must be readable."""
-        if item.shard is None:
-            return _copy_entry(item, lambda: os.close(os.open(item.path, os.O_RDONLY)))
-        return entry(item, False, "copied", error=item.copy_note)
+        """Copies are made when the shard is assembled; a folder file must be readable.
+        A folder's file beside the shards (no image's sidecar) is copied now."""
+        if item.shard is not None:
+            return entry(item, False, "copied", error=item.copy_note)
+        if self.unit_of(item) not in self.shards:
+            line = _copy_entry(item, lambda: copy_file(item.path, output_path(self.dst, item.rel)))
+            if line["status"] == "copied":
+                line["error"] = _beside_note(item)
+            return line
+        return _copy_entry(item, lambda: os.close(os.open(item.path, os.O_RDONLY)))
+
+    def manifest_fields(self, item: Item) -> Dict[str, Any]:
+        """From a folder: ``key``, the ``SHARD/KEY`` of the sample the file went into (the
+        manifest's path is the source file)."""
+        key = self._keys.get(self._owner.get(item.rel, item.rel))
+        return {} if key is None else {"key": f"{self.unit_of(item)}/{key}"}
 
     def copy_unchanged(self, item: Item) -> None:
         """Nothing to spool: the input's bytes go in as they are."""
@@ -247,7 +306,9 @@ class TarSink:
             shard.spooled[item.rel] = spool
 
     def commit(self, item: Item, line: Dict[str, Any]) -> None:
-        shard = self.shards[self.unit_of(item)]
+        shard = self.shards.get(self.unit_of(item))
+        if shard is None:  # a file beside the shards: in place once copied
+            return
         shard.waiting.discard(item.rel)
         shard.lines[item.rel] = line
         if not shard.waiting:
@@ -261,7 +322,11 @@ class TarSink:
     def _assemble(self, shard: _OutputShard) -> None:
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as handle:
-                shards.write_shard(handle, self._pieces(shard))
+                if shards.is_gzip_name(shard.name):  # mtime 0: the same input gives the same bytes
+                    with gzip.GzipFile(fileobj=handle, mode="wb", mtime=0) as stream:
+                        shards.write_shard(stream, self._pieces(shard))
+                else:
+                    shards.write_shard(handle, self._pieces(shard))
 
         atomic_write(self.dst / shard.name, write)
         self._drop_spool(shard)
@@ -288,15 +353,36 @@ class TarSink:
                                                 lambda m: new if (m is image and new is not None) else None)
 
     def _file_pieces(self, shard: _OutputShard):
-        for item in shard.files:
-            line = shard.lines.get(item.rel)
-            if line is None or (line["status"] == "failed" and item.rel not in shard.spooled):
-                continue  # left out of the job (skipped), or nothing readable to put in
-            spool = shard.spooled.get(item.rel)
-            path = spool if spool is not None else item.path
-            data = path.read_bytes()
-            yield shards.member_header(item.rel, len(data), mtime=os.stat(item.path).st_mtime)
-            yield shards.padded(data)
+        """Each sample's members in listing order (the image as ``KEY.jpg``, ``KEY.png``,
+        ..., a sidecar as ``KEY.<its extensions>``), then its ``KEY.cls`` unless a sidecar is one."""
+        for image, members in self._samples_of(shard.files):
+            key, has_cls, has_image = self._keys[image.rel], False, False
+            for item in members:
+                line = shard.lines.get(item.rel)
+                if line is None or (line["status"] == "failed" and item.rel not in shard.spooled):
+                    continue  # left out of the job (skipped), or nothing readable to put in
+                spool = shard.spooled.get(item.rel)
+                data = (spool if spool is not None else item.path).read_bytes()
+                extension = member_extension(item.rel) if item is image else shards.split_name(item.rel)[1]
+                has_cls = has_cls or extension == CLS_EXTENSION
+                has_image = has_image or item is image
+                yield shards.member_header(f"{key}.{extension}", len(data), mtime=os.stat(item.path).st_mtime)
+                yield shards.padded(data)
+            if self._labels is not None and has_image and not has_cls:
+                label = str(self._labels(image)).encode()
+                yield shards.member_header(f"{key}.{CLS_EXTENSION}", len(label), mtime=os.stat(image.path).st_mtime)
+                yield shards.padded(label)
+
+    def _samples_of(self, files: Sequence[Item]):
+        """(image, its members in order) for the flattened samples of an output shard."""
+        members: List[Item] = []
+        for item in files:
+            if members and self._owner.get(item.rel, item.rel) != self._owner.get(members[0].rel, members[0].rel):
+                yield _image_of(members), members
+                members = []
+            members.append(item)
+        if members:
+            yield _image_of(members), members
 
     def _drop_spool(self, shard: _OutputShard) -> None:
         with self._lock:

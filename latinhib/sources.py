@@ -7,18 +7,21 @@ of which becomes one failed manifest entry.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import BinaryIO, Callable, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 from . import shards
 from .choices import FORMATS
 from .data import Item, PathError, display, list_files_from, list_folder
 from .shards import IMAGE_MEMBER_EXTENSIONS, Member, Sample, ShardError, ShardIndex
 
-__all__ = ["FORMATS", "FolderSource", "Listing", "SampleItem", "ShardSource", "Source", "SourceError", "open_source"]
+__all__ = ["FORMATS", "FolderSource", "Listing", "SampleItem", "ShardSource", "Source", "SourceError", "open_source",
+           "read_listing"]
 
 
 
@@ -87,8 +90,9 @@ class Source(Protocol):
     #: The output format a job writes by default (one of :data:`FORMATS`).
     format: str
 
-    def check(self, dst: Path) -> None:
-        """Refuse SRC, or DST for this SRC, with :class:`SourceError`; nothing is written."""
+    def check(self, dst: Optional[Path]) -> None:
+        """Refuse SRC, or DST for this SRC, with :class:`SourceError`; nothing is written.
+        ``dst`` None: a command that writes no DST (``preview``, ``evaluate``)."""
 
     def list(self, shared_lines: Callable[[Iterable[str]], Iterable[str]] = _as_read) -> Listing:
         """Every input, in a stable order, and the problems found on the way.
@@ -99,8 +103,11 @@ class Source(Protocol):
         """Remove what listing left behind (the spool files of ``pipe:`` shards)."""
 
 
-def check_dst(src_real: Optional[Path], src_text: str, dst: Path) -> None:
-    """Refuse DST == SRC and DST inside SRC, before anything is written."""
+def check_dst(src_real: Optional[Path], src_text: str, dst: Optional[Path]) -> None:
+    """Refuse DST == SRC and DST inside SRC, before anything is written (no DST: a
+    command that only reads SRC)."""
+    if dst is None:
+        return
     if dst.exists() and not dst.is_dir():
         raise SourceError(f"DST {display(str(dst))!r}: exists and is not a directory")
     if src_real is None:
@@ -124,7 +131,7 @@ class FolderSource:
         self.follow_symlinks = follow_symlinks
         self.exclude = list(exclude)
 
-    def check(self, dst: Path) -> None:
+    def check(self, dst: Optional[Path]) -> None:
         src = self.src
         if not src.exists():
             raise SourceError(f"SRC {display(str(src))!r}: no such directory")
@@ -148,7 +155,8 @@ class FolderSource:
 
 class ShardSource:
     """The samples of WebDataset tar shards, shard by shard, in member order. ``pipe:``
-    shards are spooled into ``spool_dir`` (hidden temporary files the caller removes)."""
+    and gzip shards are spooled into ``spool_dir`` (hidden temporary files, removed by
+    :meth:`close`)."""
 
     format = "webdataset"
 
@@ -156,7 +164,7 @@ class ShardSource:
         self.text = str(src)
         self.spool_dir = spool_dir
 
-    def check(self, dst: Path) -> None:
+    def check(self, dst: Optional[Path]) -> None:
         try:
             self.shards = shards.expand(self.text)
         except ShardError as exc:
@@ -164,7 +172,7 @@ class ShardSource:
         local = [Path(os.path.realpath(s.url)).parent for s in self.shards if not s.is_pipe]
         folder = Path(self.text) if Path(self.text).is_dir() else (local[0] if local else None)
         check_dst(Path(os.path.realpath(folder)) if folder is not None else None, self.text, dst)
-        for shard in self.shards:
+        for shard in self.shards if dst is not None else ():
             if not shard.is_pipe and Path(os.path.realpath(dst / shard.name)) == Path(os.path.realpath(shard.url)):
                 raise SourceError(f"DST {display(str(dst))!r}: its output shard {shard.name!r} would be the input")
 
@@ -173,7 +181,7 @@ class ShardSource:
         listing = Listing([], format=self.format)
         for number, shard in enumerate(self.shards):
             spool = None
-            if shard.is_pipe:
+            if shard.needs_spool:
                 from .files import temp_path
 
                 self.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -190,13 +198,27 @@ class ShardSource:
         return listing
 
     def close(self) -> None:
-        """Spool files of ``pipe:`` shards are removed."""
+        """Spool files of ``pipe:`` and gzip shards are removed."""
         for index in getattr(self, "indexes", []):
-            if index.shard.is_pipe:
+            if index.shard.needs_spool:
                 try:
                     index.path.unlink()
                 except FileNotFoundError:
                     pass
+
+
+@contextlib.contextmanager
+def read_listing(src: Union[str, Path], input_format: str = "auto") -> Iterator[Listing]:
+    """SRC's listing for a command that writes no DST (``preview``, ``evaluate``): a folder
+    or shards, ``pipe:`` and gzip shards spooled into a temporary folder that is removed,
+    with the items, when the block ends."""
+    with tempfile.TemporaryDirectory(prefix="latinhib-spool-") as spool:
+        source = open_source(src, input_format, spool_dir=Path(spool))
+        try:
+            source.check(None)
+            yield source.list()
+        finally:
+            source.close()
 
 
 def open_source(src: Union[str, Path], input_format: str = "auto", **folder_options) -> Source:

@@ -48,11 +48,12 @@ def make_image(rng: np.random.Generator, size, mode: str = "RGB", *, colour: Opt
     return Image.fromarray(pixels).convert(mode)
 
 
-def invoke(*args):
-    """``latinhib ARGS`` in-process (click's runner); arguments may be paths or numbers."""
+def invoke(*args, **extra):
+    """``latinhib ARGS`` in-process (click's runner); arguments may be paths or numbers;
+    ``extra`` goes to the command's context (``terminal_width=60``, say)."""
     from latinhib.cli import main
 
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, **extra)
 
 
 def manifest_entries(dst: Path) -> List[Dict[str, Any]]:

@@ -20,9 +20,8 @@ from typing import Any, Dict
 
 import torch
 
-from .models import CheckpointError
 
-__all__ = ["FORMATS", "SAFETENSORS_SUFFIX", "read_checkpoint", "read_safetensors", "sniff_format"]
+__all__ = ["CheckpointError", "FORMATS", "SAFETENSORS_SUFFIX", "read_checkpoint", "read_safetensors", "sniff_format"]
 
 FORMATS = ("safetensors", "torchscript", "pickle")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -33,6 +32,10 @@ MAX_HEADER_BYTES = 100 << 20
 #: ``train.py`` (and torchvision's reference scripts) save their ``argparse.Namespace``
 #: under ``args``. A Namespace is an attribute bag: rebuilding it runs no code of the file's.
 SAFE_GLOBALS = [argparse.Namespace]
+
+
+class CheckpointError(ValueError):
+    """The model or checkpoint cannot be built or loaded; the message names the file."""
 
 
 def _name(path: Path) -> str:

@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from .checkpoint_files import CheckpointError
 from .config import ConfigError
-from .models import CheckpointError
 
 __all__ = ["PRETRAINED", "TIMM_PREFIX", "TimmPreprocessing", "build", "head_classes", "is_timm",
            "pretrained_state", "preprocessing", "timm_name"]

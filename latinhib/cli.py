@@ -65,8 +65,8 @@ def config_options(func):
     """The options shared by every command that builds a config."""
     options = [
         click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file."),
-        click.option("--arch", help="torchvision architecture (resnet50, ...) or 'package.module:Class'."),
-        click.option("--weights", help="torchvision weights name, e.g. IMAGENET1K_V1 or ResNet50_Weights.IMAGENET1K_V2."),
+        click.option("--arch", help="torchvision architecture (resnet50, ...), 'timm:NAME' (timm:convnext_tiny) or 'package.module:Class'."),
+        click.option("--weights", help="torchvision weights name, e.g. IMAGENET1K_V1 or ResNet50_Weights.IMAGENET1K_V2; 'pretrained' for timm."),
         click.option("--checkpoint", type=click.Path(dir_okay=False), help="state_dict or TorchScript file."),
         click.option("--trust-checkpoint", is_flag=True, default=None,
                      help="Allow a fully pickled model (runs code from the file)."),

@@ -20,8 +20,8 @@ from latinhib.checkpoint_files import CheckpointError, read_checkpoint, sniff_fo
 from latinhib.cli import main
 from latinhib.config import ModelConfig
 from latinhib.models import load_model
+from helpers import ARCH, build_tiny_cnn
 from test_checkpoint_safety import Payload
-from test_cli import ARCH
 
 safetensors_torch = pytest.importorskip("safetensors.torch", reason="safetensors (the test and timm extras)")
 
@@ -93,12 +93,10 @@ def test_a_safetensors_name_holding_a_pickle_is_refused_and_never_runs(tmp_path,
 
 
 def test_safetensors_for_a_module_callable_arch(tmp_path):
-    from conftest import build_tiny_cnn
-
     model = build_tiny_cnn(seed=3, num_classes=4)
     path = tmp_path / "tiny.safetensors"
     safetensors_torch.save_file(model.state_dict(), str(path))
-    loaded = load_model(ModelConfig(arch="conftest:build_tiny_cnn", weights=None, checkpoint=str(path),
+    loaded = load_model(ModelConfig(arch="helpers:build_tiny_cnn", weights=None, checkpoint=str(path),
                                     input_size=(64, 64)), torch.device("cpu"))
     images = torch.randn(2, 3, 64, 64)
     assert torch.allclose(loaded.model(images), model(images), atol=1e-5)

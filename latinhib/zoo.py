@@ -5,8 +5,8 @@ without a pretrained tag: ``timm:convnext_tiny``, ``timm:resnet50.a1_in1k``) wit
 ``timm.create_model`` at the class count a checkpoint's head says, the preprocessing the
 model's ``pretrained_cfg`` asks for (``timm.data.resolve_model_data_config``), and finding
 its pretrained weights in the local Hugging Face cache (or torch hub's, for the few older
-URL-only ones) without fetching anything unasked: ``HF_HUB_OFFLINE=1`` is honoured, and a
-miss is one line naming the model and where it looked. Reading checkpoint files is
+URL-only ones) without fetching anything: a miss is one line naming the model, where it
+looked and the command that fetches it (``HF_HUB_OFFLINE=1`` is named when set). Reading checkpoint files is
 :mod:`latinhib.checkpoint_files`' job and loading a state_dict into the model is
 :mod:`latinhib.models`'; timm and huggingface_hub are imported only here and only when a
 ``timm:`` arch is used (the ``timm`` extra), so ``--help`` never pays for them.
@@ -14,7 +14,6 @@ miss is one line naming the model and where it looked. Reading checkpoint files 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -172,24 +171,13 @@ def _cached_file(cfg) -> Tuple[Optional[Path], List[str]]:
     return None, looked
 
 
-def _download(cfg, arch: str) -> Path:
-    """Fetch the weights into the Hugging Face cache, saying so first (never silently)."""
-    from huggingface_hub import hf_hub_download
-
-    repo, revision = _split_revision(cfg.hf_hub_id)
-    filename = getattr(cfg, "hf_hub_filename", None) or HF_WEIGHT_FILES[0]
-    print(f"latinhib: downloading {repo}/{filename} for {arch} into the Hugging Face cache "
-          f"(HF_HUB_OFFLINE=1 forbids it)", file=sys.stderr)
-    return Path(hf_hub_download(repo, filename, revision=revision))
-
-
 def pretrained_state(arch: str) -> Tuple[Dict[str, torch.Tensor], Path]:
     """timm's pretrained weights of NAME from a local cache: (state, file).
 
     The Hugging Face cache (``HF_HUB_CACHE``/``HF_HOME``) is looked in first, then torch
-    hub's for URL-only weights. On a miss the weights are downloaded, with a line on
-    stderr, unless ``HF_HUB_OFFLINE`` is set; a file is read with
-    :func:`latinhib.checkpoint_files.read_checkpoint` (safetensors, or a weights-only pickle).
+    hub's for URL-only weights; nothing is downloaded (``HF_HUB_OFFLINE`` or not). The file
+    is read with :func:`latinhib.checkpoint_files.read_checkpoint` (safetensors, or a
+    weights-only pickle).
 
     Raises:
         CheckpointError: one line naming the model and where it looked.
@@ -203,19 +191,13 @@ def pretrained_state(arch: str) -> Tuple[Dict[str, torch.Tensor], Path]:
                           f"model.weights: null")
     path, looked = _cached_file(cfg)
     if path is None:
-        where = "; ".join(looked)
-        if _offline() or not getattr(cfg, "hf_hub_id", None):
-            raise CheckpointError(
-                f"model.weights: pretrained weights for {arch} are not in the local cache (looked in {where}"
-                f"{'; HF_HUB_OFFLINE is set' if _offline() else ''}): copy them there (HF_HOME/HF_HUB_CACHE move it) "
-                f"or use --checkpoint")
-        try:
-            path = _download(cfg, arch)
-        except Exception as exc:  # noqa: BLE001 - network, auth, missing repo: all one line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"model.weights: cannot get pretrained weights for {arch} ({first}); looked in "
-                                  f"{where}: copy them there, set HF_HUB_OFFLINE=1 on machines without internet, "
-                                  f"or use --checkpoint") from None
+        # Never fetched here: a job on a cluster node must not download silently, and
+        # huggingface_hub's retries on a machine without internet are a screenful.
+        fetch = f"hf download {_split_revision(cfg.hf_hub_id)[0]}" if getattr(cfg, "hf_hub_id", None) else cfg.url
+        raise CheckpointError(
+            f"model.weights: pretrained weights for {arch} are not in the local cache (looked in {'; '.join(looked)}"
+            f"{'; HF_HUB_OFFLINE is set' if _offline() else ''}): fetch them on a machine with internet "
+            f"({fetch}) and copy the cache here (HF_HOME/HF_HUB_CACHE move it), or use --checkpoint")
     state = read_checkpoint(path)
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {str(path)!r}: expected a state_dict, got {type(state).__name__}")

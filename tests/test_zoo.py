@@ -210,6 +210,24 @@ def test_pretrained_weights_missing_offline_is_one_line_naming_the_model_and_the
     assert line.startswith("Error: model.weights: pretrained weights for timm:mobilenetv3_small_050 are not in")
 
 
+def test_pretrained_weights_missing_online_are_not_fetched(offline_cache, monkeypatch):
+    import huggingface_hub
+    import huggingface_hub.file_download
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    def no_fetch(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_fetch)
+    monkeypatch.setattr(huggingface_hub.file_download, "hf_hub_download", no_fetch)
+    with pytest.raises(CheckpointError) as caught:
+        load_model(ModelConfig(arch="timm:mobilenetv3_small_050", weights="pretrained"), CPU)
+    message = str(caught.value)
+    assert "\n" not in message and "HF_HUB_OFFLINE" not in message
+    assert "(hf download timm/mobilenetv3_small_050.lamb_in1k)" in message
+
+
 def test_weights_names_that_are_not_for_timm_and_unknown_models_are_config_errors():
     with pytest.raises(ConfigError, match=r"model.weights: 'IMAGENET1K_V2' is not for a timm model"):
         load_model(ModelConfig(arch="timm:resnet18", weights="IMAGENET1K_V2"), CPU)

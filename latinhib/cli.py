@@ -106,10 +106,11 @@ def config_options(func=None, *, evaluate: bool = False):
                          help=_with_default("Fraction of images to enhance (0-1).", "inhibition.ratio"))
     options = [
         click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file."),
-        click.option("--arch", help=_with_default("torchvision architecture (resnet50, ...) or "
-                                                  "'package.module:Class'.", "model.arch")),
+        click.option("--arch", help=_with_default("torchvision architecture (resnet50, ...), 'timm:NAME' "
+                                                  "(timm:convnext_tiny) or 'package.module:Class'.", "model.arch")),
         click.option("--weights", help=_with_default("torchvision weights name, e.g. IMAGENET1K_V1 or "
-                                                     "ResNet50_Weights.IMAGENET1K_V2.", "model.weights")),
+                                                     "ResNet50_Weights.IMAGENET1K_V2; 'pretrained' for timm.",
+                                                     "model.weights")),
         click.option("--checkpoint", type=click.Path(dir_okay=False), help="state_dict or TorchScript file."),
         click.option("--trust-checkpoint", is_flag=True, default=None,
                      help="Allow a fully pickled model (runs code from the file)."),

@@ -37,15 +37,18 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # torchvision architecture name (resnet50, mobilenet_v2, ...), or "package.module:Class"
+    # torchvision architecture name (resnet50, mobilenet_v2, ...), "timm:NAME" for a timm
+    # model (timm:convnext_tiny, timm:resnet50.a1_in1k; the timm extra), or "package.module:Class"
     # for your own network. MobileNetV2: light enough for a laptop CPU, and its ImageNet
     # weights can be had offline (README.md#set-up-two-commands).
     arch: str = "mobilenet_v2"
-    # torchvision weights name, e.g. IMAGENET1K_V1 or ResNet50_Weights.IMAGENET1K_V2;
-    # used when no checkpoint is given. null = random init (only useful in tests).
+    # torchvision weights name, e.g. IMAGENET1K_V1 or ResNet50_Weights.IMAGENET1K_V2; for
+    # timm:NAME, pretrained (or this default) = timm's weights from the local Hugging Face
+    # cache. Used when no checkpoint is given. null = random init (only useful in tests).
     weights: Optional[str] = "IMAGENET1K_V1"
-    # a state_dict (.pth/.pt, also {"state_dict": ...} / {"model": ...}) or a TorchScript
-    # file; overrides `weights`.
+    # a state_dict (.pth/.pt, also {"state_dict": ...} / {"model": ...}, timm's training
+    # checkpoints with their state_dict_ema preferred), a .safetensors file or a TorchScript
+    # file, told apart by content; overrides `weights`.
     checkpoint: Optional[str] = None
     # the checkpoint file's sha256 and size in bytes. A job records both in
     # DST/latinhib-config.yaml (so a dataset can be traced to the file that made it); set
@@ -284,7 +287,7 @@ def _validate(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
     k = lambda name: f"{section}.{name}"  # noqa: E731
     if section == "model":
         if not isinstance(out["arch"], str) or not out["arch"]:
-            raise _fail(k("arch"), out["arch"], "a torchvision architecture name or 'package.module:Class'")
+            raise _fail(k("arch"), out["arch"], "a torchvision architecture name, 'timm:NAME' or 'package.module:Class'")
         out["weights"] = _optional_str(k("weights"), out["weights"])
         out["checkpoint"] = _optional_str(k("checkpoint"), out["checkpoint"])
         out["checkpoint_sha256"] = _optional_str(k("checkpoint_sha256"), out["checkpoint_sha256"])

@@ -24,6 +24,7 @@ __all__ = [
     "BlockOutput",
     "ImportanceMaps",
     "default_layers",
+    "feature_stages",
     "find_blocks",
     "frozen_eval",
     "importance_maps",
@@ -278,16 +279,45 @@ def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: i
     return pick_layers(probe_blocks(model, blocks, input_size, in_channels), input_size)
 
 
+def feature_stages(model: nn.Module) -> List[str]:
+    """The module names a model lists with their strides in ``feature_info`` (every timm
+    model does: ``[{"module": "stages.1", "reduction": 8, ...}, ...]``); [] for others.
+    Names that do not resolve to a submodule are skipped."""
+    info = getattr(model, "feature_info", None)
+    if hasattr(info, "get_dicts"):  # timm's FeatureInfo (features_only models)
+        info = info.get_dicts()
+    if not isinstance(info, (list, tuple)):
+        return []
+    names = []
+    for entry in info:
+        name = entry.get("module") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name:
+            continue
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            continue
+        names.append(name)
+    return names
+
+
 def find_blocks(model: nn.Module) -> Dict[str, nn.Module]:
     """The model's blocks by name, parents first: a child of the model itself or of an
     ``nn.Sequential``/``nn.ModuleList`` that is a block (ResNet's ``layer2``, ``layer4.0``;
-    MobileNet's ``features.6``; EfficientNet-Lite's ``_blocks.4``)."""
+    MobileNet's ``features.6``; EfficientNet-Lite's ``_blocks.4``), and a stage the model
+    lists in ``feature_info`` (:func:`feature_stages`) with its children."""
     blocks: Dict[str, nn.Module] = {}
+    stages = set(feature_stages(model))
     for name, module in model.named_modules():  # parents come before their children
         # Only a chain of containers from the root leads to blocks: a Sequential *inside* a
         # block (ResNet's ``layer4.0.downsample``, MobileNet's ``features.7.conv``) is that
-        # block's internals, not a stage.
-        if module is model or (isinstance(module, (nn.Sequential, nn.ModuleList)) and name in blocks):
+        # block's internals, not a stage. A stage the model lists in its ``feature_info``
+        # is a block whose children are blocks too, whatever its class (timm's ConvNeXt
+        # and RegNet stages are not Sequentials: the stride-32 stage that feeds pooling
+        # would otherwise have no block to offer).
+        if name in stages:
+            blocks[name] = module
+        if module is model or name in stages or (isinstance(module, (nn.Sequential, nn.ModuleList)) and name in blocks):
             for child_name, child in module.named_children():
                 blocks[f"{name}.{child_name}" if name else child_name] = child
     return blocks
@@ -305,6 +335,8 @@ class BlockOutput:
     #: Which tensor the block returned: equal for blocks that return the very same one
     #: (ResNet's ``layer2`` and ``layer2.3``).
     tensor: int
+    #: The model lists it in ``feature_info`` (a timm stage).
+    listed: bool = False
 
 
 def probe_blocks(model: nn.Module, blocks: Dict[str, nn.Module], input_size: Tuple[int, int],
@@ -312,6 +344,7 @@ def probe_blocks(model: nn.Module, blocks: Dict[str, nn.Module], input_size: Tup
     """One forward on zeros of ``in_channels`` x ``input_size``: the (B, C, H, W) output
     of each block, in the order they finished."""
     records: List[BlockOutput] = []
+    stages = set(feature_stages(model))
     # Every recorded output stays referenced until the probe is over: a freed output's
     # memory can be reused for a later one (the final feature map included), and then
     # equal data pointers would no longer mean "the same tensor".
@@ -322,7 +355,8 @@ def probe_blocks(model: nn.Module, blocks: Dict[str, nn.Module], input_size: Tup
         def hook(module, inputs, output):
             if isinstance(output, torch.Tensor) and output.ndim == 4:
                 alive.append(output)
-                records.append(BlockOutput(block_name, tuple(output.shape[-2:]), compound, output.data_ptr()))
+                records.append(BlockOutput(block_name, tuple(output.shape[-2:]), compound, output.data_ptr(),
+                                           block_name in stages))
 
         return hook
 
@@ -354,7 +388,8 @@ def pick_layers(outputs: Sequence[BlockOutput], input_size: Tuple[int, int],
     weighted layers inside) are a block's internals, such as the head conv before global
     pooling (MobileNetV2's ``features.18.0``, EfficientNet-Lite's ``_conv_head``); they
     count only where a stride has nothing else. Of blocks giving the very same tensor
-    (ResNet's ``layer2`` and ``layer2.3``) the shallowest name is kept. With no block at
+    (ResNet's ``layer2`` and ``layer2.3``) the one the model lists in ``feature_info`` is
+    kept, else the shallowest (timm EfficientNet's ``blocks.6``, not ``blocks``). With no block at
     any of ``strides`` (tiny or unusual networks): the last spatial block that is not
     final. Raises ValueError when no block has a spatial map.
     """
@@ -369,7 +404,7 @@ def pick_layers(outputs: Sequence[BlockOutput], input_size: Tuple[int, int],
             continue
         held = chosen.get(stride)
         if held is not None and (held.compound and not output.compound
-                                 or held.tensor == output.tensor and _depth(held) <= _depth(output)):
+                                 or held.tensor == output.tensor and _rank(held) <= _rank(output)):
             continue
         chosen[stride] = output
     if not chosen:
@@ -378,5 +413,6 @@ def pick_layers(outputs: Sequence[BlockOutput], input_size: Tuple[int, int],
     return [chosen[stride].name for stride in sorted(chosen)]
 
 
-def _depth(output: BlockOutput) -> int:
-    return output.name.count(".")
+def _rank(output: BlockOutput) -> Tuple[bool, int]:
+    """Which of two blocks returning the same tensor names it: listed first, then shallowest."""
+    return (not output.listed, output.name.count("."))

@@ -1,6 +1,8 @@
 """Building and loading the classifier: torchvision architectures and weights names,
-state_dict checkpoints (with the usual wrappers and prefixes), TorchScript files, a
-user's own ``package.module:Class``, and the preprocessing that goes with each.
+timm's ``timm:NAME`` (its particulars in :mod:`latinhib.zoo`), state_dict checkpoints (with
+the usual wrappers and prefixes, timm's training checkpoints, .safetensors), TorchScript
+files, a user's own ``package.module:Class``, and the preprocessing that goes with each.
+Files are read by :mod:`latinhib.checkpoint_files`.
 
 Loading is safe by default: ``torch.load(..., weights_only=True)``; a fully pickled model
 is only unpickled with ``model.trust_checkpoint`` (``--trust-checkpoint``).
@@ -11,9 +13,6 @@ import dataclasses
 import hashlib
 import importlib
 import os
-import pickle
-import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -21,6 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from . import zoo
+from .checkpoint_files import CheckpointError, read_checkpoint
 from .config import ConfigError, ModelConfig
 
 __all__ = ["CheckpointError", "LoadedModel", "load_model", "clean_state_dict"]
@@ -28,12 +29,10 @@ __all__ = ["CheckpointError", "LoadedModel", "load_model", "clean_state_dict"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_INPUT_SIZE = (224, 224)
-WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net", "network")
+#: timm's training checkpoints keep the weights' moving average under ``state_dict_ema``
+#: next to ``state_dict``; timm's own loader prefers it, and so does this one.
+WRAPPER_KEYS = ("state_dict_ema", "state_dict", "model", "model_state_dict", "module", "net", "network")
 PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
-
-
-class CheckpointError(ValueError):
-    """The model or checkpoint cannot be built or loaded; the message names the file."""
 
 
 @dataclass
@@ -151,59 +150,6 @@ def _classifier_out_features(model: nn.Module) -> Optional[Tuple[str, int]]:
         if isinstance(module, nn.Linear):
             last = (name, module.out_features)
     return last
-
-
-def _is_torchscript(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
-def _looks_like_torch_save(path: Path) -> bool:
-    """A zip archive (torch.save since 1.6) or a pickle (protocol 2+ opens with 0x80:
-    the legacy format)."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-    except OSError:
-        return True  # torch.load names the error
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
-
-
-def _first_bytes(path: Path) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read(8)
-
-
-def _load_file(path: Path, trust: bool) -> Any:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r}: no such file")
-    if _is_torchscript(path):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated"
-                return torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:  # noqa: BLE001 - reported with the file name
-            raise CheckpointError(f"checkpoint {str(path)!r}: not a loadable TorchScript file: {exc}") from None
-    if not _looks_like_torch_save(path):  # before the unpickler's lecture on pickled code
-        raise CheckpointError(f"checkpoint {str(path)!r}: not a PyTorch checkpoint (torch.save writes a zip "
-                              f"archive; this file starts with {_first_bytes(path)!r})")
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as exc:
-        if trust:
-            raise CheckpointError(f"checkpoint {str(path)!r}: cannot be unpickled: {exc}") from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} holds pickled code or objects, not just tensors ({first}); "
-            f"refusing to load it. Pass --trust-checkpoint only if you trust this file."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r}: not a PyTorch checkpoint: {str(exc).splitlines()[0]}") from None
-    except (ImportError, AttributeError) as exc:  # a trusted pickle naming code that is not importable here
-        raise CheckpointError(f"checkpoint {str(path)!r}: cannot be unpickled: {exc}") from None
 
 
 def _load_state(model: nn.Module, state: Dict[str, torch.Tensor], path: Path) -> None:
@@ -329,7 +275,7 @@ def _from_checkpoint(cfg: ModelConfig) -> _Built:
     """A TorchScript file or trusted pickled model as it is, or ``cfg.arch`` with the
     file's state_dict."""
     path = Path(cfg.checkpoint)
-    loaded = _load_file(path, cfg.trust_checkpoint)
+    loaded = read_checkpoint(path, cfg.trust_checkpoint)
     sha256, size = _file_digest(path, cfg)
     if isinstance(loaded, nn.Module):  # TorchScript, or a trusted pickled model
         return _Built(loaded, f"{type(loaded).__name__} from {path}", sha256=sha256, size=size)
@@ -340,12 +286,16 @@ def _from_checkpoint(cfg: ModelConfig) -> _Built:
         raise CheckpointError(f"checkpoint {str(path)!r}: holds no tensors")
     model = _build_for_state(cfg, state)
     _load_state(model, state, path)
-    return _Built(model, f"{cfg.arch} with {path}", sha256=sha256, size=size)
+    ema = " (its state_dict_ema)" if "state_dict_ema" in loaded else ""
+    built = _Built(model, f"{cfg.arch} with {path}{ema}", sha256=sha256, size=size)
+    return _with_timm_preprocessing(built) if zoo.is_timm(cfg.arch) else built
 
 
 def _build_for_state(cfg: ModelConfig, state: Dict[str, torch.Tensor]) -> nn.Module:
     """``cfg.arch`` built to take ``state``: unless ``model.kwargs`` says, with as many
     classes as the checkpoint's own head was trained on."""
+    if zoo.is_timm(cfg.arch):
+        return zoo.build(cfg.arch, cfg.kwargs, state=state)
     builder, kwargs = _builder(cfg.arch), dict(cfg.kwargs)
     model = _build(builder, cfg.arch, kwargs)
     head = _classifier_out_features(model)
@@ -360,6 +310,8 @@ def _build_for_state(cfg: ModelConfig, state: Dict[str, torch.Tensor]) -> nn.Mod
 def _from_arch(cfg: ModelConfig) -> _Built:
     """``cfg.arch`` with torchvision's ``cfg.weights`` (and their preprocessing and
     classes), or with random weights."""
+    if zoo.is_timm(cfg.arch):
+        return _with_timm_preprocessing(_from_timm(cfg))
     builder, kwargs = _builder(cfg.arch), dict(cfg.kwargs)
     if cfg.weights is None:
         return _Built(_build(builder, cfg.arch, kwargs), f"{cfg.arch} (random weights)")
@@ -381,6 +333,27 @@ def _from_arch(cfg: ModelConfig) -> _Built:
                   mean=tuple(transforms.mean), std=tuple(transforms.std),
                   input_size=(crop[0], crop[0]) if len(crop) == 1 else (crop[0], crop[1]),
                   classes=list(weights.meta.get("categories") or []) or None)
+
+
+def _from_timm(cfg: ModelConfig) -> _Built:
+    """``timm:NAME`` with random weights, or with timm's pretrained weights from the local
+    cache (``model.weights: pretrained``, or the default ``IMAGENET1K_V1``)."""
+    if cfg.weights is None:
+        return _Built(zoo.build(cfg.arch, cfg.kwargs), f"{cfg.arch} (random weights)")
+    if cfg.weights not in zoo.PRETRAINED_ALIASES:
+        raise ConfigError(f"model.weights: {cfg.weights!r} is not for a timm model; use {zoo.PRETRAINED} (timm's "
+                          f"weights of the tag in the name, e.g. {cfg.arch.partition('.')[0]}.<tag>) or null")
+    state, path = zoo.pretrained_state(cfg.arch)
+    model = zoo.build(cfg.arch, cfg.kwargs, pretrained_weights=clean_state_dict(state))
+    return _Built(model, f"{cfg.arch} with timm's pretrained weights from {path}", weights=zoo.PRETRAINED)
+
+
+def _with_timm_preprocessing(built: _Built) -> _Built:
+    """``built`` with the input size, mean and std of its timm model's pretrained_cfg."""
+    if isinstance(built.model, torch.jit.ScriptModule):
+        return built
+    meta = zoo.preprocessing(built.model)
+    return dataclasses.replace(built, input_size=meta.input_size, mean=meta.mean, std=meta.std)
 
 
 def _frozen(model: nn.Module, device: torch.device) -> nn.Module:

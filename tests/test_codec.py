@@ -119,3 +119,50 @@ def test_cuda_decodes_and_encodes_as_the_cpu(photo_jpegs):
     encoded = codec.encode_jpegs(cuda, 95)
     for a, data in zip(cpu, encoded):
         assert (_pillow_pixels(data).int() - a.int()).abs().float().mean() < 1.5
+
+
+def test_the_job_gives_the_same_masks_and_pixels_with_either_codec(tmp_path, monkeypatch):
+    """``runtime.codec`` pillow and torchvision through ``latinhib enhance``: the same
+    selection, the same masks, enhanced JPEGs within JPEG tolerance of each other; files
+    that are not plain JPEGs (a rotated one, a PNG) go through Pillow under both."""
+    import json
+
+    import torchvision
+    from click.testing import CliRunner
+
+    from latinhib.cli import main
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "tiny.pth"
+    torch.save(torchvision.models.get_model("mobilenet_v3_small", num_classes=2).state_dict(), checkpoint)
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    rgb = np.array(Image.fromarray(photos.chelsea()).resize((200, 150)))
+    (src / "a" / "cat.jpg").write_bytes(_jpeg(rgb))
+    (src / "a" / "grey.jpg").write_bytes(_jpeg(photos.camera()[::4, ::4]))
+    rotated = Image.Exif()
+    rotated[codec.ORIENTATION] = 6
+    (src / "a" / "rotated.jpg").write_bytes(_jpeg(rgb, exif=rotated.tobytes()))
+    Image.fromarray(rgb).save(src / "a" / "cat.png")
+    outputs, decoded = {}, []
+    real_decode = codec.decode_jpegs
+    monkeypatch.setattr(codec, "decode_jpegs", lambda datas, device: decoded.extend(datas) or real_decode(datas, device))
+    for name in ("pillow", "torchvision"):
+        dst, masks = tmp_path / f"dst-{name}", tmp_path / f"masks-{name}"
+        result = CliRunner().invoke(main, [
+            "enhance", str(src), str(dst), "--arch", "mobilenet_v3_small", "--checkpoint", str(checkpoint),
+            "--device", "cpu", "--set", "model.input_size=64", "--ratio", "1", "--save-masks", str(masks),
+            "--set", f"runtime.codec={name}", "--quiet"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        outputs[name] = (dst, masks, {e["path"]: e for e in map(json.loads, (dst / "latinhib-manifest.jsonl").read_text().splitlines())})
+        # only the plain JPEGs (cat.jpg, grey.jpg) took torchvision's path, and only under it
+        assert len(decoded) == (2 if name == "torchvision" else 0), name
+    (pil_dst, pil_masks, pil_entries), (tv_dst, tv_masks, tv_entries) = outputs["pillow"], outputs["torchvision"]
+    assert {k: e["status"] for k, e in pil_entries.items()} == {k: e["status"] for k, e in tv_entries.items()}
+    assert all(e["status"] == "enhanced" for e in tv_entries.values())
+    for rel in pil_entries:
+        assert (pil_masks / f"{rel}.png").read_bytes() == (tv_masks / f"{rel}.png").read_bytes(), rel
+        a = _pillow_pixels((pil_dst / rel).read_bytes()).int()
+        b = _pillow_pixels((tv_dst / rel).read_bytes()).int()
+        assert a.shape == b.shape and (a - b).abs().float().mean() < 1.0, rel
+        assert pil_entries[rel]["kept_fraction"] == tv_entries[rel]["kept_fraction"]

@@ -144,39 +144,46 @@ def print_rows(results, sizes: List[int]) -> None:
           "for peak RSS, per million files")
 
 
-def listing(tmp: Path, count: int) -> None:
-    """List and plan ``count`` empty files in this process, walking and with --files-from."""
-    from latinhib.config import Config, OutputConfig
-    import dataclasses
+def listing_rows(tmp: Path, count: int, trees: Dict[str, Path]) -> None:
+    """:func:`listing` of one tree of ``count`` empty files by each code tree, in a subprocess each."""
+    src = tmp / f"list{count}"
+    started = time.perf_counter()
+    make_tree(src, count)
+    print(f"\nlisting + planning {count} files (tree made in {time.perf_counter() - started:.1f} s):", flush=True)
+    for label, tree in trees.items():
+        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import per_file; "
+                f"per_file.listing({str(src)!r}, {label!r})")
+        subprocess.run([sys.executable, "-c", code], env=code_env(tree), cwd=tree, check=True)
+    shutil.rmtree(src)
 
+
+def listing(src: str, label: str) -> None:
+    """List and plan the files under ``src`` in this process, walking and with --files-from."""
+    from latinhib.config import Config
     from latinhib.plan import make_plan
     from latinhib.sinks import FolderSink
     from latinhib.sources import FolderSource
 
-    src = tmp / f"list{count}"
-    started = time.perf_counter()
-    make_tree(src, count)
-    made = time.perf_counter() - started
-    lines = [f"n{c:08d}/{name}" for c in range(CLASSES) for name in sorted(os.listdir(src / f"n{c:08d}"))] \
-        if (src / "n00000000").exists() else []
+    src = Path(src)
+    lines = [f"{d}/{name}" for d in sorted(os.listdir(src)) for name in sorted(os.listdir(src / d))]
     config = Config()
-    sink = FolderSink(tmp / "no-dst")
-    print(f"\nlisting + planning {count} files (tree made in {made:.1f} s):")
-    for label, files_from in (("walk", None), ("--files-from", lines)):
+    sink = FolderSink(src.parent / "no-dst")
+    for how, files_from in (("walk", None), ("--files-from", lines)):
         started = time.perf_counter()
         items = FolderSource(src, files_from=files_from).list().items
         listed = time.perf_counter() - started
         plan = make_plan(items, {}, config, sink)
         planned = time.perf_counter() - started
-        print(f"  {label:<13} list {listed:6.2f} s, + plan {planned - listed:6.2f} s = {planned:6.2f} s "
+        print(f"  {label:<8} {how:<13} list {listed:6.2f} s, + plan {planned - listed:6.2f} s = {planned:6.2f} s "
               f"({len(plan.to_enhance)} to enhance, {len(plan.to_copy)} to copy)", flush=True)
         del items, plan
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 200000])
-    parser.add_argument("--compare", metavar="REV", help="also run latinhib at this git revision (before/after)")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[20000, 200000], help="two or more (none: listing only)")
+    parser.add_argument("--compare", metavar="REV", help="also run latinhib at this git revision, or from this "
+                        "checkout's folder (before/after)")
     parser.add_argument("--listing", type=int, default=1280000, help="files to list and plan (0: skip)")
     parser.add_argument("--tmp", default="/dev/shm", help="where the trees go (tmpfs)")
     args = parser.parse_args()
@@ -184,22 +191,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="latinhib-perfile-", dir=args.tmp) as tmp:
         tmp = Path(tmp)
         trees = {"now": REPO}
-        if args.compare:
-            before = tmp / "before"
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(before), args.compare],
+        made = None
+        if args.compare and Path(args.compare).is_dir():  # a checkout to compare with, as it is
+            trees = {Path(args.compare).name: Path(args.compare).resolve(), "now": REPO}
+        elif args.compare:
+            made = tmp / "before"
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(made), args.compare],
                            check=True)
-            trees = {args.compare: before, "now": REPO}
+            trees = {args.compare: made, "now": REPO}
         try:
             data = tiny_jpeg()
             for size in sizes:
                 make_tree(tmp / f"src{size}", size, data)
-            results = rows_for(tmp, sizes, trees)
-            print_rows(results, sizes)
+            if len(sizes) >= 2:
+                print_rows(rows_for(tmp, sizes, trees), sizes)
             if args.listing:
-                listing(tmp, args.listing)
+                listing_rows(tmp, args.listing, trees)
         finally:
-            if args.compare:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp / "before")])
+            if made is not None:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(made)])
 
 
 if __name__ == "__main__":

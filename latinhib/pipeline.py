@@ -157,7 +157,7 @@ def _job(config: Config, source: Source, src: Union[str, Path], dst: Path, ctx: 
     listing = _list(source, ctx)
     labels = resolve_labels(listing.items, config, loaded.classes)
     # Labels above are decided on the whole listing, so every shard picks the same target.
-    sink = _open_sink(listing, src, dst, options)
+    sink = _open_sink(listing, src, dst, options, config.output.unselected)
     items = ctx.select(listing.items, key=sink.unit_of)  # torchrun / --shard: by output unit
     problems = [p for p in listing.problems if ctx.owns_unit(p[0].split("/", 1)[0])]
     recorded = recorded_config(config, loaded, enhancer)
@@ -203,15 +203,17 @@ def _list(source: Source, ctx: distributed.Context) -> Listing:
         raise JobError(str(exc)) from None
 
 
-def _open_sink(listing: Listing, src: Union[str, Path], dst: Path, options: JobOptions) -> Sink:
-    """Shards out for shards in, a folder for a folder, unless ``options.output_format`` says."""
+def _open_sink(listing: Listing, src: Union[str, Path], dst: Path, options: JobOptions, unselected: str = "copy") -> Sink:
+    """Shards out for shards in, a folder for a folder, unless ``options.output_format`` says;
+    a folder links its unselected files under ``output.unselected`` (shards hold bytes)."""
     output_format, shard_size = options.output_format or listing.format, options.shard_size
     if output_format not in FORMATS:
         raise JobError(f"--output-format: {output_format!r} is not allowed; choose {', '.join(FORMATS)}")
     if output_format == "folder":
         if shard_size:
             raise JobError("--shard-size is for --output-format webdataset")
-        return FolderSink(dst, from_shards=listing.format == "webdataset")
+        return FolderSink(dst, from_shards=listing.format == "webdataset", unselected=unselected,
+                          note=lambda message: options.log(f"latinhib: {message}"))
     if listing.format == "webdataset":
         if shard_size:
             raise JobError("--shard-size is for a folder SRC: shards in give one output shard per input shard")

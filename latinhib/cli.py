@@ -57,6 +57,7 @@ OPTION_KEYS = {
     "save_masks": "output.save_masks",
     "save_heatmaps": "output.save_heatmaps",
     "jpeg_quality": "output.jpeg_quality",
+    "link_unselected": "output.unselected",
 }
 FLAG_KEYS = {"trust_checkpoint": "model.trust_checkpoint", "overwrite": "output.overwrite",
              "images_only": "output.images_only"}
@@ -222,6 +223,9 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, default=None, help="Redo outputs that already exist.")
 @click.option("--images-only", is_flag=True, default=None,
               help="Leave out files latinhib does not enhance (by default they are copied byte for byte).")
+@click.option("--link-unselected", "link_unselected", flag_value="hardlink", default=None,
+              help="Hard-link the files that are not enhanced instead of copying them (output.unselected: "
+                   "hardlink; copies where SRC and DST are on different filesystems). See docs/linked-copies.md.")
 @click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that point outside SRC.")
 @click.option("--strict", is_flag=True, help="Stop at the first file that fails.")
 @click.option("--print-outputs", is_flag=True, help="Print each output path on stdout, one per line.")

@@ -29,6 +29,9 @@ __all__ = [
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 DEVICES = ("auto", "cpu", "cuda")
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
+#: output.unselected (links.MODES) and runtime.codec (codec.CODECS), here without their modules' imports.
+UNSELECTED_MODES = ("copy", "hardlink", "reflink", "symlink")
+CODECS = ("auto", "pillow", "torchvision")
 
 
 class ConfigError(ValueError):
@@ -153,6 +156,12 @@ class OutputConfig:
     # default they are copied byte for byte, so DST is a complete copy of the dataset that
     # the next step of a pipeline can use in place of SRC.
     images_only: bool = False
+    # what a file that is not enhanced becomes in DST (folder output): copy (its bytes),
+    # hardlink (a second name of SRC's file: editing it in place edits SRC), reflink (a
+    # copy-on-write clone, where the filesystem has them), symlink (a relative link to SRC).
+    # A link that cannot be made (another filesystem) is a copy, said once; the manifest's
+    # `link` says which. See docs/linked-copies.md.
+    unselected: str = "copy"
 
 
 @dataclass(frozen=True)
@@ -171,6 +180,11 @@ class RuntimeConfig:
     amp: str = "auto"
     # threads for torch on CPU (shared by the model streams); 0 = torch's default.
     threads: int = 0
+    # JPEG decoder/encoder: pillow, torchvision (torchvision.io: libjpeg-turbo on a CPU,
+    # nvJPEG on CUDA, no copies through a PIL image), or auto (torchvision where available:
+    # measured faster on this project's CPU, scripts/bench/ceiling.py). Other formats, and
+    # CMYK or EXIF-rotated JPEGs, always go through Pillow.
+    codec: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -348,6 +362,7 @@ def _validate(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
         out["save_heatmaps"] = _optional_str(k("save_heatmaps"), out["save_heatmaps"])
         out["overwrite"] = _bool(k("overwrite"), out["overwrite"])
         out["images_only"] = _bool(k("images_only"), out["images_only"])
+        out["unselected"] = _choice(k("unselected"), out["unselected"], UNSELECTED_MODES)
     elif section == "runtime":
         out["device"] = _device(k("device"), out["device"])
         out["batch_size"] = _number(k("batch_size"), out["batch_size"], 1, 65536, integer=True)
@@ -356,6 +371,7 @@ def _validate(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
             out["amp"] = "off"
         out["amp"] = _choice(k("amp"), out["amp"], AMP_CHOICES)
         out["threads"] = _number(k("threads"), out["threads"], 0, 1024, integer=True)
+        out["codec"] = _choice(k("codec"), out["codec"], CODECS)
     return out
 
 

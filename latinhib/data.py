@@ -12,6 +12,7 @@ import errno
 import io
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,12 +62,16 @@ def display(text: str) -> str:
     return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
     """One input file. ``rel`` is its POSIX path relative to SRC (the manifest key and
-    the output path); ``class_name`` its ImageFolder class (first folder), if any."""
+    the output path); ``class_name`` its ImageFolder class (first folder), if any.
 
-    path: Path
+    A job holds one per listed file (1.28M for ImageNet), so it is kept small: slots, the
+    path as the listing's string (a ``Path`` object costs ~4x its string), the class name
+    shared by every file of a folder."""
+
+    path: Union[str, Path]
     rel: str
     class_name: Optional[str]
 
@@ -74,7 +79,7 @@ class Item:
     def is_image(self) -> bool:
         """An extension latinhib enhances; every other file is only ever copied (or, with
         ``output.images_only``, left out)."""
-        return Path(self.rel).suffix.lower() in IMAGE_EXTENSIONS
+        return os.path.splitext(self.rel)[1].lower() in IMAGE_EXTENSIONS
 
     # What the stages after the source ask of an item, answered here so that none of them
     # checks which kind of item it holds (``sources.SampleItem`` answers for a tar sample).
@@ -111,15 +116,18 @@ class Item:
         return self.path
 
 
-def _item(root: Path, path: Path) -> Item:
-    rel = path.relative_to(root).as_posix()
-    parts = rel.split("/")
-    return Item(path, rel, parts[0] if len(parts) > 1 else None)
 
-
-def _inside(root_real: str, path: Path) -> bool:
+def _inside(root_real: str, path: Union[str, Path]) -> bool:
     real = os.path.realpath(path)
     return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def _class_of(rel: str, classes: Dict[str, str]) -> Optional[str]:
+    """The first folder of ``rel`` (None for a file at SRC's top), one string per class."""
+    head, sep, _ = rel.partition("/")
+    if not sep:
+        return None
+    return classes.setdefault(head, head)
 
 
 def list_folder(src: Path, *, follow_symlinks: bool = False, exclude: Sequence[Path] = ()) -> List[Item]:
@@ -129,34 +137,52 @@ def list_folder(src: Path, *, follow_symlinks: bool = False, exclude: Sequence[P
     links and link loops are kept, so they are reported as failed files rather than
     silently vanishing. ``exclude`` are folders not to descend into (a mask folder inside
     SRC, say).
+
+    One ``scandir`` per folder and string paths: the entries' types come with the
+    listing, so a file costs no system call of its own unless it is a symlink (listing
+    1.28M files: see scripts/bench/per_file.py).
     """
     root_real = os.path.realpath(src)
     excluded = {os.path.realpath(p) for p in exclude}
     items: List[Item] = []
-    seen_dirs = set()
-    for dirpath, dirnames, filenames in os.walk(src, followlinks=follow_symlinks):
-        real_dir = os.path.realpath(dirpath)
+    seen_dirs: set = set()
+    classes: Dict[str, str] = {}
+    top = os.fspath(src)
+
+    def walk(folder: str, prefix: str) -> None:
+        real_dir = os.path.realpath(folder)
         if real_dir in seen_dirs or real_dir in excluded:  # a directory link loop
-            dirnames[:] = []
-            continue
+            return
         seen_dirs.add(real_dir)
-        dirnames.sort()
-        kept = []
-        for name in dirnames:
-            path = Path(dirpath, name)
-            if path.is_symlink() and not follow_symlinks:
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError:  # unreadable, as os.walk skips it
+            return
+        subdirs = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if entry.is_symlink() and (not follow_symlinks or os.path.realpath(entry.path) in seen_dirs):
+                    continue
+                subdirs.append(entry)
                 continue
-            if path.is_symlink() and os.path.realpath(path) in seen_dirs:
-                continue
-            kept.append(name)
-        dirnames[:] = kept
-        for name in sorted(filenames):
-            path = Path(dirpath, name)
+            name = entry.name
             if name.startswith(".") and ".latinhib-" in name:
                 continue  # our own temporary files
-            if path.is_symlink() and not follow_symlinks and os.path.exists(path) and not _inside(root_real, path):
+            path = os.path.join(folder, name)
+            if (entry.is_symlink() and not follow_symlinks and os.path.exists(path)
+                    and not _inside(root_real, path)):
                 continue
-            items.append(_item(src, path))
+            rel = prefix + name
+            items.append(Item(path, rel, _class_of(rel, classes)))
+        for entry in subdirs:
+            walk(os.path.join(folder, entry.name), prefix + entry.name + "/")
+
+    walk(top, "")
     return items
 
 
@@ -164,32 +190,49 @@ def list_files_from(src: Path, lines: Iterable[str], *, follow_symlinks: bool = 
     """Items from a list of paths (``--files-from``): relative to ``src``, or absolute
     inside it. A path outside ``src`` (``..``, another folder), or one that resolves
     through a symlink to outside ``src`` without ``follow_symlinks``, raises
-    :class:`PathError` naming it, before anything is written."""
-    root = Path(os.path.abspath(src))
+    :class:`PathError` naming it, before anything is written.
+
+    Whether a path leaves SRC through a symlink is asked of each folder once (its real
+    path, cached) and of each file only when it is a symlink itself (one ``lstat``)."""
+    root = os.path.abspath(src)
+    inside_root = root.rstrip(os.sep) + os.sep  # normpath has taken out every "..": a prefix test is enough
     root_real = os.path.realpath(src)
     items: List[Item] = []
     seen = set()
+    classes: Dict[str, str] = {}
+    folders: Dict[str, bool] = {}  # folder -> whether its real path is inside SRC
     for number, line in enumerate(lines, 1):
         text = line.rstrip("\r\n")
         if not text.strip():
             continue
-        candidate = Path(text)
-        path = candidate if candidate.is_absolute() else root / candidate
-        path = Path(os.path.normpath(path))
-        try:
-            rel = path.relative_to(root)
-        except ValueError:
-            raise PathError(f"--files-from line {number}: {display(text)!r} is outside SRC {display(str(src))!r}") from None
-        if not rel.parts or rel.parts[0] == "..":
+        path = os.path.normpath(text if os.path.isabs(text) else os.path.join(root, text))
+        rel = path[len(inside_root):] if path.startswith(inside_root) else None
+        if not rel:
             raise PathError(f"--files-from line {number}: {display(text)!r} is outside SRC {display(str(src))!r}")
-        if not follow_symlinks and os.path.exists(path) and not _inside(root_real, path):
+        if not follow_symlinks and _leaves(root_real, path, folders):
             raise PathError(f"--files-from line {number}: {display(text)!r} is a symlink to outside SRC "
                             f"{display(str(src))!r}; pass --follow-symlinks to follow it")
-        if rel.as_posix() in seen:
+        rel = rel.replace(os.sep, "/")
+        if rel in seen:
             continue
-        seen.add(rel.as_posix())
-        items.append(_item(root, path))
+        seen.add(rel)
+        items.append(Item(path, rel, _class_of(rel, classes)))
     return items
+
+
+def _leaves(root_real: str, path: str, folders: Dict[str, bool]) -> bool:
+    """Whether the existing ``path`` resolves to outside SRC (a missing one never does)."""
+    folder = os.path.dirname(path)
+    inside = folders.get(folder)
+    if inside is None:
+        inside = folders[folder] = _inside(root_real, folder)
+    try:
+        is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False  # missing: reported as a failed file
+    if not inside or is_link:
+        return os.path.exists(path) and not _inside(root_real, path)
+    return False
 
 
 @dataclass
@@ -212,6 +255,8 @@ class Decoded:
     max_value: int
     size: Tuple[int, int]
     info: Dict[str, Any] = field(default_factory=dict)
+    #: what decoded it, and so encodes it back: pillow, or torchvision (codec.py)
+    codec: str = "pillow"
 
     @property
     def color_channels(self) -> int:
@@ -331,27 +376,34 @@ def decode(
     std: Sequence[float],
     *,
     quiet_bombs: bool = True,
+    codec: str = "pillow",
 ) -> Decoded:
     """Decode ``path`` (a file, or a binary file object: a tar member's bytes) for the
     pipeline; raises :class:`DecodeError` with the cause.
 
     ``quiet_bombs=False`` leaves the warning filters alone: for decoding threads, whose
-    job holds :func:`bomb_warnings_ignored` from its main thread."""
+    job holds :func:`bomb_warnings_ignored` from its main thread. ``codec="torchvision"``
+    (``runtime.codec``, resolved): plain JPEGs are decoded by ``torchvision.io`` straight
+    into a tensor (``codec.py``); every other file, and a JPEG it cannot read, by Pillow."""
+    fast = None
     try:
         with bomb_warnings_ignored() if quiet_bombs else contextlib.nullcontext():
             with Image.open(path) as opened:
                 fmt = opened.format or "PNG"
                 _refuse_not_enhanceable(opened, fmt)
                 info = {k: opened.info[k] for k in ("icc_profile", "dpi") if k in opened.info}
-                if opened.mode == "P" and "transparency" not in opened.info:
-                    info["palette"] = opened.getpalette()
-                if fmt == "WEBP" and webp_is_lossless(path):
-                    info["lossless"] = True
-                ImageOps.exif_transpose(opened, in_place=True)  # loads the pixels
-                image = opened
-                if "exif" in image.info:
-                    info["exif"] = image.info["exif"]
-                work, out_mode, max_value = _work_image(image)
+                if codec == "torchvision":
+                    fast = _torchvision_pixels(path, opened, info)
+                if fast is None:
+                    if opened.mode == "P" and "transparency" not in opened.info:
+                        info["palette"] = opened.getpalette()
+                    if fmt == "WEBP" and webp_is_lossless(path):
+                        info["lossless"] = True
+                    ImageOps.exif_transpose(opened, in_place=True)  # loads the pixels
+                    image = opened
+                    if "exif" in image.info:
+                        info["exif"] = image.info["exif"]
+                    work, out_mode, max_value = _work_image(image)
     except DecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -366,12 +418,37 @@ def decode(
         raise DecodeError(f"cannot decode: {type(exc).__name__}: {_unnamed(exc)}") from None
     if fmt == "MPO":
         fmt = "JPEG"
+    if fast is not None:
+        mode = "RGB" if fast.shape[0] == 3 else "L"
+        return _decoded(fast, "JPEG", mode, 255, input_size, mean, std, info, codec="torchvision")
     channels = len(work.getbands())
     if work.mode == "I":
         pixels = _to_tensor(work, 1, torch.int32).clamp(0, 65535)
     else:
         pixels = _to_tensor(work, channels)
     return _decoded(pixels, fmt, out_mode, max_value, input_size, mean, std, info)
+
+
+def _torchvision_pixels(path: Union[Path, BinaryIO], opened: Image.Image, info: Dict[str, Any]) -> Optional[torch.Tensor]:
+    """A plain JPEG's pixels (C, H, W) uint8 by ``torchvision.io``, its EXIF kept in
+    ``info``; None for any other file, or one torchvision cannot read (Pillow then decodes
+    it and names what is wrong)."""
+    from . import codec
+
+    if not codec.plain_jpeg(opened):
+        return None
+    if isinstance(path, (str, os.PathLike)):
+        with open(path, "rb") as handle:
+            data = handle.read()
+    else:
+        data = path.getvalue()
+    try:
+        pixels = codec.decode_jpegs([data], torch.device("cpu"))[0]
+    except RuntimeError:
+        return None
+    if "exif" in opened.info:
+        info["exif"] = opened.info["exif"]
+    return pixels
 
 
 def _decoded(
@@ -383,6 +460,7 @@ def _decoded(
     mean: Sequence[float],
     std: Sequence[float],
     info: Dict[str, Any],
+    codec: str = "pillow",
 ) -> Decoded:
     """A :class:`Decoded` with the model input made from ``pixels`` (C, H, W).
 
@@ -403,4 +481,4 @@ def _decoded(
     mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
     model_input = model_input.sub_(mean_t).div_(std_t)
-    return Decoded(pixels, model_input, fmt, out_mode, max_value, (pixels.shape[2], pixels.shape[1]), info)
+    return Decoded(pixels, model_input, fmt, out_mode, max_value, (pixels.shape[2], pixels.shape[1]), info, codec)

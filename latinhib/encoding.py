@@ -106,8 +106,14 @@ def encode(image: Image.Image, fmt: str, info: Dict[str, Any], jpeg_quality: int
 
 
 def save_image(pixels: torch.Tensor, decoded: Decoded, path: Path, jpeg_quality: int) -> None:
-    """Encode and atomically write an enhanced image in its original format."""
-    data = encode(to_pil(pixels, decoded), decoded.format, decoded.info, jpeg_quality)
+    """Encode and atomically write an enhanced image in its original format: a JPEG that
+    ``torchvision.io`` decoded is encoded by it too, on the pixels' device (``codec.py``)."""
+    if decoded.codec == "torchvision" and decoded.format == "JPEG" and decoded.mode in ("RGB", "L"):
+        from .codec import encode_jpegs
+
+        data = encode_jpegs([pixels.to(torch.uint8)], jpeg_quality, [decoded.info])[0]
+    else:
+        data = encode(to_pil(pixels.cpu(), decoded), decoded.format, decoded.info, jpeg_quality)
     atomic_write_bytes(path, data)
 
 

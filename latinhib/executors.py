@@ -30,6 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 from .api import Importance, LateralInhibition
 from .config import Config
 from .data import Decoded, DecodeError, Item, NotEnhanceable, decode
+from .codec import resolve as resolve_codec
+from .copying import CHUNK, copy_chunk, slots
 from .finishing import Finisher, undecodable
 from .labels import Labels
 from .models import LoadedModel
@@ -45,8 +47,9 @@ class _Decoding(Dataset):
     """Decodes selected files (in decoding threads on a CPU, DataLoader worker processes
     on CUDA); a failure is returned, not raised."""
 
-    def __init__(self, items: Sequence[Item], loaded: LoadedModel, threads: bool = False):
+    def __init__(self, items: Sequence[Item], loaded: LoadedModel, threads: bool = False, codec: str = "pillow"):
         self.items = items
+        self.codec = codec  # runtime.codec, resolved (codec.resolve)
         self.input_size = loaded.input_size
         self.mean = loaded.mean
         self.std = loaded.std
@@ -58,7 +61,8 @@ class _Decoding(Dataset):
     def __getitem__(self, index: int) -> Tuple[int, Optional[Decoded], Optional[DecodeError]]:
         try:
             item = self.items[index]
-            decoded = decode(item.image_source(), self.input_size, self.mean, self.std, quiet_bombs=not self.threads)
+            decoded = decode(item.image_source(), self.input_size, self.mean, self.std, quiet_bombs=not self.threads,
+                             codec=self.codec)
             return index, decoded, None
         except DecodeError as exc:
             return index, None, exc
@@ -213,6 +217,7 @@ class Executor:
         self.plan, self.recorder, self.finisher, self.streams = plan, recorder, finisher, streams
         self.loaded, self.labels, self.device, self.check = loaded, labels, device, check
         self.batch_size = config.runtime.batch_size
+        self.codec = resolve_codec(config.runtime.codec, device)
         self.workers = config.runtime.workers
         # On a GPU the CPU side (PIL encode, which releases the GIL) is the bottleneck: give
         # the writers half the cores; on a CPU the model needs the cores, so 2-4 threads.
@@ -223,7 +228,8 @@ class Executor:
         batches = -(-len(plan.to_enhance) // self.batch_size)
         self.copies_per_batch = -(-len(plan.to_copy) // batches) if batches else 0
         self.limit = max(2 * self.batch_size, 8)
-        self.files_limit = self.limit + max(2 * self.copies_per_batch, 64)
+        # copies in flight: two batches' worth, and at least a few chunks for the pool's threads
+        self.files_limit = self.limit + max(2 * self.copies_per_batch, 4 * CHUNK)
         self._uncopied = iter(plan.to_copy)
 
     def run(self) -> None:
@@ -237,9 +243,16 @@ class Executor:
         raise NotImplementedError
 
     def copy(self, count: int) -> None:
-        """The next ``count`` unselected files, on the writer pool."""
-        for item in itertools.islice(self._uncopied, count):
-            self.recorder.add(item, self.pool.submit(self.finisher.sink.copy, item), False, copy=True)
+        """The next ``count`` unselected files, on the writer pool, ``copying.CHUNK`` to a
+        task (``copying.py``: one task per file cost as much as the copy)."""
+        while count > 0:
+            chunk = list(itertools.islice(self._uncopied, min(count, CHUNK)))
+            if not chunk:
+                return
+            count -= len(chunk)
+            future = self.pool.submit(copy_chunk, self.finisher.sink.copy, chunk)
+            for item, slot in zip(chunk, slots(future, len(chunk))):
+                self.recorder.add(item, slot, False, copy=True)
             self.drain()
             self.check()
 
@@ -261,7 +274,7 @@ class WholeCoreStreams(Executor):
 
     def enhance(self) -> None:
         to_enhance = self.plan.to_enhance
-        dataset = _Decoding(to_enhance, self.loaded, threads=True)
+        dataset = _Decoding(to_enhance, self.loaded, threads=True, codec=self.codec)
         for start in range(0, len(to_enhance), self.batch_size):
             self.check()
             batch = range(start, min(start + self.batch_size, len(to_enhance)))
@@ -283,7 +296,8 @@ class Pipelined(Executor):
     def enhance(self) -> None:
         to_enhance = self.plan.to_enhance
         passes: Deque[Tuple[List[Tuple[int, Decoded]], Future]] = collections.deque()
-        for batch in self._loader(_Decoding(to_enhance, self.loaded, threads=_decode_in_threads(self.device))):
+        dataset = _Decoding(to_enhance, self.loaded, threads=_decode_in_threads(self.device), codec=self.codec)
+        for batch in self._loader(dataset):
             self.check()  # Ctrl-C: the batch just decoded is discarded, none is half done
             self._undecoded(batch)
             decoded_ok = [(i, d) for i, d, err in batch if d is not None]

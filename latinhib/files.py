@@ -13,10 +13,11 @@ from __future__ import annotations
 import errno
 import os
 import re
-import secrets
 import shutil
 from pathlib import Path
 from typing import Callable
+
+from .links import temp_name
 
 __all__ = [
     "DestinationUnusable",
@@ -62,10 +63,10 @@ def mask_path(folder: Path, rel: str) -> Path:
 
 def temp_path(path: Path) -> Path:
     """A hidden temporary name next to ``path``: the process id (for stale-file cleanup),
-    then a random token, unique across threads and across machines that share DST (two
-    hosts can run processes with the same pid; two writers of one temporary file would
-    rename a mix of both)."""
-    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(6)}.tmp")
+    then the process's random token and a counter (``links.temp_name``), unique across
+    threads and across machines that share DST (two hosts can run processes with the same
+    pid; two writers of one temporary file would rename a mix of both)."""
+    return path.with_name(temp_name(path.name))
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -103,7 +104,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def write_all(fd: int, data: bytes) -> None:
     """``os.write`` until every byte of ``data`` is written (a write may take only part of
-    it). Every byte the job writes into a file goes through here or ``shutil.copyfile``
+    it). Every byte the job writes into a file goes through here or ``links.copy_data``
     (the tests simulate a full disk at these two places)."""
     view = memoryview(data)
     while view:

@@ -124,7 +124,9 @@ class Finisher:
             return entry(item, True, "unchanged", error="importance map has no spatial information (constant gradient)",
                          **common)
         values, mask = enhance_pixels(decoded, imp, index, self.config, self.loaded.input_size, self.device)
-        self.sink.save_image(item, values.cpu(), decoded, self.config.output.jpeg_quality)
+        # torchvision's encoder takes the pixels where they are (nvJPEG on CUDA)
+        pixels = values if decoded.codec == "torchvision" else values.cpu()
+        self.sink.save_image(item, pixels, decoded, self.config.output.jpeg_quality)
         if self.masks is not None:
             save_mask(mask[0].cpu(), mask_path(self.masks, item.rel))
         if self.heatmaps is not None:

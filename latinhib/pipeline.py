@@ -161,7 +161,7 @@ def _job(config: Config, source: Source, src: Union[str, Path], dst: Path, ctx: 
     cls = None
     if listing.format == "folder" and (options.output_format or listing.format) == "webdataset":
         cls = cls_labels(listing.items, labels, config, loaded.classes, log=notes.append)
-    sink = _open_sink(listing, src, dst, options, cls)
+    sink = _open_sink(listing, src, dst, options, cls, config.output.unselected)
     items = ctx.select(listing.items, key=sink.unit_of)  # torchrun / --shard: by output unit
     problems = [p for p in listing.problems if ctx.owns_unit(p[0].split("/", 1)[0])]
     recorded = recorded_config(config, loaded, enhancer)
@@ -210,16 +210,18 @@ def _list(source: Source, ctx: distributed.Context) -> Listing:
 
 
 def _open_sink(listing: Listing, src: Union[str, Path], dst: Path, options: JobOptions,
-               cls: Optional[Callable[[Item], int]] = None) -> Sink:
+               cls: Optional[Callable[[Item], int]] = None, unselected: str = "copy") -> Sink:
     """Shards out for shards in, a folder for a folder, unless ``options.output_format`` says;
-    folder -> shards writes ``cls(image)`` as each sample's ``KEY.cls``."""
+    folder -> shards writes ``cls(image)`` as each sample's ``KEY.cls``; a folder links its
+    unselected files under ``output.unselected`` (shards hold bytes)."""
     output_format, shard_size = options.output_format or listing.format, options.shard_size
     if output_format not in FORMATS:
         raise JobError(f"--output-format: {output_format!r} is not allowed; choose {', '.join(FORMATS)}")
     if output_format == "folder":
         if shard_size:
             raise JobError("--shard-size is for --output-format webdataset")
-        return FolderSink(dst, from_shards=listing.format == "webdataset")
+        return FolderSink(dst, from_shards=listing.format == "webdataset", unselected=unselected,
+                          note=lambda message: options.log(f"latinhib: {message}"))
     if listing.format == "webdataset":
         if shard_size:
             raise JobError("--shard-size is for a folder SRC: shards in give one output shard per input shard")

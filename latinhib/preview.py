@@ -215,7 +215,7 @@ class _Session:
         ``--files`` names, each of which must be there."""
         if files and not looks_like_shards(str(src)):
             items = list_files_from(Path(src), files)
-            missing = [item.rel for item in items if not item.path.is_file()]
+            missing = [item.rel for item in items if not Path(item.path).is_file()]
         else:
             listing = self._stack.enter_context(read_listing(src))
             items = listing.items

@@ -136,9 +136,9 @@ class Recorder:
         if self.strict:  # --strict: the first problem found while listing stops the job
             first = next((k for k, line in enumerate(lines) if line["status"] == "failed"), None)
             lines = lines if first is None else lines[: first + 1]
-        self.manifest.write(lines)
-        for line in lines:
-            self.entries[line["path"]] = line
+        texts = self.manifest.write(lines)
+        for line, text in zip(lines, texts):
+            self.entries[line["path"]] = text
             setattr(self.summary, line["status"], getattr(self.summary, line["status"]) + 1)
             if line["status"] == "failed":
                 message = f"latinhib: {display(line['path'])}: {line['error']}"
@@ -147,8 +147,10 @@ class Recorder:
         if self.strict and self.summary.failed:
             raise StrictStop(self.summary.failures[0])
 
-    def record(self, line: Dict[str, Any], item: Item) -> None:
-        self.entries[item.rel] = line
+    def record(self, line: Dict[str, Any], item: Item, text: Optional[str] = None) -> None:
+        """``text``: the line as the manifest holds it, kept for the compaction in place of
+        the dict (memory per file)."""
+        self.entries[item.rel] = line if text is None else text
         status = line["status"]
         setattr(self.summary, status, getattr(self.summary, status) + 1)
         self.sink.commit(item, line)
@@ -176,9 +178,9 @@ class Recorder:
             first = next((k for k, (line, _) in enumerate(done) if line["status"] == "failed"), None)
             done = done if first is None else done[: first + 1]
         self._with_sink_fields(done)
-        self.manifest.write(e for e, _ in done)
-        for line, item in done:
-            self.record(line, item)
+        texts = self.manifest.write(e for e, _ in done)
+        for (line, item), text in zip(done, texts):
+            self.record(line, item, text)
         if self.strict and self.summary.failed:
             raise StrictStop(self.summary.failures[0])
 
@@ -237,11 +239,11 @@ class Recorder:
             done.append((line, item))
         self._with_sink_fields(done)
         try:
-            self.manifest.write(e for e, _ in done)
+            texts = self.manifest.write(e for e, _ in done)
         except DestinationUnusable as exc:
             return exc
-        for line, item in done:
-            self.record(line, item)
+        for (line, item), text in zip(done, texts):
+            self.record(line, item, text)
         return None
 
     def close(self, path: Path, listed: Iterable[str]) -> Optional[DestinationUnusable]:

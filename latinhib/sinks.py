@@ -20,7 +20,8 @@ from . import shards
 from .data import Item, read_error
 from .shards import Member, ShardIndex
 from .encoding import save_image
-from .files import atomic_write, copy_file, output_path, temp_path
+from .files import UNUSABLE_ERRNOS, DestinationUnusable, atomic_write, output_path, temp_path
+from .links import Placer
 from .manifest import DONE, entry
 from .sample_labels import CLS_EXTENSION
 from .shard_keys import member_extension, sample_keys
@@ -56,8 +57,9 @@ class Sink(Protocol):
         """An unselected item, byte for byte; returns its manifest entry (a source that
         cannot be read is the item's failure; a failed write is raised)."""
 
-    def copy_unchanged(self, item: Item) -> None:
-        """A selected item that is not enhanced after all (not enhanceable), as it is."""
+    def copy_unchanged(self, item: Item) -> Optional[str]:
+        """A selected item that is not enhanced after all (not enhanceable), as it is;
+        returns how it was put there (``links.MODES``), where that can differ."""
 
     def save_image(self, item: Item, pixels, decoded, jpeg_quality: int) -> None:
         """``item``'s enhanced image (called from writer threads)."""
@@ -73,15 +75,18 @@ class Sink(Protocol):
         """The job is over: remove what an unfinished unit left behind."""
 
 
-def _copy_entry(item: Item, copy: Callable[[], None]) -> Dict[str, Any]:
+def _copy_entry(item: Item, copy: Callable[[], Optional[str]], mode: str = "copy") -> Dict[str, Any]:
     """``copy()`` for an unselected file; a source that cannot be read is the file's
-    failure (the causes ``decode`` names), a failed write is raised."""
+    failure (the causes ``decode`` names), a failed write is raised. ``copy`` returns
+    what it did (``links.Placer.place``); under a link mode the entry's ``link`` says it."""
     try:
-        copy()
+        done = copy()
     except OSError as exc:
         if exc.filename is None or os.fsdecode(exc.filename) != str(item.path):
             raise  # the write failed: reported as "cannot write: ..."
         return entry(item, False, "failed", error=read_error(exc))
+    if mode != "copy":
+        return entry(item, False, "copied", error=item.copy_note, link=done or "copy")
     return entry(item, False, "copied", error=item.copy_note)
 
 
@@ -91,9 +96,12 @@ class FolderSink:
 
     format = "folder"
 
-    def __init__(self, dst: Path, from_shards: bool = False):
+    def __init__(self, dst: Path, from_shards: bool = False, unselected: str = "copy",
+                 note: Optional[Callable[[str], None]] = None):
         self.dst = dst
+        self._dst = os.fspath(dst)
         self.from_shards = from_shards
+        self.placer = Placer(unselected, note=note)  # copies and links, each output folder made once
 
     def unit_of(self, item: Item) -> str:
         """What torchrun ranks and ``--shard`` split on: each file on its own (a tar
@@ -110,20 +118,33 @@ class FolderSink:
         return output_path(self.dst, item.rel)
 
     def done(self, item: Item, old: Optional[Dict[str, Any]]) -> bool:
-        return old is not None and old.get("status") in DONE and self.output_of(item).exists()
+        if old is None or old.get("status") not in DONE:
+            return False
+        if item.members:  # a tar sample
+            return self.output_of(item).exists()
+        return os.path.exists(os.path.join(self._dst, item.rel))  # a rerun asks this of every file: no Path
 
     def prepare(self, todo: Sequence[Item], owns: Callable[[str], bool]) -> None:
         """Nothing to set up: every file is written on its own."""
 
     def copy(self, item: Item) -> Dict[str, Any]:
-        """An unselected image, or a file latinhib does not enhance, byte for byte."""
-        return _copy_entry(item, lambda: self.copy_unchanged(item))
+        """An unselected image, or a file latinhib does not enhance, byte for byte (or
+        linked: ``output.unselected``)."""
+        return _copy_entry(item, lambda: self.copy_unchanged(item), self.placer.mode)
 
-    def copy_unchanged(self, item: Item) -> None:
-        if not item.members:
-            copy_file(item.path, output_path(self.dst, item.rel))
-        for member in item.members:
-            self._write_member(item, member)
+    def copy_unchanged(self, item: Item) -> Optional[str]:
+        """The input as it is in DST: its bytes, or a link (returns which, ``links.MODES``)."""
+        if item.members:  # a tar sample: its members, byte for byte
+            for member in item.members:
+                self._write_member(item, member)
+            return "copy"
+        target = os.path.join(self._dst, item.rel)
+        try:
+            return self.placer.place(os.fspath(item.path), target)
+        except OSError as exc:
+            if exc.errno in UNUSABLE_ERRNOS and os.fsdecode(exc.filename or "") != os.fspath(item.path):
+                raise DestinationUnusable(Path(target), exc) from exc
+            raise
 
     def save_image(self, item: Item, pixels, decoded, jpeg_quality: int) -> None:
         save_image(pixels, decoded, self.output_of(item), jpeg_quality)
@@ -362,7 +383,7 @@ class TarSink:
                 if line is None or (line["status"] == "failed" and item.rel not in shard.spooled):
                     continue  # left out of the job (skipped), or nothing readable to put in
                 spool = shard.spooled.get(item.rel)
-                data = (spool if spool is not None else item.path).read_bytes()
+                data = (spool if spool is not None else Path(item.path)).read_bytes()
                 extension = member_extension(item.rel) if item is image else shards.split_name(item.rel)[1]
                 has_cls = has_cls or extension == CLS_EXTENSION
                 has_image = has_image or item is image

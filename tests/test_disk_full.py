@@ -6,7 +6,7 @@ finishes the job with the same files as a run that never ran out.
 
 Two ways: a real 4 MB tmpfs, partly filled so the job runs out part-way (needs root and
 ``mount``; skipped otherwise), and a simulated disk with a byte budget in front of the two
-places every byte the job writes goes through (``files.write_all``, ``shutil.copyfile``),
+places every byte the job writes goes through (``files.write_all``, ``links.copy_data``),
 which runs everywhere."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from latinhib import files
+from latinhib import files, links
 from latinhib.cli import main
 from latinhib.manifest import Manifest, read_manifest
 
@@ -114,7 +114,7 @@ class SmallDisk:
         self.code = code
         self.lock = threading.Lock()
         self.real_write_all = files.write_all
-        self.real_copyfile = shutil.copyfile
+        self.real_copyfile = links.copy_data
 
     def _take(self, size: int) -> int:
         with self.lock:
@@ -131,7 +131,7 @@ class SmallDisk:
         if fits < len(data):
             raise self._fail(f"fd {fd}")
 
-    def copyfile(self, source, target, *args, **kwargs):
+    def copyfile(self, source, target, *args, **kwargs):  # links.copy_data's place
         data = Path(source).read_bytes()
         fits = self._take(len(data))
         if fits == len(data):
@@ -150,7 +150,7 @@ def test_a_simulated_full_disk_stops_once_and_the_rerun_finishes(resume_src, tmp
     total = sum(p.stat().st_size for root in (ref_dst, ref_masks) for p in root.rglob("*") if p.is_file())
     disk = SmallDisk(share * total, code)
     monkeypatch.setattr(files, "write_all", disk.write_all)
-    monkeypatch.setattr(shutil, "copyfile", disk.copyfile)
+    monkeypatch.setattr(links, "copy_data", disk.copyfile)
 
     result = CliRunner().invoke(main, argv, catch_exceptions=False)
     assert result.exit_code == 1, result.output

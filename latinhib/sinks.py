@@ -14,13 +14,13 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from . import shards
 from .data import Item, read_error
 from .shards import Member, ShardIndex
 from .encoding import save_image
-from .files import UNUSABLE_ERRNOS, DestinationUnusable, atomic_write, output_path, temp_path
+from .files import UNUSABLE_ERRNOS, DestinationUnusable, atomic_write, copy_file, output_path, temp_path
 from .links import Placer
 from .manifest import DONE, entry
 from .sample_labels import CLS_EXTENSION

@@ -16,6 +16,7 @@ extra). CPU-sized: 300 composites, a few minutes on one thread.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -232,10 +233,19 @@ def threshold_maps(maps: torch.Tensor, q: Any, power: float = 1.0) -> torch.Tens
     return maps > quantile_threshold(maps, float(q))[:, None, None]
 
 
+#: settings key of a measured rule that is not a config option (issue 26, item 5): plain
+#: Otsu (auto_power 1) for an image where it keeps more than this share of the frame (a
+#: large object), the configured auto_power elsewhere.
+ADAPTIVE = "adaptive_plain_otsu_above"
+
+
 def score_latinhib(layer_maps: List[torch.Tensor], masks: torch.Tensor, settings: Dict[str, Any]) -> Dict[str, np.ndarray]:
     # The filter-study rows (paper, Gaussian, gammas ...) score the filter's own response;
     # only rows built from the candidate carry its inhibition.outline.
+    settings = dict(settings)
+    adaptive = settings.pop(ADAPTIVE, None)
     config = load_config(overrides={"inhibition.outline": "response", **settings}).inhibition
+    plain = dataclasses.replace(config, auto_power=1.0)
     parts: List[Dict[str, np.ndarray]] = []
     n = masks.shape[0]
     for start in range(0, n, 60):
@@ -247,6 +257,10 @@ def score_latinhib(layer_maps: List[torch.Tensor], masks: torch.Tensor, settings
             layer_maps=chunk, layers=[],
         )
         imp = recombine(imp, config)
+        if adaptive is not None and config.quantile == "auto":
+            otsu = recombine(imp, plain)
+            large = (1.0 - otsu.quantile) > adaptive
+            imp = dataclasses.replace(imp, threshold=torch.where(large, otsu.threshold, imp.threshold))
         kept = (imp.combined > imp.threshold[:, None, None]) | ~imp.valid[:, None, None]
         parts.append(scores(kept, masks[start:start + 60]))
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
@@ -309,6 +323,8 @@ SCALES = [1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 GAMMAS = (2.0, 2.5, 2.65, 2.8)
 #: inhibition.auto_power values scored next to the candidate's (1 = plain Otsu).
 AUTO_POWERS = (1.0, 1.5, 2.0, 3.0)
+#: the shares scored for the ADAPTIVE rule (item 5 of issue 26)
+ADAPTIVE_SHARES = (0.4, 0.5, 0.6)
 
 
 def variants(spec: ModelSpec, candidate: Dict[str, Any]) -> List[Tuple[str, str, str, Dict[str, Any]]]:
@@ -335,6 +351,9 @@ def variants(spec: ModelSpec, candidate: Dict[str, Any]) -> List[Tuple[str, str,
         if power != candidate.get("inhibition.auto_power", 1.0):
             rows.append((f"candidate's filter, auto_power {power:g}", cand_pass, default_set,
                          {**cand, "inhibition.auto_power": power}))
+    for above in ADAPTIVE_SHARES:
+        rows.append((f"candidate, plain Otsu where it keeps more than {above:.0%} (else auto_power "
+                     f"{candidate.get('inhibition.auto_power', 1.0):g})", cand_pass, default_set, {**cand, ADAPTIVE: above}))
     if cand.get("inhibition.outline", "response") != "response":
         rows.append(("candidate with outline response (the filter's own response)", cand_pass, default_set,
                      {**cand, "inhibition.outline": "response"}))

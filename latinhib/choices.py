@@ -6,8 +6,10 @@ help, and the modules that act on them. No imports: the CLI builds its options (
 #: Loss targets (SPEC step 1). ``auto`` becomes ``label`` when labels are given, else ``pred``.
 TARGETS = ("auto", "label", "pred", "entropy")
 #: What IoN is taken of (SPEC step 3): the paper's gradient dL/dx, or gradient x
-#: activation, x * dL/dx (the first-order estimate of what zeroing x would change).
-IMPORTANCE_KINDS = ("gradient", "gradient_x_activation")
+#: activation, x * dL/dx (the first-order estimate of what zeroing x would change), or
+#: gradcam_plus_plus: no p-norm, the activations weighted per channel by Grad-CAM++'s
+#: positive-gradient weights (``importance.gradcam_plus_plus_map``; issue 26).
+IMPORTANCE_KINDS = ("gradient", "gradient_x_activation", "gradcam_plus_plus")
 #: Filters for step 4: the paper's Mexican hat, and two controls (SPEC "Traps").
 FILTERS = ("log", "gaussian", "none")
 #: What the kept region's outline follows: the filter's response (the paper's), or the

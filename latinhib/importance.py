@@ -27,6 +27,7 @@ __all__ = [
     "feature_stages",
     "find_blocks",
     "frozen_eval",
+    "gradcam_plus_plus_map",
     "importance_maps",
     "logit_gradient",
     "pick_layers",
@@ -186,6 +187,27 @@ class ImportanceMaps:
     target: str
 
 
+def gradcam_plus_plus_map(activation: torch.Tensor, loss_gradient: torch.Tensor) -> torch.Tensor:
+    """``inhibition.importance: gradcam_plus_plus``: one layer's (N, C, h, w) activation
+    weighted per channel by Grad-CAM++'s weights (Chattopadhay et al. 2018, eq. 19, as
+    pytorch-grad-cam computes them), ReLU of the channel sum, (N, h, w).
+
+    The evidence is taken for the target, so the gradient is that of minus the loss (the
+    target's score goes up where the loss goes down). A channel's weight sums its positive
+    gradients, each scaled by alpha = g^2 / (2 g^2 + sum(A) g^3): where the gradient-times-
+    activation norm counts every unit that the loss is sensitive to, for or against the
+    class, this keeps the channels that speak for it and spreads them over the whole region
+    where they fire (on the fine-detail benchmark: val mask IoU 0.69 at SmallResNet's
+    16 x 16 layer2 against 0.63 for gradient x activation there, docs/RESULTS.md)."""
+    gradient = -loss_gradient
+    square = gradient.pow(2)
+    total = activation.sum(dim=(2, 3), keepdim=True)
+    alpha = square / (2 * square + total * square * gradient + 1e-6)
+    alpha = torch.where(gradient != 0, alpha, torch.zeros_like(alpha))
+    weights = (F.relu(gradient) * alpha).sum(dim=(2, 3), keepdim=True)
+    return F.relu((weights * activation).sum(dim=1))
+
+
 def importance_maps(
     model: nn.Module,
     images: torch.Tensor,
@@ -244,9 +266,12 @@ def importance_maps(
         if grad is None:
             grad = torch.zeros_like(activation)
         grad = grad.float()
-        if kind == "gradient_x_activation":
-            grad = grad * activation.detach().float()
-        iom = torch.linalg.vector_norm(grad, ord=norm, dim=1)
+        if kind == "gradcam_plus_plus":
+            iom = gradcam_plus_plus_map(activation.detach().float(), grad)
+        else:
+            if kind == "gradient_x_activation":
+                grad = grad * activation.detach().float()
+            iom = torch.linalg.vector_norm(grad, ord=norm, dim=1)
         if activation is tensors[0] and use_input:
             # Pixel gradients are speckle; average them over 8x8 cells, the resolution of
             # the finest default layer, so the filter and its sigma mean the same there.

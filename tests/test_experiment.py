@@ -152,3 +152,28 @@ def test_evaluate_checkpoints_passes_the_protocols_own_mask_options():
     start = options.index(arguments[0])
     assert options[start:start + len(arguments)] == arguments
     assert "inhibition.importance=gradient" in arguments and "--sigma" in arguments
+
+
+def test_pool_compares_with_every_cam_and_judges_by_two_standard_errors(tmp_path, capsys):
+    """Issue 26's draws train only the CAMs and latinhib's rows: the pool compares a row
+    with each CAM present, on any split, and calls a win only above 2 pooled SE."""
+    import json
+
+    from scripts.experiment import pool
+
+    for d, (row, cam, camplus, layer) in enumerate([(80, 70, 71, 79), (82, 73, 72, 80), (81, 71, 70, 80)]):
+        runs = {f"{name}/0": {"test/mixed_rand": acc / 100, "val_rand": (acc - 10) / 100}
+                for name, acc in (("default", row), ("gradcam", cam), ("gradcam++", camplus), ("layercam", layer))}
+        (tmp_path / str(d)).mkdir()
+        (tmp_path / str(d) / "state.json").write_text(json.dumps(
+            {"order": ["gradcam", "gradcam++", "layercam", "default"], "protocol": runs}))
+    folders = [str(tmp_path / str(d)) for d in range(3)]
+    pool.main(folders)
+    out = capsys.readouterr().out
+    # vs gradcam: 10, 9, 10 -> +9.7 ± 0.3 (a win); vs layercam: 1, 2, 1 -> +1.3 ± 0.3 (a win)
+    assert "vs gradcam +9.7 ± 0.3 (win: > 2 SE)" in out
+    assert "vs layercam +1.3 ± 0.3 (win: > 2 SE)" in out
+    assert "blur-all" not in out and "oracle" not in out
+    pool.main(folders, "val_rand")
+    assert "val_rand" in capsys.readouterr().out
+    assert pool.verdict(1.0, 0.6) == "tie: within 2 SE" and pool.verdict(-2.0, 0.5) == "loss: < -2 SE"

@@ -19,12 +19,19 @@ from scripts.experiment.report_common import KEY, fmt, font, mean_pm_std, paired
 
 TESTS = ["test/original", "test/only_fg", "test/mixed_same", "test/mixed_rand", "bg_gap"]
 LABELS = {"baseline": "baseline (no enhancement)", "oracle": "oracle (true background blurred)",
-          "blur-all": "blur the whole image (q = 1)", "gradcam": "Grad-CAM threshold"}
+          "blur-all": "blur the whole image (q = 1)", "gradcam": "Grad-CAM threshold",
+          "gradcam++": "Grad-CAM++ threshold", "layercam": "LayerCAM threshold"}
+#: the columns of the paired table, where the run trained them
+COLUMNS = ("baseline", "blur-all", "gradcam", "gradcam++", "layercam", "oracle")
 
 
 def share_of_oracle(state: dict, method: str) -> float:
     gain = paired(state, "oracle", "baseline")[0]
-    return paired(state, method, "baseline")[0] / gain if gain else float("nan")
+    return paired(state, method, "baseline")[0] / gain if gain == gain and gain else float("nan")
+
+
+def percent(share: float) -> str:
+    return "-" if share != share else f"{100 * share:.0f}%"
 
 
 def criteria(state: dict, row: str) -> list[tuple[str, bool, str]]:
@@ -77,6 +84,8 @@ def write_finedetail(state: dict, info: dict, config: dict, results: Path, work:
             quality, share = state["cli"][method]["mask_quality_train"], state["cli"][method]["kept_share"]
         elif method == "gradcam":
             quality, share = cam["mask_quality_train"], cam["kept_share"]
+        elif method in state.get("cams", {}):
+            quality, share = state["cams"][method]["mask_quality_train"], state["cams"][method]["kept_share"]
         elif method == "oracle":
             return f"{state['oracle_kept_share']:.2f} / 1.00"
         else:
@@ -87,12 +96,17 @@ def write_finedetail(state: dict, info: dict, config: dict, results: Path, work:
         ["enhancer", "kept share / IoU (train)", "original", "only_fg", "mixed_same", "mixed_rand",
          "BG-gap", "share of oracle's gain"],
         [[labels[m], kept(m)] + [mean_pm_std(state, m, key) for key in TESTS]
-         + ["-" if m == "baseline" else f"{100 * share_of_oracle(state, m):.0f}%"] for m in order])
+         + ["-" if m == "baseline" else percent(share_of_oracle(state, m))] for m in order])
+    columns = [c for c in COLUMNS if c in order]
     paired_table = table(
-        ["enhancer", "vs baseline", "vs blur-all", "vs Grad-CAM", "vs oracle"],
-        [[labels[m]] + [fmt(paired(state, m, b)) if m != b else "-"
-                        for b in ("baseline", "blur-all", "gradcam", "oracle")]
-         for m in order if m != "baseline"])
+        ["enhancer"] + [f"vs {labels[c].replace(' threshold', '')}" for c in columns],
+        [[labels[m]] + [fmt(paired(state, m, b)) if m != b else "-" for b in columns]
+         for m in order if m != columns[0]])
+    other_cams = "".join(
+        f" {labels[m].replace(' threshold', '')}: {c['layer']}" + (f" fused by {c['fusion']}" if "+" in c["layer"] else "")
+        + f" (best val_rand mask IoU, {max(r['iou'] for r in c['layers']):.3f}, of "
+        + ", ".join(r["layer"] + (f"/{r['fusion']}" if "+" in r["layer"] else "") for r in c["layers"]) + "), at the same per-image share."
+        for m, c in state.get("cams", {}).items() if m in order)
     layer_table = table(["Grad-CAM layer", "q", "precision", "recall", "IoU"],
                         [[r["layer"], f"{r['q']:.2f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}",
                           f"{r['iou']:.3f}"] for r in cam["layers"]])
@@ -101,7 +115,7 @@ def write_finedetail(state: dict, info: dict, config: dict, results: Path, work:
                          for row in config["rows"])
     checks = []
     for row in rows:
-        if len(per_seed(state, row)) < 2:
+        if len(per_seed(state, row)) < 2 or "blur-all" not in order:
             continue
         items = criteria(state, row)
         checks.append(f"- **{row}**: " + "; ".join(f"{what}: {'met' if ok else 'NOT met'} ({figures})"
@@ -109,10 +123,10 @@ def write_finedetail(state: dict, info: dict, config: dict, results: Path, work:
     readme = table(["training set", "mixed_rand", "vs blur-all (paired)", "share of oracle's gain"],
                    [[labels[m], mean_pm_std(state, m, KEY),
                      "-" if m in ("baseline", "blur-all") else fmt(paired(state, m, "blur-all")),
-                     "-" if m == "baseline" else f"{100 * share_of_oracle(state, m):.0f}%"] for m in order])
+                     "-" if m == "baseline" else percent(share_of_oracle(state, m))] for m in order])
     pre = state["pretrain"]
     minutes = state.get("elapsed_s", 0) / 60
-    complete = all(len(per_seed(state, m)) == 3 for m in state["order"])
+    complete = all(len(per_seed(state, m)) == len(seeds) for m in state["order"])
     text = f"""## Fine-detail benchmark: blurring the object costs (issue 13)
 
 Written by one command, from the repository root (`--work`, default `out/experiment-pattern`,
@@ -130,7 +144,7 @@ blur, so blurring the whole image removed the shortcut as well as any mask. In I
 class often lives in the object's own fine detail. Here a class is a garment shape (tshirt,
 trouser, bag, boot) times a fine print inside the garment (stripes at a random angle, or 2 px
 checks; period 3-4 px, which the 3 px blur erases): {len(info['classes'])} classes
-({', '.join(sorted(info['classes']))}), garments of 40-54 px on 64x64
+({', '.join(sorted(info['classes']))}), garments of {"-".join(map(str, info.get("garment_sizes", (40, 54))))} px on 64x64
 images, covering {100 * state['garment_share_val']:.0f}% of the frame on average; each class has its own
 background family in the train set ({100 * info['splits']['train']['family_agrees']:.1f}% of the time), random in
 pretrain and mixed_rand. Blurring the garment erases half of its class, so blur-all is
@@ -148,7 +162,7 @@ the model, `--ratio 0.75 --blur-sigma 3`):
 
 Grad-CAM: the pretrain checkpoint's Grad-CAM at {cam['layer']} (best mask IoU on val_rand of
 {', '.join(GRADCAM for GRADCAM in (r['layer'] for r in cam['layers']))}), thresholded *per image* at the share that
-the `{cam['matches']}` row keeps of that image (mean q {cam['mean_q']:.2f}), so both keep the same area.
+the `{cam['matches']}` row keeps of that image (mean q {cam['mean_q']:.2f}), so both keep the same area.{other_cams}
 Kept share / IoU: mean fraction of an enhanced train image kept sharp, and the IoU of the
 kept region with the true garment mask. Accuracy in %, mean ± std over training seeds
 {', '.join(map(str, seeds))}:

@@ -239,6 +239,16 @@ def main() -> None:
     parser.add_argument("--rows", type=Path, default=None,
                         help="latinhib's rows (default scripts/experiment/rows.yaml); rows not in "
                              "the file leave --work's report")
+    parser.add_argument("--references", default=None, type=lambda v: tuple(v.split(",")),
+                        help="--benchmark pattern: the references that train, comma-separated "
+                             "(default all: baseline, oracle, blur-all, gradcam, gradcam++, layercam)")
+    parser.add_argument("--garment-sizes", default=None, metavar="LOW,HIGH",
+                        help="--benchmark pattern: garment side range in px for a new --work "
+                             "(default 40,54: ~27%% of the frame; 30,40: ~15%%)")
+    parser.add_argument("--train-seeds", default=None, type=lambda v: tuple(int(x) for x in v.split(",")),
+                        help="--benchmark pattern: training seeds (default 0,1,2)")
+    parser.add_argument("--pretrain-epochs", type=int, default=None,
+                        help="--benchmark pattern: epochs of the pretrain checkpoint (default --epochs)")
     parser.add_argument("--train-device", default="cpu",
                         help="device for the classifier trainings only (everything else runs on CPU)")
     args = parser.parse_args()

@@ -16,6 +16,7 @@ extra). CPU-sized: 300 composites, a few minutes on one thread.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -68,6 +69,9 @@ class ModelSpec:
     #: named layer sets, the first is latinhib's default_layers for the model
     layer_sets: Dict[str, List[str]]
     gradcam_layers: List[str]
+    #: LayerCAM's candidate layer sets (names from gradcam_layers), fused per set; its
+    #: authors fuse the last stages, so the sets are late stages with and without earlier ones
+    layercam_sets: List[List[str]] = field(default_factory=list)
 
 
 MODELS: Dict[str, Any] = {
@@ -82,6 +86,9 @@ MODELS: Dict[str, Any] = {
             "17": ["features.17"],
         },
         gradcam_layers=["features.6", "features.13", "features.16", "features.17", "features.18"],
+        layercam_sets=[["features.16", "features.17"], ["features.13", "features.17"], ["features.17", "features.18"],
+                       ["features.13", "features.16", "features.17"], ["features.6", "features.13", "features.17"],
+                       ["features.6", "features.13", "features.16", "features.17", "features.18"]],
     ),
     "efficientnet_lite0": lambda: ModelSpec(
         overrides={
@@ -99,6 +106,9 @@ MODELS: Dict[str, Any] = {
             "_bn1 (the old default)": ["_bn1"],
         },
         gradcam_layers=["_blocks.4", "_blocks.10", "_blocks.14", "_blocks.15", "_conv_head", "_bn1"],
+        layercam_sets=[["_blocks.14", "_blocks.15"], ["_blocks.10", "_blocks.15"], ["_blocks.15", "_conv_head"],
+                       ["_blocks.10", "_blocks.14", "_blocks.15"], ["_blocks.4", "_blocks.10", "_blocks.15"],
+                       ["_blocks.4", "_blocks.10", "_blocks.14", "_blocks.15", "_conv_head"]],
     ),
     # The same weights through timm (--arch timm:tf_efficientnet_lite0 --checkpoint x.safetensors),
     # with timm's preprocessing (mean = std = 0.5); set names are the _blocks indices above.
@@ -136,12 +146,17 @@ def gradient_pass(model, inputs: torch.Tensor, layers: List[str], **kwargs) -> L
     return [torch.cat([c[i] for c in chunks]) for i in range(len(layers))]
 
 
-def gradcam_pass(model, inputs: torch.Tensor, layers: List[str]) -> np.ndarray:
-    """pytorch-grad-cam's GradCAM of each layer, (N, L, 224, 224) float16, one pass for all
-    layers (its per-layer maps, before it averages them)."""
-    from pytorch_grad_cam import GradCAM
+#: The CAMs scored beside latinhib, each through pytorch-grad-cam itself.
+CAM_CLASSES = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "layercam": "LayerCAM"}
+CAM_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM"}
 
-    class PerLayerGradCAM(GradCAM):
+
+def gradcam_pass(model, inputs: torch.Tensor, layers: List[str], method: str = "gradcam") -> np.ndarray:
+    """pytorch-grad-cam's ``method`` (CAM_CLASSES) of each layer, (N, L, 224, 224) float16,
+    one pass for all layers (its per-layer maps, each min-max scaled, before it averages them)."""
+    import pytorch_grad_cam
+
+    class PerLayerGradCAM(getattr(pytorch_grad_cam, CAM_CLASSES[method])):
         def aggregate_multi_layers(self, cam_per_target_layer):
             return np.concatenate(cam_per_target_layer, axis=1)
 
@@ -155,10 +170,32 @@ def gradcam_pass(model, inputs: torch.Tensor, layers: List[str]) -> np.ndarray:
     return np.concatenate(out)
 
 
-def run_passes(name: str, spec: ModelSpec, scenes: scenes_mod.Scenes, cache: Path) -> Dict[str, Any]:
-    path = cache / f"{name}-{len(scenes.images)}-v2.pt"
+def stronger_cam_passes(name: str, model, inputs: torch.Tensor, spec: ModelSpec) -> Dict[str, np.ndarray]:
+    """Grad-CAM++ and LayerCAM per layer of spec.gradcam_layers (issue 26)."""
+    out = {}
+    for method in ("gradcam++", "layercam"):
+        start = time.perf_counter()
+        out[method] = gradcam_pass(model, inputs, spec.gradcam_layers, method)
+        print(f"  {name}: {method} pass {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return out
+
+
+#: --minimal: only the passes the shipped default and the CAMs need (issue 26's tables on a
+#: shared CPU); the variant rows whose pass is missing are left out of the tables.
+MINIMAL_PASSES = ("gradient_x_activation",)
+
+
+def run_passes(name: str, spec: ModelSpec, scenes: scenes_mod.Scenes, cache: Path,
+               minimal: bool = False) -> Dict[str, Any]:
+    path = cache / f"{name}-{len(scenes.images)}-{'minimal-' if minimal else ''}v2.pt"
     if path.exists():
-        return torch.load(path, weights_only=False)
+        passes = torch.load(path, weights_only=False)
+        if "layercam" not in passes:  # a cache from before issue 26: add the stronger CAMs' passes
+            loaded = load_model(load_config(overrides=spec.overrides).model, torch.device("cpu"))
+            inputs = normalise(scenes.images, loaded.mean, loaded.std).contiguous(memory_format=torch.channels_last)
+            passes.update(stronger_cam_passes(name, loaded.model, inputs, spec))
+            torch.save(passes, path)
+        return passes
     loaded = load_model(load_config(overrides=spec.overrides).model, torch.device("cpu"))
     model = loaded.model
     inputs = normalise(scenes.images, loaded.mean, loaded.std).contiguous(memory_format=torch.channels_last)
@@ -172,6 +209,8 @@ def run_passes(name: str, spec: ModelSpec, scenes: scenes_mod.Scenes, cache: Pat
         ("bf16 gradient", {"autocast_dtype": torch.bfloat16}, inputs),
         ("bf16 gradient_x_activation", {"autocast_dtype": torch.bfloat16, "kind": "gradient_x_activation"}, inputs),
     ):
+        if minimal and key not in MINIMAL_PASSES:
+            continue
         start = time.perf_counter()
         maps = gradient_pass(model, images, spec.layers, **kwargs)
         if key.startswith("flipped"):
@@ -182,6 +221,7 @@ def run_passes(name: str, spec: ModelSpec, scenes: scenes_mod.Scenes, cache: Pat
     start = time.perf_counter()
     passes["gradcam"] = gradcam_pass(model, inputs, spec.gradcam_layers)
     print(f"  {name}: gradcam pass {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    passes.update(stronger_cam_passes(name, model, inputs, spec))
     # The benchmark must measure the product: the API's own masks on the first batch,
     # default config, against recombine on the cached maps.
     api = LateralInhibition(model, load_config(overrides=spec.overrides))
@@ -205,6 +245,7 @@ def scores(kept: torch.Tensor, masks: torch.Tensor) -> Dict[str, np.ndarray]:
         "iou": (inter / union.clamp(min=1)).numpy(),
         "precision": (inter / kept_n.clamp(min=1)).numpy(),
         "recall": (inter / mask_n.clamp(min=1)).numpy(),
+        "kept": (kept_n / kept[0].numel()).numpy(),
     }
 
 
@@ -217,10 +258,19 @@ def threshold_maps(maps: torch.Tensor, q: Any, power: float = 1.0) -> torch.Tens
     return maps > quantile_threshold(maps, float(q))[:, None, None]
 
 
+#: settings key of a measured rule that is not a config option (issue 26, item 5): plain
+#: Otsu (auto_power 1) for an image where it keeps more than this share of the frame (a
+#: large object), the configured auto_power elsewhere.
+ADAPTIVE = "adaptive_plain_otsu_above"
+
+
 def score_latinhib(layer_maps: List[torch.Tensor], masks: torch.Tensor, settings: Dict[str, Any]) -> Dict[str, np.ndarray]:
     # The filter-study rows (paper, Gaussian, gammas ...) score the filter's own response;
     # only rows built from the candidate carry its inhibition.outline.
+    settings = dict(settings)
+    adaptive = settings.pop(ADAPTIVE, None)
     config = load_config(overrides={"inhibition.outline": "response", **settings}).inhibition
+    plain = dataclasses.replace(config, auto_power=1.0)
     parts: List[Dict[str, np.ndarray]] = []
     n = masks.shape[0]
     for start in range(0, n, 60):
@@ -232,6 +282,10 @@ def score_latinhib(layer_maps: List[torch.Tensor], masks: torch.Tensor, settings
             layer_maps=chunk, layers=[],
         )
         imp = recombine(imp, config)
+        if adaptive is not None and config.quantile == "auto":
+            otsu = recombine(imp, plain)
+            large = (1.0 - otsu.quantile) > adaptive
+            imp = dataclasses.replace(imp, threshold=torch.where(large, otsu.threshold, imp.threshold))
         kept = (imp.combined > imp.threshold[:, None, None]) | ~imp.valid[:, None, None]
         parts.append(scores(kept, masks[start:start + 60]))
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
@@ -245,6 +299,48 @@ def score_gradcam(cams: np.ndarray, masks: torch.Tensor, q: Any, power: float = 
     return out
 
 
+def cam_candidates(passes: Dict[str, Any], spec: ModelSpec, method: str):
+    """(label, maps (N, 224, 224) float32) of every layer / layer set of ``method``, lazily.
+
+    Grad-CAM++: each layer of spec.gradcam_layers. LayerCAM: each layer alone, and each of
+    spec.layercam_sets fused two ways: its authors' (each layer's map, already divided
+    by its peak by pytorch-grad-cam's min-max scaling, through tanh(2 x), then the
+    pixel-wise maximum: torchcam's LayerCAM) and pytorch-grad-cam's (the mean)."""
+    cams = passes[method]
+    index = {name: i for i, name in enumerate(spec.gradcam_layers)}
+    for layer, i in index.items():
+        yield f"{CAM_NAMES[method]} {layer}", torch.from_numpy(cams[:, i].astype(np.float32))
+    if method != "layercam":
+        return
+    for names in spec.layercam_sets:
+        layers = torch.from_numpy(cams[:, [index[n] for n in names]].astype(np.float32))
+        short = "+".join(n.split(".")[-1] if n.startswith(("features", "_blocks")) else n for n in names)
+        yield f"{CAM_NAMES[method]} {short}, fused by tanh-max (its authors')", torch.tanh(2 * layers).amax(1)
+        yield f"{CAM_NAMES[method]} {short}, fused by mean (pytorch-grad-cam's)", layers.mean(1)
+
+
+def best_cam(passes: Dict[str, Any], spec: ModelSpec, method: str, masks: torch.Tensor, qs: Sequence[Any],
+             power: float = 1.0) -> Tuple[str, Dict[str, np.ndarray]]:
+    """``method``'s best candidate (layer/set/fusion) and q among ``qs`` by mean IoU on these
+    images: the strongest version of it a user could pick, chosen with the true masks."""
+    best: Optional[Tuple[float, str, Dict[str, np.ndarray]]] = None
+    for label, maps in cam_candidates(passes, spec, method):
+        for q in qs:
+            sc = scores(threshold_maps(maps, q, power), masks)
+            if best is None or sc["iou"].mean() > best[0]:
+                best = (float(sc["iou"].mean()), label + (f" at q {q}" if len(qs) > 1 else ""), sc)
+    return best[1], best[2]
+
+
+def bucket_paired(a: np.ndarray, b: np.ndarray, buckets: np.ndarray) -> str:
+    """Per bucket, mean of a - b ± its standard error (paired by image)."""
+    cells = []
+    for k in range(len(scenes_mod.BUCKETS)):
+        d = (a - b)[buckets == k]
+        cells.append(f"{d.mean():+.3f} ± {d.std(ddof=1) / math.sqrt(len(d)):.3f}" if len(d) > 1 else "-")
+    return ", ".join(cells)
+
+
 # ----------------------------------------------------------------------------- variants
 
 PAPER = {"inhibition.filter": "log", "inhibition.sigma": 2.0, "inhibition.kernel_size": 13, "inhibition.scales": None}
@@ -252,6 +348,8 @@ SCALES = [1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 GAMMAS = (2.0, 2.5, 2.65, 2.8)
 #: inhibition.auto_power values scored next to the candidate's (1 = plain Otsu).
 AUTO_POWERS = (1.0, 1.5, 2.0, 3.0)
+#: the shares scored for the ADAPTIVE rule (item 5 of issue 26)
+ADAPTIVE_SHARES = (0.4, 0.5, 0.6)
 
 
 def variants(spec: ModelSpec, candidate: Dict[str, Any]) -> List[Tuple[str, str, str, Dict[str, Any]]]:
@@ -278,6 +376,9 @@ def variants(spec: ModelSpec, candidate: Dict[str, Any]) -> List[Tuple[str, str,
         if power != candidate.get("inhibition.auto_power", 1.0):
             rows.append((f"candidate's filter, auto_power {power:g}", cand_pass, default_set,
                          {**cand, "inhibition.auto_power": power}))
+    for above in ADAPTIVE_SHARES:
+        rows.append((f"candidate, plain Otsu where it keeps more than {above:.0%} (else auto_power "
+                     f"{candidate.get('inhibition.auto_power', 1.0):g})", cand_pass, default_set, {**cand, ADAPTIVE: above}))
     if cand.get("inhibition.outline", "response") != "response":
         rows.append(("candidate with outline response (the filter's own response)", cand_pass, default_set,
                      {**cand, "inhibition.outline": "response"}))
@@ -305,7 +406,24 @@ def bucket_means(values: np.ndarray, buckets: np.ndarray) -> List[float]:
 
 def row(label: str, s: Dict[str, np.ndarray], buckets: np.ndarray) -> Dict[str, Any]:
     return {"label": label, "buckets": bucket_means(s["iou"], buckets), "iou": float(s["iou"].mean()),
-            "precision": float(s["precision"].mean()), "recall": float(s["recall"].mean()), "raw": s["iou"]}
+            "precision": float(s["precision"].mean()), "recall": float(s["recall"].mean()), "raw": s["iou"],
+            "scores": s}
+
+
+def kept_table(default: Dict[str, Any], cam: Dict[str, Any], buckets: np.ndarray, areas: np.ndarray) -> str:
+    """Issue 26 item 4: per bucket, the object's share of the frame against the share each
+    keeps sharp, with precision and recall (does the threshold keep the object's own share?)."""
+    lines = ["| bucket | object share | default: kept share | precision | recall | strongest CAM: kept share | precision | recall |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for k, (lo, hi) in enumerate(scenes_mod.BUCKETS):
+        sel = buckets == k
+        if not sel.any():
+            continue
+        d, c = default["scores"], cam["scores"]
+        lines.append(f"| {lo:.0%}-{min(hi, 1):.0%} | {areas[sel].mean():.2f} | {d['kept'][sel].mean():.2f} | "
+                     f"{d['precision'][sel].mean():.3f} | {d['recall'][sel].mean():.3f} | {c['kept'][sel].mean():.2f} | "
+                     f"{c['precision'][sel].mean():.3f} | {c['recall'][sel].mean():.3f} |")
+    return "\n".join(lines)
 
 
 def markdown(rows: List[Dict[str, Any]], counts: List[int]) -> str:
@@ -355,7 +473,25 @@ def evaluate(name: str, spec: ModelSpec, passes: Dict[str, Any], scenes: scenes_
                        key=lambda item: item[0])
             results.append(row(f"Grad-CAM {best[1]} at its best fixed q {best[2]} (oracle)", best[3], buckets))
             strongest.append(results[-1])
+        # Issue 26: Grad-CAM++ and LayerCAM, each at its best layer (set, fusion) under this
+        # rule, and at q auto under plain Otsu and at its best fixed q, as Grad-CAM above.
+        cam_rows: List[Dict[str, Any]] = [gradcam_best] + strongest
+        for method in ("gradcam++", "layercam"):
+            if method not in passes:
+                continue
+            rules = [(f"{'q auto, auto_power %g' % power if q == 'auto' else f'q {q}'}", [q], power)]
+            if q == "auto":
+                if power != 1.0:
+                    rules.append(("plain Otsu (auto_power 1)", ["auto"], 1.0))
+                rules.append(("its best fixed q (oracle)", list(GRID_QS), 1.0))
+            for rule, qs, p in rules:
+                label, sc = best_cam(passes, spec, method, masks, qs, p)
+                results.append(row(f"{label} (best of its layers/sets), {rule}", sc, buckets))
+                cam_rows.append(results[-1])
+        strongest_cam = max(cam_rows, key=lambda r: r["iou"])
         for label, pass_name, set_name, settings in variants(spec, candidate):
+            if pass_name.replace("flipped+", "flipped ") not in passes or pass_name.split("+")[-1] not in passes:
+                continue  # a --minimal run has only the default's pass
             maps = layer_maps_for(passes, spec, pass_name, set_name)
             results.append(row(label, score_latinhib(maps, masks, {"inhibition.auto_power": power, **settings,
                                                                     "inhibition.quantile": q}), buckets))
@@ -368,9 +504,12 @@ def evaluate(name: str, spec: ModelSpec, passes: Dict[str, Any], scenes: scenes_
         cand_settings["inhibition.quantile"] = q
         default_row = row("**candidate default**", score_latinhib(
             layer_maps_for(passes, spec, cand_pass, default_set), masks, cand_settings), buckets)
-        bf16_row = row("candidate default, bf16 pass", score_latinhib(
-            layer_maps_for(passes, spec, bf16_pass, default_set), masks, cand_settings), buckets)
-        results += [default_row, bf16_row]
+        if bf16_pass in passes:
+            bf16_row = row("candidate default, bf16 pass", score_latinhib(
+                layer_maps_for(passes, spec, bf16_pass, default_set), masks, cand_settings), buckets)
+        else:
+            bf16_row = default_row  # --minimal: no bf16 pass (the paired line then reads 0)
+        results += [default_row] + ([bf16_row] if bf16_row is not default_row else [])
         out_md.append(f"**{name}, q = {q}** (Grad-CAM and latinhib thresholded by the same rule)\n\n"
                       + markdown(results, counts))
         summary[str(q)] = {
@@ -388,6 +527,11 @@ def evaluate(name: str, spec: ModelSpec, passes: Dict[str, Any], scenes: scenes_
         for other in strongest:
             out_md[-1] += (f" Default - {other['label']} = {paired(default_row['raw'], other['raw'])}; per bucket "
                            + ", ".join(f"{d - g:+.3f}" for d, g in zip(default_row["buckets"], other["buckets"])) + ".")
+        out_md[-1] += (f"\n\n**Default - the strongest CAM under this rule** ({strongest_cam['label']}, mean IoU "
+                       f"{strongest_cam['iou']:.3f}): {paired(default_row['raw'], strongest_cam['raw'])}; per bucket, "
+                       f"paired by image: {bucket_paired(default_row['raw'], strongest_cam['raw'], buckets)}.")
+        out_md[-1] += "\n\n" + kept_table(default_row, strongest_cam, buckets, scenes.areas)
+        summary[str(q)]["strongest_cam"] = strongest_cam
         print(out_md[-1] + "\n", flush=True)
     return "\n\n".join(out_md), summary
 
@@ -397,12 +541,16 @@ def photo_passes(name: str, spec: ModelSpec, photos: scenes_mod.Scenes, cache: P
     Grad-CAM per layer (cached like run_passes)."""
     path = cache / f"{name}-photos-{len(photos.images)}-{importance}-v1.pt"
     if path.exists():
-        return torch.load(path, weights_only=False)
+        passes = torch.load(path, weights_only=False)
+        if "layercam" in passes:
+            return passes
     loaded = load_model(load_config(overrides=spec.overrides).model, torch.device("cpu"))
     inputs = normalise(photos.images, loaded.mean, loaded.std).contiguous(memory_format=torch.channels_last)
-    kwargs = {"kind": importance} if importance != "gradient" else {}
-    passes = {"maps": gradient_pass(loaded.model, inputs, spec.layer_sets[next(iter(spec.layer_sets))], **kwargs),
-              "gradcam": gradcam_pass(loaded.model, inputs, spec.gradcam_layers)}
+    if not path.exists():
+        kwargs = {"kind": importance} if importance != "gradient" else {}
+        passes = {"maps": gradient_pass(loaded.model, inputs, spec.layer_sets[next(iter(spec.layer_sets))], **kwargs),
+                  "gradcam": gradcam_pass(loaded.model, inputs, spec.gradcam_layers)}
+    passes.update(stronger_cam_passes(name + " photos", loaded.model, inputs, spec))
     cache.mkdir(parents=True, exist_ok=True)
     torch.save(passes, path)
     return passes
@@ -425,6 +573,10 @@ def evaluate_photos(name: str, spec: ModelSpec, passes: Dict[str, Any], photos: 
         cams = score_gradcam(passes["gradcam"], masks, q, p)
         best = int(np.argmax([c["iou"].mean() for c in cams]))
         rows.append((f"Grad-CAM {spec.gradcam_layers[best]} (best layer), {label}", cams[best]))
+        for method in ("gradcam++", "layercam"):
+            if method in passes:
+                cam_label, sc = best_cam(passes, spec, method, masks, [q], p)
+                rows.append((f"{cam_label} (best), {label}", sc))
         rows.append((f"latinhib candidate default, {label}", score_latinhib(
             passes["maps"], masks, {**settings, "inhibition.quantile": q, "inhibition.auto_power": p})))
     lines = ["| method | " + " | ".join(f"{o} (n={int((which == o).sum())}, {photos.areas[which == o].mean():.0%})"
@@ -451,6 +603,8 @@ def check_api(name: str, spec: ModelSpec, passes: Dict[str, Any]) -> None:
     key = config.inhibition.importance
     if amp_dtype(config.runtime.amp, torch.device("cpu")) == torch.bfloat16:
         key = f"bf16 {key}"
+    if key not in passes:
+        return
     maps = [passes[key][index[l]][:BATCH] for l in api_imp.layers]
     imp = recombine(Importance(api_imp.combined, api_imp.threshold, api_imp.valid, api_imp.predicted,
                                api_imp.logits, api_imp.target, maps, api_imp.layers), config.inhibition)
@@ -489,6 +643,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         / "latinhib-masks")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--write", type=Path, default=None, help="update this Markdown file's real-model section")
+    parser.add_argument("--minimal", action="store_true",
+                        help="only the default's pass and the CAMs' (no gradient, flip or bf16 passes): "
+                             "the default, its auto_power and layer-set rows and every CAM")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="inhibition override for the candidate default (default: the shipped config)")
     args = parser.parse_args(argv)
@@ -505,7 +662,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     photos = scenes_mod.make_photo_scenes()
     for name in args.models.split(","):
         spec = MODELS[name]()
-        passes = run_passes(name, spec, scenes, args.cache)
+        passes = run_passes(name, spec, scenes, args.cache, args.minimal)
         print(f"  {name}: {passes['description']}; default_layers = {passes['default_layers']}", file=sys.stderr)
         check_api(name, spec, passes)
         text, _ = evaluate(name, spec, passes, scenes, candidate)

@@ -1,0 +1,118 @@
+"""Mask IoU on val_rand of the fine-detail draws (issue 26): latinhib's default and its
+variants against Grad-CAM, Grad-CAM++ and LayerCAM, at the same q for all, from each draw's
+own pretrain checkpoint. Validation split only, no training: what a mask option does to the
+masks before any of it is spent on downstream trainings.
+
+    PYTHONPATH=. .venv/bin/python -m scripts.experiment.finedetail_masks out/issue26-s20 out/issue26-s21
+
+Each argument is a finished (or at least pretrained) ``--work`` folder of the benchmark.
+latinhib rows are steps 4-5 of the product (``latinhib.api.recombine``) on layer maps: the
+product's own (``importance_maps``: the norm of gradient or gradient x activation), or a
+CAM's per-layer evidence (scripts/experiment/enhancers.py) handed to the same filter,
+outline and threshold, to see what the evidence itself is worth there.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latinhib.api import Importance, recombine
+from latinhib.config import load_config
+from latinhib.importance import importance_maps
+from scripts.experiment import common as helpers
+from scripts.experiment.enhancers import cam_maps, layer_cams, mask_scores, quantile_mask
+from scripts.experiment.models import SmallResNet
+from scripts.experiment.train import normalise
+
+LAYERS = ["layer1", "layer2", "layer3"]
+#: latinhib rows: (label, evidence, layers, inhibition overrides). Evidence "gxa" / "gradient" /
+#: "gpp" is the product's (importance_maps, kind gradient_x_activation / gradient /
+#: gradcam_plus_plus, for the label's loss); "layercam" / "gradcam++" is that CAM's per-layer
+#: map of the label's logit (scripts/experiment/enhancers.py).
+ROWS = [
+    ("default (layer3, gradient x activation)", "gxa", ["layer3"], {}),
+    ("layers layer2,layer3", "gxa", ["layer2", "layer3"], {}),
+    ("layers layer2", "gxa", ["layer2"], {}),
+    ("layers layer1,layer2,layer3", "gxa", LAYERS, {}),
+    ("layers layer2,layer3, filter none", "gxa", ["layer2", "layer3"], {"inhibition.filter": "none"}),
+    ("layers layer2,layer3, outline response", "gxa", ["layer2", "layer3"], {"inhibition.outline": "response"}),
+    ("LayerCAM evidence, layer3", "layercam", ["layer3"], {}),
+    ("LayerCAM evidence, layers layer2,layer3", "layercam", ["layer2", "layer3"], {}),
+    ("LayerCAM evidence, layers layer2,layer3, filter none", "layercam", ["layer2", "layer3"], {"inhibition.filter": "none"}),
+    ("importance gradcam_plus_plus (the product's), layer3 (the default layer)", "gpp", ["layer3"],
+     {"inhibition.importance": "gradcam_plus_plus"}),
+    ("importance gradcam_plus_plus (the product's), layers layer2", "gpp", ["layer2"],
+     {"inhibition.importance": "gradcam_plus_plus"}),
+    ("importance gradcam_plus_plus (the product's), layers layer2,layer3", "gpp", ["layer2", "layer3"],
+     {"inhibition.importance": "gradcam_plus_plus"}),
+    ("Grad-CAM++ evidence, layer2", "gradcam++", ["layer2"], {}),
+    ("Grad-CAM++ evidence, layer2, filter none", "gradcam++", ["layer2"], {"inhibition.filter": "none"}),
+    ("Grad-CAM++ evidence, layers layer2,layer3", "gradcam++", ["layer2", "layer3"], {}),
+]
+CAMS = [("Grad-CAM layer2", "gradcam", ["layer2"], "max"), ("Grad-CAM layer3", "gradcam", ["layer3"], "max"),
+        ("Grad-CAM++ layer2", "gradcam++", ["layer2"], "max"), ("Grad-CAM++ layer3", "gradcam++", ["layer3"], "max"),
+        ("LayerCAM layer1+2+3, mean", "layercam", LAYERS, "mean"), ("LayerCAM layer2+3, max", "layercam", ["layer2", "layer3"], "max")]
+
+
+def evidence_maps(model, split, kind: str) -> dict[str, torch.Tensor]:
+    """Per-layer maps of every image of ``split`` for LAYERS, (N, h, w) each."""
+    out: dict[str, list] = {name: [] for name in LAYERS}
+    for start in range(0, len(split.images), 120):
+        images, labels = split.images[start:start + 120], split.labels[start:start + 120]
+        if kind in ("gxa", "gradient", "gpp"):
+            product = {"gxa": "gradient_x_activation", "gpp": "gradcam_plus_plus"}.get(kind, kind)
+            maps = importance_maps(model, normalise(images), LAYERS, target="label", labels=labels, kind=product)
+            parts = dict(zip(maps.names, maps.maps))
+        else:
+            parts = dict(zip(LAYERS, layer_cams(model, normalise(images), LAYERS, labels, kind)))
+        for name in LAYERS:
+            out[name].append(parts[name])
+    return {name: torch.cat(v) for name, v in out.items()}
+
+
+def latinhib_masks(layer_maps: list[torch.Tensor], size, overrides: dict, q: float) -> torch.Tensor:
+    config = load_config(overrides={**overrides, "inhibition.quantile": q}).inhibition
+    n = layer_maps[0].shape[0]
+    imp = Importance(combined=torch.empty(n, *size), threshold=torch.empty(n), valid=torch.ones(n, dtype=torch.bool),
+                     predicted=torch.zeros(n, dtype=torch.long), logits=torch.zeros(n, 1), target="label",
+                     layer_maps=layer_maps, layers=[])
+    imp = recombine(imp, config)
+    return (imp.combined > imp.threshold[:, None, None]) | ~imp.valid[:, None, None]
+
+
+def main(folders: list[str]) -> None:
+    torch.set_num_threads(1)
+    results: dict[str, list[float]] = {}
+    for folder in map(Path, folders):
+        state = json.loads((folder / "state.json").read_text())
+        info = json.loads((folder / "data" / "info.json").read_text())
+        classes = sorted(info["classes"])
+        val = helpers.Split(folder / "data", "val_rand", classes)
+        model = SmallResNet(num_classes=len(classes))
+        model.load_state_dict(torch.load(folder / "pretrain.pth", map_location="cpu", weights_only=True))
+        model.eval().requires_grad_(False)
+        q = state.get("gradcam", {}).get("mean_q", 0.69)
+        cache = {}
+        for label, kind, layers, overrides in ROWS:
+            if kind not in cache:
+                cache[kind] = evidence_maps(model, val, kind)
+            masks = latinhib_masks([cache[kind][n] for n in layers], val.images.shape[-2:], overrides, q)
+            results.setdefault(label, []).append(mask_scores(masks, val.masks)["iou"])
+        for label, method, layers, fusion in CAMS:
+            maps = cam_maps(model, val.images, layers, val.labels, method=method, fusion=fusion)
+            results.setdefault(label, []).append(mask_scores(quantile_mask(maps, q), val.masks)["iou"])
+        print(f"{folder}: q {q:.2f}", flush=True)
+    print(f"\n| mask (val_rand, q = each draw's matched mean q) | " + " | ".join(Path(f).name for f in folders) + " | mean |")
+    print("|---|" + "---:|" * (len(folders) + 1))
+    for label, values in results.items():
+        print(f"| {label} | " + " | ".join(f"{v:.3f}" for v in values) + f" | **{np.mean(values):.3f}** |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        raise SystemExit(__doc__)
+    main(sys.argv[1:])

@@ -7,7 +7,7 @@ images are Gaussian-blurred. See README.md.
 __version__ = "0.1.0"
 
 __all__ = ["Config", "ConfigError", "EvaluationResult", "Importance", "InhibitionResult", "LateralInhibition",
-           "evaluate", "load_config", "__version__"]
+           "OnlineInhibition", "evaluate", "load_config", "__version__"]
 
 #: Public names -> the module that defines them. Imported on first use (PEP 562), so that
 #: ``latinhib --version`` and ``--help`` never import torch (~1 s) and
@@ -16,6 +16,7 @@ _LAZY = {
     "Importance": "api",
     "InhibitionResult": "api",
     "LateralInhibition": "api",
+    "OnlineInhibition": "online",
     "Config": "config",
     "ConfigError": "config",
     "load_config": "config",

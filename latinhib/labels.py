@@ -158,7 +158,8 @@ def resolve_labels(items: Sequence[Item], config: Config, classes: Optional[Sequ
         raise ConfigError(f"model.target: 'label' needs {needs}: {why or 'no labels found'}; {fix}, "
                           f"or use target auto/pred/entropy")
     if looked_labelled and log is not None:
-        log(f"latinhib: target: pred (the model's top-1), not the labels: {why}; {fix}, or pass --target pred")
+        fix = "" if "model.classes" in (why or "") else f"; {fix}"  # the reason may name the key already
+        log(f"latinhib: target: pred (the model's top-1), not the labels: {why}{fix}; or pass --target pred")
     return None
 
 

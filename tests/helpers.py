@@ -79,7 +79,8 @@ def resume_command(src: Path, dst: Path, masks: Path, checkpoint: Path, *extra: 
     """The stopped-and-resumed job: ``latinhib enhance`` as a subprocess, small batches, masks."""
     return [sys.executable, "-m", "latinhib", "enhance", str(src), str(dst), "--arch", ARCH,
             "--checkpoint", str(checkpoint), "--device", "cpu", "--batch-size", "2", "--workers", "0",
-            "--set", "model.input_size=64", "--ratio", "0.6", "--save-masks", str(masks), "--quiet", *extra]
+            "--set", "model.input_size=64", "--ratio", "0.6", "--save-masks", str(masks), "--quiet",
+            "--target", "pred", *extra]  # pred: what auto fell back to (the folders are no class names of it)
 
 
 def final_files(root: Path) -> List[str]:

@@ -283,7 +283,7 @@ def test_files_from_stdin_and_print_outputs_in_a_pipe(tmp_path, checkpoint):
     for name in ("a/1.png", "a/2.jpg", "3.png", NON_UTF8):
         Image.new("RGB", (24, 24), (50, 60, 70)).save(src / name, format="PNG" if name.endswith("png") else "JPEG")
     wanted = ["a/1.png", str(src / "3.png"), NON_UTF8]  # relative, absolute inside SRC, non-UTF-8
-    proc = cli("enhance", src, dst, *args(checkpoint, "--workers", "0", "--ratio", "0.5", "--files-from", "-",
+    proc = cli("enhance", src, dst, *args(checkpoint, "--workers", "0", "--ratio", "0.5", "--target", "pred", "--files-from", "-",
                                           "--print-outputs"),
                stdin=b"".join(os.fsencode(p) + b"\n" for p in wanted))
     assert proc.returncode == 0, proc.stderr

@@ -160,6 +160,8 @@ def list_folder(src: Path, *, follow_symlinks: bool = False, exclude: Sequence[P
         except OSError:  # unreadable, as os.walk skips it
             return
         subdirs = []
+        class_name = _class_of(prefix, classes)  # every file of a folder shares its first folder
+        append = items.append
         for entry in entries:
             try:
                 is_dir = entry.is_dir()
@@ -173,12 +175,11 @@ def list_folder(src: Path, *, follow_symlinks: bool = False, exclude: Sequence[P
             name = entry.name
             if name.startswith(".") and ".latinhib-" in name:
                 continue  # our own temporary files
-            path = os.path.join(folder, name)
-            if (entry.is_symlink() and not follow_symlinks and os.path.exists(path)
+            path = entry.path  # folder + name, made by scandir (os.path.join costs more than the rest)
+            if (not follow_symlinks and entry.is_symlink() and os.path.exists(path)
                     and not _inside(root_real, path)):
                 continue
-            rel = prefix + name
-            items.append(Item(path, rel, _class_of(rel, classes)))
+            append(Item(path, prefix + name, class_name))
         for entry in subdirs:
             walk(os.path.join(folder, entry.name), prefix + entry.name + "/")
 

@@ -15,7 +15,7 @@ import sys
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .data import Item, display
 from .files import DestinationUnusable
@@ -110,9 +110,10 @@ class Recorder:
     ``sink.commit(item, entry)`` is called for every recorded file, in order.
     """
 
-    def __init__(self, summary: Summary, manifest: Manifest, entries: Dict[str, Dict[str, Any]], sink: Sink, *,
-                 strict: bool, bar: Any, log: Callable[[str], None],
-                 on_output: Optional[Callable[[Path], None]], check: Callable[[], None]):
+    def __init__(self, summary: Summary, manifest: Manifest, entries: Dict[str, Union[str, Dict[str, Any]]],
+                 sink: Sink, *, strict: bool, bar: Any, log: Callable[[str], None],
+                 on_output: Optional[Callable[[Path], None]], check: Callable[[], None],
+                 compact: Optional[Path] = None):
         self.summary = summary
         self.manifest = manifest
         self.entries = entries
@@ -124,6 +125,7 @@ class Recorder:
         self.check = check  # raises KeyboardInterrupt once a stop was asked for
         self.pending: Deque[Tuple[Item, Future, bool]] = collections.deque()
         self.copies: set = set()  # the futures in `pending` that are byte-for-byte copies
+        self.compact = compact  # the manifest ``entries`` came from, if it held them as they are
 
     def add(self, item: Item, future: Future, selected: bool, copy: bool = False) -> None:
         self.pending.append((item, future, selected))
@@ -257,8 +259,11 @@ class Recorder:
             self.bar.close()
         order = list(listed)
         known = set(order)
+        order += [rel for rel in self.entries if rel not in known]
+        if self.compact == path and self.manifest.lines_written == 0 and order == list(self.entries):
+            return None  # a rerun with nothing to do: the file already is its compacted self
         try:
-            Manifest.compact(path, order + [rel for rel in self.entries if rel not in known], self.entries)
+            Manifest.compact(path, order, self.entries)
         except DestinationUnusable as exc:
             return exc
         return None

@@ -27,7 +27,6 @@ Timings on a shared machine are noisy: compare rows of one run, rerun a figure t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess

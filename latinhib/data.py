@@ -206,8 +206,11 @@ def list_files_from(src: Path, lines: Iterable[str], *, follow_symlinks: bool = 
         text = line.rstrip("\r\n")
         if not text.strip():
             continue
-        path = os.path.normpath(text if os.path.isabs(text) else os.path.join(root, text))
-        rel = path[len(inside_root):] if path.startswith(inside_root) else None
+        if _plain(text):  # most lines of a list made by find or ls: nothing to normalise
+            path, rel = inside_root + text, text
+        else:
+            path = os.path.normpath(text if os.path.isabs(text) else os.path.join(root, text))
+            rel = path[len(inside_root):] if path.startswith(inside_root) else None
         if not rel:
             raise PathError(f"--files-from line {number}: {display(text)!r} is outside SRC {display(str(src))!r}")
         if not follow_symlinks and _leaves(root_real, path, folders):
@@ -221,9 +224,17 @@ def list_files_from(src: Path, lines: Iterable[str], *, follow_symlinks: bool = 
     return items
 
 
+def _plain(text: str) -> bool:
+    """Whether ``text`` is a relative POSIX path that ``normpath`` would leave as it is (no
+    ``.`` or ``..`` part, no doubled, leading or trailing slash): most lines of a list.
+    Anything else (a name starting with a dot included) takes the slow, general way."""
+    return (os.sep == "/" and not text.startswith(("/", "./", "../")) and text not in (".", "..")
+            and "//" not in text and "/." not in text and not text.endswith("/"))
+
+
 def _leaves(root_real: str, path: str, folders: Dict[str, bool]) -> bool:
     """Whether the existing ``path`` resolves to outside SRC (a missing one never does)."""
-    folder = os.path.dirname(path)
+    folder = path[: path.rfind(os.sep)] or os.sep  # os.path.dirname, for a normalised absolute path
     inside = folders.get(folder)
     if inside is None:
         inside = folders[folder] = _inside(root_real, folder)

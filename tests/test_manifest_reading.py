@@ -102,3 +102,31 @@ def test_a_rerun_with_nothing_to_do_leaves_the_manifest_alone(tree, tmp_path, ch
     assert manifest.stat().st_mtime_ns != 1
     after = manifest.read_text().splitlines()
     assert [json.loads(line)["path"] for line in after] == [json.loads(line)["path"] for line in before.decode().splitlines()]
+
+
+# -- --files-from's fast path (issue 25: listing 1.28M lines) -----------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from latinhib.data import _plain, list_files_from  # noqa: E402
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="ab./", min_size=1, max_size=10))
+def test_a_plain_line_is_what_normpath_would_make_of_it(text):
+    if _plain(text):
+        assert os.path.normpath(os.path.join("/src", text)) == "/src/" + text
+
+
+def test_files_from_lines_fast_and_slow_give_the_same_items(tmp_path):
+    src = tmp_path / "src"
+    (src / "a" / ".hidden").mkdir(parents=True)
+    for rel in ("a/1.jpg", "a/.hidden/2.jpg", "top.jpg"):
+        (src / rel).write_bytes(b"x")
+    lines = ["a/1.jpg\n", "./a/1.jpg", "a//1.jpg", "a/.hidden/2.jpg", "a/../top.jpg", str(src / "top.jpg"), "top.jpg"]
+    items = list_files_from(src, lines)
+    assert [(item.rel, item.path, item.class_name) for item in items] == [
+        ("a/1.jpg", str(src / "a" / "1.jpg"), "a"),
+        ("a/.hidden/2.jpg", str(src / "a" / ".hidden" / "2.jpg"), "a"),
+        ("top.jpg", str(src / "top.jpg"), None),
+    ]

@@ -5,7 +5,7 @@ figures against the model and codec floors, side by side in one run.
 Rows (each in its own subprocess, so its peak RSS and its threads are its own):
 
 - ``floor``: the model alone, forward + one autograd.grad to the default layers, on tensors
-  in memory (``scripts/bench.py``'s floor; the dtype the job runs in is printed).
+  in memory (``scripts/bench/enhance.py``'s floor; the dtype the job runs in is printed).
 - ``pillow``: the plain Pillow codec floor: per file, Pillow decode -> tensor -> blur
   (``filters.blur_uint8``, on a reduced copy where the sigma is large) -> blend with a mask
   -> Pillow JPEG encode -> write, on ``--threads`` threads; no bookkeeping at all.
@@ -46,7 +46,7 @@ sys.path.insert(0, str(SCRIPTS.parent))
 
 SIZES = {"imagenet": (500, 375), "12mp": (4000, 3000)}
 #: Files per size: enough for steady state on 2 cores without a long run.
-COUNTS = {"imagenet": 192, "12mp": 8}
+COUNTS = {"imagenet": 480, "12mp": 8}
 ROWS = ("floor", "pillow", "stub", "stub-pil", "stub-tv", "r1", "r03")
 
 
@@ -134,7 +134,7 @@ def row_pillow(args, src: Path) -> dict:
 
 
 def row_job(args, src: Path, ratio: float, codec=None, stub=False) -> dict:
-    import bench
+    from scripts.bench import enhance as bench
 
     if stub:
         stub_importance()
@@ -169,7 +169,7 @@ def run_row(args) -> None:
     src = Path(args.src)
     row = args.row
     if row == "floor":
-        import bench
+        from scripts.bench import enhance as bench
 
         result = bench.row_floor(args, src)
         from latinhib.api import amp_dtype

@@ -33,6 +33,7 @@ __all__ = [
     "NotEnhanceable",
     "PathError",
     "decode",
+    "decode_on_device",
     "display",
     "list_files_from",
     "list_folder",
@@ -258,10 +259,13 @@ class Decoded:
         (the file's own where the format holds it: 1-bit, palette, grey, CMYK, 16-bit ...).
     max_value: 255 or 65535. size: (W, H). info: what the writer keeps: icc_profile, exif,
         dpi, the palette of a palette image, ``lossless`` for a lossless WebP.
+    jpeg: a plain JPEG's bytes (1-D uint8) whose decoding is left to the job's device:
+        ``pixels`` and ``model_input`` are None until :func:`decode_on_device` fills them
+        in, one batched call per batch (``decode(..., on_device=True)``).
     """
 
-    pixels: torch.Tensor
-    model_input: torch.Tensor
+    pixels: Optional[torch.Tensor]
+    model_input: Optional[torch.Tensor]
     format: str
     mode: str
     max_value: int
@@ -269,6 +273,7 @@ class Decoded:
     info: Dict[str, Any] = field(default_factory=dict)
     #: what decoded it, and so encodes it back: pillow, or torchvision (codec.py)
     codec: str = "pillow"
+    jpeg: Optional[torch.Tensor] = None
 
     @property
     def color_channels(self) -> int:
@@ -389,6 +394,7 @@ def decode(
     *,
     quiet_bombs: bool = True,
     codec: str = "pillow",
+    on_device: bool = False,
 ) -> Decoded:
     """Decode ``path`` (a file, or a binary file object: a tar member's bytes) for the
     pipeline; raises :class:`DecodeError` with the cause.
@@ -396,7 +402,9 @@ def decode(
     ``quiet_bombs=False`` leaves the warning filters alone: for decoding threads, whose
     job holds :func:`bomb_warnings_ignored` from its main thread. ``codec="torchvision"``
     (``runtime.codec``, resolved): plain JPEGs are decoded by ``torchvision.io`` straight
-    into a tensor (``codec.py``); every other file, and a JPEG it cannot read, by Pillow."""
+    into a tensor (``codec.py``); every other file, and a JPEG it cannot read, by Pillow.
+    ``on_device`` (with torchvision): a plain JPEG is only read and checked here, its bytes
+    kept for :func:`decode_on_device` (a CUDA job decodes each batch with nvJPEG)."""
     fast = None
     try:
         with bomb_warnings_ignored() if quiet_bombs else contextlib.nullcontext():
@@ -405,7 +413,7 @@ def decode(
                 _refuse_not_enhanceable(opened, fmt)
                 info = {k: opened.info[k] for k in ("icc_profile", "dpi") if k in opened.info}
                 if codec == "torchvision":
-                    fast = _torchvision_pixels(path, opened, info)
+                    fast = _torchvision_pixels(path, opened, info, decode_now=not on_device)
                 if fast is None:
                     if opened.mode == "P" and "transparency" not in opened.info:
                         info["palette"] = opened.getpalette()
@@ -430,6 +438,8 @@ def decode(
         raise DecodeError(f"cannot decode: {type(exc).__name__}: {_unnamed(exc)}") from None
     if fmt == "MPO":
         fmt = "JPEG"
+    if fast is not None and fast.ndim == 1:  # the bytes, for decode_on_device
+        return Decoded(None, None, "JPEG", opened.mode, 255, opened.size, info, "torchvision", jpeg=fast)
     if fast is not None:
         mode = "RGB" if fast.shape[0] == 3 else "L"
         return _decoded(fast, "JPEG", mode, 255, input_size, mean, std, info, codec="torchvision")
@@ -441,10 +451,12 @@ def decode(
     return _decoded(pixels, fmt, out_mode, max_value, input_size, mean, std, info)
 
 
-def _torchvision_pixels(path: Union[Path, BinaryIO], opened: Image.Image, info: Dict[str, Any]) -> Optional[torch.Tensor]:
+def _torchvision_pixels(path: Union[Path, BinaryIO], opened: Image.Image, info: Dict[str, Any],
+                        decode_now: bool = True) -> Optional[torch.Tensor]:
     """A plain JPEG's pixels (C, H, W) uint8 by ``torchvision.io``, its EXIF kept in
     ``info``; None for any other file, or one torchvision cannot read (Pillow then decodes
-    it and names what is wrong)."""
+    it and names what is wrong). Not ``decode_now``: the file's bytes (1-D uint8), for
+    :func:`decode_on_device`."""
     from . import codec
 
     if not codec.plain_jpeg(opened):
@@ -454,13 +466,65 @@ def _torchvision_pixels(path: Union[Path, BinaryIO], opened: Image.Image, info: 
             data = handle.read()
     else:
         data = path.getvalue()
-    try:
-        pixels = codec.decode_jpegs([data], torch.device("cpu"))[0]
-    except RuntimeError:
-        return None
     if "exif" in opened.info:
         info["exif"] = opened.info["exif"]
-    return pixels
+    if not decode_now:
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    try:
+        return codec.decode_jpegs([data], torch.device("cpu"))[0]
+    except RuntimeError:
+        return None
+
+
+def decode_on_device(batch: List[Tuple[int, Optional[Decoded], Optional[DecodeError]]], input_size: Tuple[int, int],
+                     mean: Sequence[float], std: Sequence[float], device: torch.device,
+                     ) -> List[Tuple[int, Optional[Decoded], Optional[DecodeError]]]:
+    """The JPEGs of a decoded batch ((index, decoded, error) triples) that ``decode(...,
+    on_device=True)`` left as bytes, decoded in one batched ``torchvision.io`` call on
+    ``device`` (nvJPEG on CUDA), their model inputs made there too. Should the batch call
+    fail (a file libjpeg accepts but nvJPEG does not), each file is decoded on its own,
+    and one that still fails goes through Pillow, which names the cause."""
+    from . import codec
+
+    waiting = [k for k, (_, decoded, _) in enumerate(batch) if decoded is not None and decoded.jpeg is not None]
+    if not waiting:
+        return batch
+    out = list(batch)
+    try:
+        pixels = codec.decode_jpegs([batch[k][1].jpeg for k in waiting], device)
+    except RuntimeError:
+        pixels = [None] * len(waiting)
+    for k, decoded_pixels in zip(waiting, pixels):
+        index, pending, _ = batch[k]
+        if decoded_pixels is None:
+            try:
+                decoded_pixels = codec.decode_jpegs([pending.jpeg], device)[0]
+            except RuntimeError:
+                data = io.BytesIO(pending.jpeg.numpy().tobytes())
+                try:
+                    out[k] = (index, decode(data, input_size, mean, std), None)
+                except DecodeError as exc:
+                    out[k] = (index, None, exc)
+                continue
+        mode = "RGB" if decoded_pixels.shape[0] == 3 else "L"
+        out[k] = (index, _decoded(decoded_pixels, "JPEG", mode, 255, input_size, mean, std, pending.info,
+                                  codec="torchvision"), None)
+    return out
+
+
+def _resize_8bit(color: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """(C, H, W) uint8 -> (C, h, w) float holding whole grey levels, by torch's uint8
+    antialiased bilinear kernel (CPU only)."""
+    small = F.interpolate(color[None].contiguous(memory_format=torch.channels_last), size=size,
+                          mode="bilinear", antialias=True, align_corners=False)[0]
+    return small.contiguous().float()
+
+
+def _resize_8bit_float(color: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """:func:`_resize_8bit` for pixels on a device whose resize kernels take float (CUDA,
+    after :func:`decode_on_device`): the same filter in float, rounded as uint8 would be."""
+    return F.interpolate(color[None].float(), size=size, mode="bilinear", antialias=True,
+                         align_corners=False)[0].round_().clamp_(0, 255)
 
 
 def _decoded(
@@ -482,15 +546,14 @@ def _decoded(
     h, w = input_size
     color = pixels[:3] if pixels.shape[0] >= 3 else pixels[:1]
     if max_value == 255:
-        small = F.interpolate(color[None].contiguous(memory_format=torch.channels_last), size=(h, w),
-                              mode="bilinear", antialias=True, align_corners=False)[0]
-        model_input = small.contiguous().float().div_(255.0)
+        resize = _resize_8bit if pixels.device.type == "cpu" else _resize_8bit_float
+        model_input = resize(color, (h, w)).div_(255.0)
     else:
         gray = color.float()[None] / max_value
         model_input = F.interpolate(gray, size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
     if model_input.shape[0] == 1:
         model_input = model_input.expand(3, -1, -1).contiguous()
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
     model_input = model_input.sub_(mean_t).div_(std_t)
     return Decoded(pixels, model_input, fmt, out_mode, max_value, (pixels.shape[2], pixels.shape[1]), info, codec)

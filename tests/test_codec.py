@@ -250,3 +250,21 @@ def test_a_job_decoding_on_the_device_gives_the_same_masks(tmp_path, monkeypatch
         if e["status"] == "enhanced":
             assert (plain_masks / f"{rel}.png").read_bytes() == (device_masks / f"{rel}.png").read_bytes(), rel
             assert on_device[rel]["kept_fraction"] == e["kept_fraction"]
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_decode_on_cuda_matches_the_cpu(photo_jpegs, tmp_path):
+    from latinhib.data import decode, decode_on_device
+
+    size, mean, std = (224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    batch = []
+    for k, data in enumerate(photo_jpegs):
+        (tmp_path / f"{k}.jpg").write_bytes(data)
+        batch.append((k, decode(tmp_path / f"{k}.jpg", size, mean, std, codec="torchvision", on_device=True), None))
+    cuda = decode_on_device(batch, size, mean, std, torch.device("cuda"))
+    for k, decoded, _ in cuda:
+        cpu = decode(tmp_path / f"{k}.jpg", size, mean, std, codec="torchvision")
+        assert decoded.pixels.device.type == "cuda" and decoded.model_input.device.type == "cuda"
+        assert (decoded.pixels.cpu().int() - cpu.pixels.int()).abs().float().mean() < 1.0
+        assert (decoded.model_input.cpu() - cpu.model_input).abs().mean() < 0.02

@@ -46,7 +46,7 @@ sys.path.insert(0, str(SCRIPTS.parent))
 
 SIZES = {"imagenet": (500, 375), "12mp": (4000, 3000)}
 #: Files per size: enough for steady state on 2 cores without a long run.
-COUNTS = {"imagenet": 480, "12mp": 8}
+COUNTS = {"imagenet": 480, "12mp": 32}
 ROWS = ("floor", "pillow", "stub", "stub-pil", "stub-tv", "r1", "r03")
 
 

@@ -195,6 +195,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="threads (streams) per run")
     parser.add_argument("--sizes", default="imagenet,12mp")
+    parser.add_argument("--counts", default="", help="files per size, e.g. imagenet=1600 (default: "
+                        + ", ".join(f"{k}={v}" for k, v in COUNTS.items()) + ")")
     parser.add_argument("--rows", default="floor,pillow,stub,stub-pil,stub-tv,r1,r03")
     parser.add_argument("--gpu-rates", type=float, nargs="+", default=[1000.0, 3000.0],
                         help="img/s a GPU enhances, for the cores-needed line")
@@ -208,18 +210,20 @@ def main() -> None:
         return run_row(args)
     rows = args.rows.split(",")
     cuda = args.device.startswith("cuda")
+    counts = dict(COUNTS, **{k: int(v) for k, v in (pair.split("=") for pair in args.counts.split(",") if pair)})
     table = []
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for size in args.sizes.split(","):
             src = Path(tmp) / size
-            make_photos(src, COUNTS[size] * (8 if cuda else 1), SIZES[size])
+            count = counts[size] * (8 if cuda else 1)
+            make_photos(src, count, SIZES[size])
             for threads in args.threads:
                 for row in rows:
                     if row in ("r1", "r03", "floor") and size != "imagenet":
                         continue  # the model's rows: at ImageNet's size only
                     cmd = [sys.executable, __file__, "--row", row, "--src", str(src), "--threads", str(threads),
                            "--arch", args.arch, "--device", args.device, "--batch-size", str(args.batch_size),
-                           "--workers", str(args.workers), "--images", str(COUNTS[size]), "--tmp", str(tmp)]
+                           "--workers", str(args.workers), "--images", str(count), "--tmp", str(tmp)]
                     if args.weights:
                         cmd += ["--weights", args.weights]
                     proc = subprocess.run(cmd, capture_output=True, text=True)

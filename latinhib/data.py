@@ -12,11 +12,11 @@ import errno
 import io
 import os
 import re
-import stat
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -63,18 +63,32 @@ def display(text: str) -> str:
     return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
-@dataclass(frozen=True, slots=True)
 class Item:
-    """One input file. ``rel`` is its POSIX path relative to SRC (the manifest key and
-    the output path); ``class_name`` its ImageFolder class (first folder), if any.
+    """One input file: ``path`` (where to read it), ``rel`` its POSIX path relative to SRC
+    (the manifest key and the output path), ``class_name`` its ImageFolder class (first
+    folder), if any.
 
-    A job holds one per listed file (1.28M for ImageNet), so it is kept small: slots, the
-    path as the listing's string (a ``Path`` object costs ~4x its string), the class name
-    shared by every file of a folder."""
+    A job holds one per listed file (1.28M for ImageNet), so it is kept small: slots, no
+    ``Path`` object (~4x its string), and nothing held twice. A path that ends in ``rel``
+    (every file of a folder) is kept as its head, interned (``SRC/``: one string for the
+    whole listing), plus ``rel``; the class name is shared by every file of a folder.
+    Measured: peak RSS per million copied files 142 -> PERFILE_MEMORY MB (docs/SPEED.md#per-file-overhead)."""
 
-    path: Union[str, Path]
-    rel: str
-    class_name: Optional[str]
+    __slots__ = ("_head", "_whole", "rel", "class_name")
+
+    def __init__(self, path: Union[str, Path], rel: str, class_name: Optional[str]):
+        whole = not (isinstance(path, str) and len(path) > len(rel) and path.endswith(rel))
+        self._head = path if whole else sys.intern(path[: len(path) - len(rel)])
+        self._whole = whole
+        self.rel = rel
+        self.class_name = class_name
+
+    @property
+    def path(self) -> Union[str, Path]:
+        return self._head if self._whole else self._head + self.rel
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(path={self.path!r}, rel={self.rel!r}, class_name={self.class_name!r})"
 
     @property
     def is_image(self) -> bool:
@@ -195,14 +209,14 @@ def list_files_from(src: Path, lines: Iterable[str], *, follow_symlinks: bool = 
     :class:`PathError` naming it, before anything is written.
 
     Whether a path leaves SRC through a symlink is asked of each folder once (its real
-    path, cached) and of each file only when it is a symlink itself (one ``lstat``)."""
+    path and its symlinks, cached) and of each file only when it is a symlink itself."""
     root = os.path.abspath(src)
     inside_root = root.rstrip(os.sep) + os.sep  # normpath has taken out every "..": a prefix test is enough
     root_real = os.path.realpath(src)
     items: List[Item] = []
     seen = set()
     classes: Dict[str, str] = {}
-    folders: Dict[str, bool] = {}  # folder -> whether its real path is inside SRC
+    folders: Dict[str, Tuple[bool, FrozenSet[str]]] = {}  # folder -> (real path inside SRC, its symlinks)
     for number, line in enumerate(lines, 1):
         text = line.rstrip("\r\n")
         if not text.strip():
@@ -233,19 +247,31 @@ def _plain(text: str) -> bool:
             and "//" not in text and "/." not in text and not text.endswith("/"))
 
 
-def _leaves(root_real: str, path: str, folders: Dict[str, bool]) -> bool:
-    """Whether the existing ``path`` resolves to outside SRC (a missing one never does)."""
-    folder = path[: path.rfind(os.sep)] or os.sep  # os.path.dirname, for a normalised absolute path
-    inside = folders.get(folder)
-    if inside is None:
-        inside = folders[folder] = _inside(root_real, folder)
-    try:
-        is_link = stat.S_ISLNK(os.lstat(path).st_mode)
-    except OSError:
-        return False  # missing: reported as a failed file
-    if not inside or is_link:
+def _leaves(root_real: str, path: str, folders: Dict[str, Tuple[bool, FrozenSet[str]]]) -> bool:
+    """Whether the existing ``path`` resolves to outside SRC (a missing one never does).
+
+    Each folder is asked once (cached in ``folders``) whether its real path is inside SRC
+    and which of its entries are symlinks (one ``scandir``, whose entry types come with the
+    listing): a file of it is then checked only when it is a link, instead of one ``lstat``
+    per line (--files-from with 1.28M lines: docs/SPEED.md#per-file-overhead)."""
+    cut = path.rfind(os.sep)
+    folder = path[:cut] or os.sep  # os.path.dirname, for a normalised absolute path
+    known = folders.get(folder)
+    if known is None:
+        known = folders[folder] = (_inside(root_real, folder), _symlinks_in(folder))
+    inside, links = known
+    if not inside or path[cut + 1:] in links:
         return os.path.exists(path) and not _inside(root_real, path)
     return False
+
+
+def _symlinks_in(folder: str) -> FrozenSet[str]:
+    """The names of ``folder``'s entries that are symbolic links (none if it cannot be read)."""
+    try:
+        with os.scandir(folder) as listing:
+            return frozenset(entry.name for entry in listing if entry.is_symlink())
+    except OSError:
+        return frozenset()
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from json.encoder import encode_basestring_ascii
 import re
 import threading
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ __all__ = [
     "is_job_file",
     "listing_key",
     "merge",
+    "pack",
     "part_name",
     "part_paths",
     "Previous",
@@ -46,6 +48,7 @@ __all__ = [
     "read_manifest",
     "recorded_sections",
     "status_of",
+    "unpack",
 ]
 
 MANIFEST_NAME = "latinhib-manifest.jsonl"
@@ -86,13 +89,45 @@ def entry(item: Item, selected: bool, status: str, **values: Any) -> Dict[str, A
 
 #: The start of every line :class:`Manifest` writes (``json.dumps`` of :func:`entry`, keys in
 #: that order): a rerun reads each earlier line's path and status from it without parsing
-#: the whole line, and keeps the line as text (1.28M dicts cost ~1 GB; see SPEED.md#rerun).
+#: the whole line, and keeps the line as text (1.28M dicts cost ~1 GB), packed (:func:`pack`).
 _HEAD = re.compile(r'\{"path": "((?:[^"\\]|\\.)*)", "selected": (?:true|false), "status": "([a-z]+)"')
 _STATUS = re.compile(r'"status": "([a-z]+)"')
 
 
+#: What follows the path in lines that have no per-file value (a copy's, a skip's): one
+#: string shared by every line of that shape (:func:`pack`), at most this many shapes.
+_SHAPES: Dict[str, str] = {}
+MAX_SHAPES = 4096
+_DIGIT = re.compile(r"\d")
+_PATH_KEY = '{"path": '
+
+
+def pack(rel: str, line: str) -> str:
+    """How a job holds ``rel``'s manifest line until the compaction: the line itself, or,
+    when everything after its path is a shape many lines share (no number in it: a copy,
+    a skip), that shared tail, which starts with ``,`` where a line starts with ``{``.
+    1.28M copied files then hold one tail between them instead of ~300 bytes each
+    (docs/SPEED.md#per-file-overhead); :func:`unpack` gives the line back."""
+    head = _PATH_KEY + encode_basestring_ascii(rel)
+    if not line.startswith(head):
+        return line
+    tail = line[len(head):]
+    shared = _SHAPES.get(tail)
+    if shared is None:
+        if _DIGIT.search(tail) is not None or len(_SHAPES) >= MAX_SHAPES:
+            return line
+        shared = _SHAPES.setdefault(tail, tail)
+    return shared
+
+
+def unpack(rel: str, value: str) -> str:
+    """The manifest line that :func:`pack` stored as ``value``."""
+    return _PATH_KEY + encode_basestring_ascii(rel) + value if value.startswith(",") else value
+
+
 def status_of(line: Union[str, Dict[str, Any]]) -> Optional[str]:
-    """The status of a manifest entry, held as its JSON line or as a dict."""
+    """The status of a manifest entry, held as its JSON line (or :func:`pack`'s tail of
+    it) or as a dict."""
     if isinstance(line, dict):
         return line.get("status")
     match = _STATUS.search(line)  # an escaped '"' inside a value cannot fake it
@@ -118,7 +153,7 @@ def _parse(line: str) -> Optional[Tuple[str, str, bool]]:
 
 
 class Previous(dict):
-    """path -> the latest manifest line for it (JSON text), over the files read.
+    """path -> the latest manifest line for it (JSON text, :func:`pack`ed), over the files read.
     ``compact``: the one file it was read from, when that file holds exactly one line per
     path in this order and nothing else, so a run that adds no line need not rewrite it."""
 
@@ -136,7 +171,7 @@ def read_manifest(path: Path) -> Previous:
                 lines += 1
                 parsed = _parse(line)
                 if parsed is not None:
-                    entries[parsed[0]] = parsed[1]
+                    entries[parsed[0]] = pack(parsed[0], parsed[1])
                     verbatim += parsed[2]
     except FileNotFoundError:
         return entries
@@ -209,7 +244,7 @@ class Manifest:
                     value = entries.get(rel)
                     if value is None:
                         continue
-                    block.append(value if isinstance(value, str) else json.dumps(value, ensure_ascii=True))
+                    block.append(unpack(rel, value) if isinstance(value, str) else json.dumps(value, ensure_ascii=True))
                     if len(block) == COMPACT_BLOCK:
                         files.write_all(fd, ("\n".join(block) + "\n").encode("ascii"))
                         block = []

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterable, List, Op
 
 from .data import Item, display
 from .files import DestinationUnusable
-from .manifest import Manifest, entry
+from .manifest import Manifest, entry, pack
 
 if TYPE_CHECKING:  # sinks.py imports this module (entry)
     from .sinks import Sink
@@ -140,7 +140,7 @@ class Recorder:
             lines = lines if first is None else lines[: first + 1]
         texts = self.manifest.write(lines)
         for line, text in zip(lines, texts):
-            self.entries[line["path"]] = text
+            self.entries[line["path"]] = pack(line["path"], text)
             setattr(self.summary, line["status"], getattr(self.summary, line["status"]) + 1)
             if line["status"] == "failed":
                 message = f"latinhib: {display(line['path'])}: {line['error']}"
@@ -152,7 +152,7 @@ class Recorder:
     def record(self, line: Dict[str, Any], item: Item, text: Optional[str] = None) -> None:
         """``text``: the line as the manifest holds it, kept for the compaction in place of
         the dict (memory per file)."""
-        self.entries[item.rel] = line if text is None else text
+        self.entries[item.rel] = line if text is None else pack(item.rel, text)
         status = line["status"]
         setattr(self.summary, status, getattr(self.summary, status) + 1)
         self.sink.commit(item, line)

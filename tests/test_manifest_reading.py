@@ -11,7 +11,7 @@ import pytest
 
 from helpers import ARCH, invoke, make_image
 from latinhib.data import Item
-from latinhib.manifest import MANIFEST_NAME, Manifest, entry, read_all, read_manifest, status_of
+from latinhib.manifest import MANIFEST_NAME, Manifest, entry, pack, read_all, read_manifest, status_of, unpack
 
 PATHS = [
     "n01440764/plain.JPEG",
@@ -40,9 +40,22 @@ def test_paths_statuses_and_lines_match_json(tmp_path):
     read = read_manifest(path)
     lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
     assert list(read) == [json.loads(line)["path"] for line in lines] == PATHS
-    assert list(read.values()) == lines  # kept verbatim: the compaction writes them back as they are
-    assert [status_of(text) for text in read.values()] == [json.loads(line)["status"] for line in lines]
+    # kept verbatim (packed): the compaction writes them back as they are
+    assert [unpack(rel, value) for rel, value in read.items()] == lines
+    assert [status_of(value) for value in read.values()] == [json.loads(line)["status"] for line in lines]
     assert read.compact == path
+
+
+def test_lines_without_per_file_values_share_one_tail():
+    lines = {rel: json.dumps(entry(Item(rel, rel, None), False, "copied", link="hardlink"), ensure_ascii=True)
+             for rel in PATHS}
+    packed = {rel: pack(rel, line) for rel, line in lines.items()}
+    tails = {id(value) for value in packed.values()}
+    assert len(tails) == 1 and next(iter(packed.values())).startswith(", ")
+    assert {rel: unpack(rel, value) for rel, value in packed.items()} == lines
+    enhanced = json.dumps(entry(Item("a.jpg", "a.jpg", None), True, "enhanced", kept_fraction=0.25), ensure_ascii=True)
+    assert pack("a.jpg", enhanced) == enhanced  # its own numbers: kept whole
+    assert pack("b.jpg", enhanced) == enhanced  # not this path's line: kept whole
 
 
 def test_foreign_duplicate_and_torn_lines(tmp_path):
@@ -57,7 +70,7 @@ def test_foreign_duplicate_and_torn_lines(tmp_path):
     )
     read = read_manifest(path)
     assert list(read) == ["a.jpg", "b.jpg"]
-    assert json.loads(read["a.jpg"]) == {"status": "copied", "path": "a.jpg"}
+    assert json.loads(unpack("a.jpg", read["a.jpg"])) == {"status": "copied", "path": "a.jpg"}
     assert [status_of(read[p]) for p in read] == ["copied", "copied"]
     assert read.compact is None  # rewriting it changes it
 

@@ -257,10 +257,15 @@ class Recorder:
         self.manifest.close()
         if self.bar is not None:
             self.bar.close()
-        order = list(listed)
-        known = set(order)
-        order += [rel for rel in self.entries if rel not in known]
-        if self.compact == path and self.manifest.lines_written == 0 and order == list(self.entries):
+        order = listed if isinstance(listed, list) else list(listed)
+        entries = self.entries
+        # Entries outside the listing: found with a set only where some exist (a set of
+        # 1.28M paths would be the job's largest structure at its very end).
+        if sum(1 for rel in order if rel in entries) != len(entries):
+            known = set(order)
+            order = order + [rel for rel in entries if rel not in known]
+        if self.compact == path and self.manifest.lines_written == 0 and len(order) == len(entries) \
+                and all(a == b for a, b in zip(order, entries)):
             return None  # a rerun with nothing to do: the file already is its compacted self
         try:
             Manifest.compact(path, order, self.entries)

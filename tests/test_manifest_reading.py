@@ -143,3 +143,18 @@ def test_files_from_lines_fast_and_slow_give_the_same_items(tmp_path):
         ("a/.hidden/2.jpg", str(src / "a" / ".hidden" / "2.jpg"), "a"),
         ("top.jpg", str(src / "top.jpg"), None),
     ]
+
+
+def test_a_files_from_subset_keeps_the_other_entries(tree, tmp_path, checkpoint):
+    dst = tmp_path / "dst"
+    assert enhance(tree, dst, checkpoint).exit_code == 0
+    manifest = dst / MANIFEST_NAME
+    everything = [json.loads(line)["path"] for line in manifest.read_text().splitlines()]
+    (dst / "bees" / "2.jpg").unlink()
+    listed = tmp_path / "list.txt"
+    listed.write_text("bees/2.jpg\nbees/0.jpg\n")
+    assert enhance(tree, dst, checkpoint, "--files-from", listed).exit_code == 0
+    after = [json.loads(line)["path"] for line in manifest.read_text().splitlines()]
+    # this run's listing first, then every entry it did not list, none lost
+    assert after[:2] == ["bees/2.jpg", "bees/0.jpg"] and sorted(after) == sorted(everything)
+    assert (dst / "bees" / "2.jpg").exists()

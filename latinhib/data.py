@@ -72,7 +72,7 @@ class Item:
     ``Path`` object (~4x its string), and nothing held twice. A path that ends in ``rel``
     (every file of a folder) is kept as its head, interned (``SRC/``: one string for the
     whole listing), plus ``rel``; the class name is shared by every file of a folder.
-    Measured: peak RSS per million copied files 142 -> PERFILE_MEMORY MB (docs/SPEED.md#per-file-overhead)."""
+    Peak memory per file: docs/SPEED.md#per-file-overhead."""
 
     __slots__ = ("_head", "_whole", "rel", "class_name")
 

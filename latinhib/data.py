@@ -12,11 +12,11 @@ import errno
 import io
 import os
 import re
-import stat
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ __all__ = [
     "NotEnhanceable",
     "PathError",
     "decode",
+    "decode_on_device",
     "display",
     "list_files_from",
     "list_folder",
@@ -62,18 +63,32 @@ def display(text: str) -> str:
     return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
-@dataclass(frozen=True, slots=True)
 class Item:
-    """One input file. ``rel`` is its POSIX path relative to SRC (the manifest key and
-    the output path); ``class_name`` its ImageFolder class (first folder), if any.
+    """One input file: ``path`` (where to read it), ``rel`` its POSIX path relative to SRC
+    (the manifest key and the output path), ``class_name`` its ImageFolder class (first
+    folder), if any.
 
-    A job holds one per listed file (1.28M for ImageNet), so it is kept small: slots, the
-    path as the listing's string (a ``Path`` object costs ~4x its string), the class name
-    shared by every file of a folder."""
+    A job holds one per listed file (1.28M for ImageNet), so it is kept small: slots, no
+    ``Path`` object (~4x its string), and nothing held twice. A path that ends in ``rel``
+    (every file of a folder) is kept as its head, interned (``SRC/``: one string for the
+    whole listing), plus ``rel``; the class name is shared by every file of a folder.
+    Peak memory per file: docs/SPEED.md#per-file-overhead."""
 
-    path: Union[str, Path]
-    rel: str
-    class_name: Optional[str]
+    __slots__ = ("_head", "_whole", "rel", "class_name")
+
+    def __init__(self, path: Union[str, Path], rel: str, class_name: Optional[str]):
+        whole = not (isinstance(path, str) and len(path) > len(rel) and path.endswith(rel))
+        self._head = path if whole else sys.intern(path[: len(path) - len(rel)])
+        self._whole = whole
+        self.rel = rel
+        self.class_name = class_name
+
+    @property
+    def path(self) -> Union[str, Path]:
+        return self._head if self._whole else self._head + self.rel
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(path={self.path!r}, rel={self.rel!r}, class_name={self.class_name!r})"
 
     @property
     def is_image(self) -> bool:
@@ -160,6 +175,8 @@ def list_folder(src: Path, *, follow_symlinks: bool = False, exclude: Sequence[P
         except OSError:  # unreadable, as os.walk skips it
             return
         subdirs = []
+        class_name = _class_of(prefix, classes)  # every file of a folder shares its first folder
+        append = items.append
         for entry in entries:
             try:
                 is_dir = entry.is_dir()
@@ -173,12 +190,11 @@ def list_folder(src: Path, *, follow_symlinks: bool = False, exclude: Sequence[P
             name = entry.name
             if name.startswith(".") and ".latinhib-" in name:
                 continue  # our own temporary files
-            path = os.path.join(folder, name)
-            if (entry.is_symlink() and not follow_symlinks and os.path.exists(path)
+            path = entry.path  # folder + name, made by scandir (os.path.join costs more than the rest)
+            if (not follow_symlinks and entry.is_symlink() and os.path.exists(path)
                     and not _inside(root_real, path)):
                 continue
-            rel = prefix + name
-            items.append(Item(path, rel, _class_of(rel, classes)))
+            append(Item(path, prefix + name, class_name))
         for entry in subdirs:
             walk(os.path.join(folder, entry.name), prefix + entry.name + "/")
 
@@ -193,20 +209,23 @@ def list_files_from(src: Path, lines: Iterable[str], *, follow_symlinks: bool = 
     :class:`PathError` naming it, before anything is written.
 
     Whether a path leaves SRC through a symlink is asked of each folder once (its real
-    path, cached) and of each file only when it is a symlink itself (one ``lstat``)."""
+    path and its symlinks, cached) and of each file only when it is a symlink itself."""
     root = os.path.abspath(src)
     inside_root = root.rstrip(os.sep) + os.sep  # normpath has taken out every "..": a prefix test is enough
     root_real = os.path.realpath(src)
     items: List[Item] = []
     seen = set()
     classes: Dict[str, str] = {}
-    folders: Dict[str, bool] = {}  # folder -> whether its real path is inside SRC
+    folders: Dict[str, Tuple[bool, FrozenSet[str]]] = {}  # folder -> (real path inside SRC, its symlinks)
     for number, line in enumerate(lines, 1):
         text = line.rstrip("\r\n")
         if not text.strip():
             continue
-        path = os.path.normpath(text if os.path.isabs(text) else os.path.join(root, text))
-        rel = path[len(inside_root):] if path.startswith(inside_root) else None
+        if _plain(text):  # most lines of a list made by find or ls: nothing to normalise
+            path, rel = inside_root + text, text
+        else:
+            path = os.path.normpath(text if os.path.isabs(text) else os.path.join(root, text))
+            rel = path[len(inside_root):] if path.startswith(inside_root) else None
         if not rel:
             raise PathError(f"--files-from line {number}: {display(text)!r} is outside SRC {display(str(src))!r}")
         if not follow_symlinks and _leaves(root_real, path, folders):
@@ -220,19 +239,39 @@ def list_files_from(src: Path, lines: Iterable[str], *, follow_symlinks: bool = 
     return items
 
 
-def _leaves(root_real: str, path: str, folders: Dict[str, bool]) -> bool:
-    """Whether the existing ``path`` resolves to outside SRC (a missing one never does)."""
-    folder = os.path.dirname(path)
-    inside = folders.get(folder)
-    if inside is None:
-        inside = folders[folder] = _inside(root_real, folder)
-    try:
-        is_link = stat.S_ISLNK(os.lstat(path).st_mode)
-    except OSError:
-        return False  # missing: reported as a failed file
-    if not inside or is_link:
+def _plain(text: str) -> bool:
+    """Whether ``text`` is a relative POSIX path that ``normpath`` would leave as it is (no
+    ``.`` or ``..`` part, no doubled, leading or trailing slash): most lines of a list.
+    Anything else (a name starting with a dot included) takes the slow, general way."""
+    return (os.sep == "/" and not text.startswith(("/", "./", "../")) and text not in (".", "..")
+            and "//" not in text and "/." not in text and not text.endswith("/"))
+
+
+def _leaves(root_real: str, path: str, folders: Dict[str, Tuple[bool, FrozenSet[str]]]) -> bool:
+    """Whether the existing ``path`` resolves to outside SRC (a missing one never does).
+
+    Each folder is asked once (cached in ``folders``) whether its real path is inside SRC
+    and which of its entries are symlinks (one ``scandir``, whose entry types come with the
+    listing): a file of it is then checked only when it is a link, instead of one ``lstat``
+    per line (--files-from with 1.28M lines: docs/SPEED.md#per-file-overhead)."""
+    cut = path.rfind(os.sep)
+    folder = path[:cut] or os.sep  # os.path.dirname, for a normalised absolute path
+    known = folders.get(folder)
+    if known is None:
+        known = folders[folder] = (_inside(root_real, folder), _symlinks_in(folder))
+    inside, links = known
+    if not inside or path[cut + 1:] in links:
         return os.path.exists(path) and not _inside(root_real, path)
     return False
+
+
+def _symlinks_in(folder: str) -> FrozenSet[str]:
+    """The names of ``folder``'s entries that are symbolic links (none if it cannot be read)."""
+    try:
+        with os.scandir(folder) as listing:
+            return frozenset(entry.name for entry in listing if entry.is_symlink())
+    except OSError:
+        return frozenset()
 
 
 @dataclass
@@ -246,10 +285,13 @@ class Decoded:
         (the file's own where the format holds it: 1-bit, palette, grey, CMYK, 16-bit ...).
     max_value: 255 or 65535. size: (W, H). info: what the writer keeps: icc_profile, exif,
         dpi, the palette of a palette image, ``lossless`` for a lossless WebP.
+    jpeg: a plain JPEG's bytes (1-D uint8) whose decoding is left to the job's device:
+        ``pixels`` and ``model_input`` are None until :func:`decode_on_device` fills them
+        in, one batched call per batch (``decode(..., on_device=True)``).
     """
 
-    pixels: torch.Tensor
-    model_input: torch.Tensor
+    pixels: Optional[torch.Tensor]
+    model_input: Optional[torch.Tensor]
     format: str
     mode: str
     max_value: int
@@ -257,6 +299,7 @@ class Decoded:
     info: Dict[str, Any] = field(default_factory=dict)
     #: what decoded it, and so encodes it back: pillow, or torchvision (codec.py)
     codec: str = "pillow"
+    jpeg: Optional[torch.Tensor] = None
 
     @property
     def color_channels(self) -> int:
@@ -377,6 +420,7 @@ def decode(
     *,
     quiet_bombs: bool = True,
     codec: str = "pillow",
+    on_device: bool = False,
 ) -> Decoded:
     """Decode ``path`` (a file, or a binary file object: a tar member's bytes) for the
     pipeline; raises :class:`DecodeError` with the cause.
@@ -384,7 +428,9 @@ def decode(
     ``quiet_bombs=False`` leaves the warning filters alone: for decoding threads, whose
     job holds :func:`bomb_warnings_ignored` from its main thread. ``codec="torchvision"``
     (``runtime.codec``, resolved): plain JPEGs are decoded by ``torchvision.io`` straight
-    into a tensor (``codec.py``); every other file, and a JPEG it cannot read, by Pillow."""
+    into a tensor (``codec.py``); every other file, and a JPEG it cannot read, by Pillow.
+    ``on_device`` (with torchvision): a plain JPEG is only read and checked here, its bytes
+    kept for :func:`decode_on_device` (a CUDA job decodes each batch with nvJPEG)."""
     fast = None
     try:
         with bomb_warnings_ignored() if quiet_bombs else contextlib.nullcontext():
@@ -393,7 +439,7 @@ def decode(
                 _refuse_not_enhanceable(opened, fmt)
                 info = {k: opened.info[k] for k in ("icc_profile", "dpi") if k in opened.info}
                 if codec == "torchvision":
-                    fast = _torchvision_pixels(path, opened, info)
+                    fast = _torchvision_pixels(path, opened, info, decode_now=not on_device)
                 if fast is None:
                     if opened.mode == "P" and "transparency" not in opened.info:
                         info["palette"] = opened.getpalette()
@@ -418,6 +464,8 @@ def decode(
         raise DecodeError(f"cannot decode: {type(exc).__name__}: {_unnamed(exc)}") from None
     if fmt == "MPO":
         fmt = "JPEG"
+    if fast is not None and fast.ndim == 1:  # the bytes, for decode_on_device
+        return Decoded(None, None, "JPEG", opened.mode, 255, opened.size, info, "torchvision", jpeg=fast)
     if fast is not None:
         mode = "RGB" if fast.shape[0] == 3 else "L"
         return _decoded(fast, "JPEG", mode, 255, input_size, mean, std, info, codec="torchvision")
@@ -429,10 +477,12 @@ def decode(
     return _decoded(pixels, fmt, out_mode, max_value, input_size, mean, std, info)
 
 
-def _torchvision_pixels(path: Union[Path, BinaryIO], opened: Image.Image, info: Dict[str, Any]) -> Optional[torch.Tensor]:
+def _torchvision_pixels(path: Union[Path, BinaryIO], opened: Image.Image, info: Dict[str, Any],
+                        decode_now: bool = True) -> Optional[torch.Tensor]:
     """A plain JPEG's pixels (C, H, W) uint8 by ``torchvision.io``, its EXIF kept in
     ``info``; None for any other file, or one torchvision cannot read (Pillow then decodes
-    it and names what is wrong)."""
+    it and names what is wrong). Not ``decode_now``: the file's bytes (1-D uint8), for
+    :func:`decode_on_device`."""
     from . import codec
 
     if not codec.plain_jpeg(opened):
@@ -442,13 +492,65 @@ def _torchvision_pixels(path: Union[Path, BinaryIO], opened: Image.Image, info: 
             data = handle.read()
     else:
         data = path.getvalue()
-    try:
-        pixels = codec.decode_jpegs([data], torch.device("cpu"))[0]
-    except RuntimeError:
-        return None
     if "exif" in opened.info:
         info["exif"] = opened.info["exif"]
-    return pixels
+    if not decode_now:
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    try:
+        return codec.decode_jpegs([data], torch.device("cpu"))[0]
+    except RuntimeError:
+        return None
+
+
+def decode_on_device(batch: List[Tuple[int, Optional[Decoded], Optional[DecodeError]]], input_size: Tuple[int, int],
+                     mean: Sequence[float], std: Sequence[float], device: torch.device,
+                     ) -> List[Tuple[int, Optional[Decoded], Optional[DecodeError]]]:
+    """The JPEGs of a decoded batch ((index, decoded, error) triples) that ``decode(...,
+    on_device=True)`` left as bytes, decoded in one batched ``torchvision.io`` call on
+    ``device`` (nvJPEG on CUDA), their model inputs made there too. Should the batch call
+    fail (a file libjpeg accepts but nvJPEG does not), each file is decoded on its own,
+    and one that still fails goes through Pillow, which names the cause."""
+    from . import codec
+
+    waiting = [k for k, (_, decoded, _) in enumerate(batch) if decoded is not None and decoded.jpeg is not None]
+    if not waiting:
+        return batch
+    out = list(batch)
+    try:
+        pixels = codec.decode_jpegs([batch[k][1].jpeg for k in waiting], device)
+    except RuntimeError:
+        pixels = [None] * len(waiting)
+    for k, decoded_pixels in zip(waiting, pixels):
+        index, pending, _ = batch[k]
+        if decoded_pixels is None:
+            try:
+                decoded_pixels = codec.decode_jpegs([pending.jpeg], device)[0]
+            except RuntimeError:
+                data = io.BytesIO(pending.jpeg.numpy().tobytes())
+                try:
+                    out[k] = (index, decode(data, input_size, mean, std), None)
+                except DecodeError as exc:
+                    out[k] = (index, None, exc)
+                continue
+        mode = "RGB" if decoded_pixels.shape[0] == 3 else "L"
+        out[k] = (index, _decoded(decoded_pixels, "JPEG", mode, 255, input_size, mean, std, pending.info,
+                                  codec="torchvision"), None)
+    return out
+
+
+def _resize_8bit(color: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """(C, H, W) uint8 -> (C, h, w) float holding whole grey levels, by torch's uint8
+    antialiased bilinear kernel (CPU only)."""
+    small = F.interpolate(color[None].contiguous(memory_format=torch.channels_last), size=size,
+                          mode="bilinear", antialias=True, align_corners=False)[0]
+    return small.contiguous().float()
+
+
+def _resize_8bit_float(color: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """:func:`_resize_8bit` for pixels on a device whose resize kernels take float (CUDA,
+    after :func:`decode_on_device`): the same filter in float, rounded as uint8 would be."""
+    return F.interpolate(color[None].float(), size=size, mode="bilinear", antialias=True,
+                         align_corners=False)[0].round_().clamp_(0, 255)
 
 
 def _decoded(
@@ -470,15 +572,14 @@ def _decoded(
     h, w = input_size
     color = pixels[:3] if pixels.shape[0] >= 3 else pixels[:1]
     if max_value == 255:
-        small = F.interpolate(color[None].contiguous(memory_format=torch.channels_last), size=(h, w),
-                              mode="bilinear", antialias=True, align_corners=False)[0]
-        model_input = small.contiguous().float().div_(255.0)
+        resize = _resize_8bit if pixels.device.type == "cpu" else _resize_8bit_float
+        model_input = resize(color, (h, w)).div_(255.0)
     else:
         gray = color.float()[None] / max_value
         model_input = F.interpolate(gray, size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
     if model_input.shape[0] == 1:
         model_input = model_input.expand(3, -1, -1).contiguous()
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
     model_input = model_input.sub_(mean_t).div_(std_t)
     return Decoded(pixels, model_input, fmt, out_mode, max_value, (pixels.shape[2], pixels.shape[1]), info, codec)

@@ -32,12 +32,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 import torch
 
 from .data import Item
-from .manifest import MANIFEST_NAME, STATUSES, merge, part_name, part_paths, read_all
+from .manifest import MANIFEST_NAME, STATUSES, Previous, merge, part_name, part_paths, read_all
 from .runtime import resolve_device
 
 __all__ = [
@@ -189,7 +189,7 @@ class Context:
         """The main manifest, or this part's."""
         return dst / (MANIFEST_NAME if self.part is None else part_name(self.part.index, self.part.count))
 
-    def previous(self, dst: Path, key: Optional[Callable[[str], str]] = None) -> Dict[str, Dict[str, Any]]:
+    def previous(self, dst: Path, key: Optional[Callable[[str], str]] = None) -> Previous:
         """What earlier runs did (the main manifest and every part), restricted to the paths
         this process owns; ``key`` maps a path to the unit ownership is decided on (a tar
         sample's shard; the path itself by default)."""
@@ -197,7 +197,7 @@ class Context:
         if self.part is None or self.part.count == 1:
             return entries
         key = key or (lambda rel: rel)
-        return {rel: entry for rel, entry in entries.items() if self.part.owns(key(rel))}
+        return Previous((rel, line) for rel, line in entries.items() if self.part.owns(key(rel)))
 
     def progress(self, todo: int, quiet: bool, make_bar: Callable[[int, bool], Any]):
         """A progress bar: the usual one outside torchrun; under torchrun one bar on rank 0

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .api import Importance, LateralInhibition
 from .config import Config
-from .data import Decoded, DecodeError, Item, NotEnhanceable, decode
+from .data import Decoded, DecodeError, Item, NotEnhanceable, decode, decode_on_device
 from .codec import resolve as resolve_codec
 from .copying import CHUNK, copy_chunk, slots
 from .finishing import Finisher, undecodable
@@ -47,9 +47,11 @@ class _Decoding(Dataset):
     """Decodes selected files (in decoding threads on a CPU, DataLoader worker processes
     on CUDA); a failure is returned, not raised."""
 
-    def __init__(self, items: Sequence[Item], loaded: LoadedModel, threads: bool = False, codec: str = "pillow"):
+    def __init__(self, items: Sequence[Item], loaded: LoadedModel, threads: bool = False, codec: str = "pillow",
+                 on_device: bool = False):
         self.items = items
         self.codec = codec  # runtime.codec, resolved (codec.resolve)
+        self.on_device = on_device  # plain JPEGs are left as bytes for decode_on_device
         self.input_size = loaded.input_size
         self.mean = loaded.mean
         self.std = loaded.std
@@ -62,7 +64,7 @@ class _Decoding(Dataset):
         try:
             item = self.items[index]
             decoded = decode(item.image_source(), self.input_size, self.mean, self.std, quiet_bombs=not self.threads,
-                             codec=self.codec)
+                             codec=self.codec, on_device=self.on_device)
             return index, decoded, None
         except DecodeError as exc:
             return index, None, exc
@@ -94,6 +96,14 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
 def _as_list(batch):
     return batch
+
+
+def _decode_on_device(device: torch.device, codec: str) -> bool:
+    """Whether plain JPEGs are decoded by the job's device, a batch at a time (CUDA with the
+    torchvision codec: nvJPEG), the workers only reading and checking each file: on a GPU
+    server the CPU's decoding would be the ceiling (docs/SPEED.md#codec). On a CPU the
+    decoding threads decode, in parallel with the model streams."""
+    return device.type == "cuda" and codec == "torchvision"
 
 
 def _decode_in_threads(device: torch.device) -> bool:
@@ -191,7 +201,7 @@ def batch_importance(enhancer: LateralInhibition, decoded_ok, items, labels, dev
     decoded) pairs), with their labels (``labels.Labels``) as targets when given; shared
     with ``preview`` so both feed the model the same way."""
     inputs = torch.stack([d.model_input for _, d in decoded_ok])
-    if device.type == "cuda":
+    if device.type == "cuda" and inputs.device.type == "cpu":  # decoded on the device: there already
         inputs = inputs.pin_memory()
     inputs = inputs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     targets = None
@@ -296,9 +306,12 @@ class Pipelined(Executor):
     def enhance(self) -> None:
         to_enhance = self.plan.to_enhance
         passes: Deque[Tuple[List[Tuple[int, Decoded]], Future]] = collections.deque()
-        dataset = _Decoding(to_enhance, self.loaded, threads=_decode_in_threads(self.device), codec=self.codec)
+        dataset = _Decoding(to_enhance, self.loaded, threads=_decode_in_threads(self.device), codec=self.codec,
+                            on_device=_decode_on_device(self.device, self.codec))
         for batch in self._loader(dataset):
             self.check()  # Ctrl-C: the batch just decoded is discarded, none is half done
+            if dataset.on_device:  # one batched call on the device (one code path: the device differs)
+                batch = decode_on_device(batch, dataset.input_size, dataset.mean, dataset.std, self.device)
             self._undecoded(batch)
             decoded_ok = [(i, d) for i, d, err in batch if d is not None]
             for chunk in self.streams.split(decoded_ok):

@@ -201,7 +201,7 @@ class DstLock:
         if len(holders) > 3:
             named += f"; and {len(holders) - 3} more"
         if kind == "count":
-            advice = f"shard jobs on one DST must use the same N in --shard I/N; wait for them to finish"
+            advice = "shard jobs on one DST must use the same N in --shard I/N; wait for them to finish"
         elif self.what != "latinhib job":
             advice = f"run {self.what} when they have finished"
         else:

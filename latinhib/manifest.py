@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from json.encoder import encode_basestring_ascii
 import re
 import threading
 from dataclasses import dataclass, field
@@ -39,11 +40,15 @@ __all__ = [
     "is_job_file",
     "listing_key",
     "merge",
+    "pack",
     "part_name",
     "part_paths",
+    "Previous",
     "read_all",
     "read_manifest",
     "recorded_sections",
+    "status_of",
+    "unpack",
 ]
 
 MANIFEST_NAME = "latinhib-manifest.jsonl"
@@ -82,21 +87,96 @@ def entry(item: Item, selected: bool, status: str, **values: Any) -> Dict[str, A
     return line
 
 
-def read_manifest(path: Path) -> Dict[str, Dict[str, Any]]:
-    """path -> last entry of an existing manifest; a torn last line (a killed job) is
-    ignored."""
-    entries: Dict[str, Dict[str, Any]] = {}
+#: The start of every line :class:`Manifest` writes (``json.dumps`` of :func:`entry`, keys in
+#: that order): a rerun reads each earlier line's path and status from it without parsing
+#: the whole line, and keeps the line as text (1.28M dicts cost ~1 GB), packed (:func:`pack`).
+_HEAD = re.compile(r'\{"path": "((?:[^"\\]|\\.)*)", "selected": (?:true|false), "status": "([a-z]+)"')
+_STATUS = re.compile(r'"status": "([a-z]+)"')
+
+
+#: What follows the path in lines that have no per-file value (a copy's, a skip's): one
+#: string shared by every line of that shape (:func:`pack`), at most this many shapes.
+_SHAPES: Dict[str, str] = {}
+MAX_SHAPES = 4096
+_DIGIT = re.compile(r"\d")
+_PATH_KEY = '{"path": '
+
+
+def pack(rel: str, line: str) -> str:
+    """How a job holds ``rel``'s manifest line until the compaction: the line itself, or,
+    when everything after its path is a shape many lines share (no number in it: a copy,
+    a skip), that shared tail, which starts with ``,`` where a line starts with ``{``.
+    1.28M copied files then hold one tail between them instead of ~300 bytes each
+    (docs/SPEED.md#per-file-overhead); :func:`unpack` gives the line back."""
+    head = _PATH_KEY + encode_basestring_ascii(rel)
+    if not line.startswith(head):
+        return line
+    tail = line[len(head):]
+    shared = _SHAPES.get(tail)
+    if shared is None:
+        if _DIGIT.search(tail) is not None or len(_SHAPES) >= MAX_SHAPES:
+            return line
+        shared = _SHAPES.setdefault(tail, tail)
+    return shared
+
+
+def unpack(rel: str, value: str) -> str:
+    """The manifest line that :func:`pack` stored as ``value``."""
+    return _PATH_KEY + encode_basestring_ascii(rel) + value if value.startswith(",") else value
+
+
+def status_of(line: Union[str, Dict[str, Any]]) -> Optional[str]:
+    """The status of a manifest entry, held as its JSON line (or :func:`pack`'s tail of
+    it) or as a dict."""
+    if isinstance(line, dict):
+        return line.get("status")
+    match = _STATUS.search(line)  # an escaped '"' inside a value cannot fake it
+    return match.group(1) if match else None
+
+
+def _parse(line: str) -> Optional[Tuple[str, str, bool]]:
+    """(path, the entry's JSON text, whether that is the line itself) of one manifest line;
+    None for a line that is not an entry. A line latinhib wrote whole (ending in a newline)
+    is matched, not parsed; anything else is parsed and written back normalised."""
+    if line.endswith("}\n"):
+        match = _HEAD.match(line)
+        if match is not None:
+            path = match.group(1)
+            return (json.loads(f'"{path}"') if "\\" in path else path), line[:-1], True
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+        return entry["path"], json.dumps(entry, ensure_ascii=True), False
+    return None
+
+
+class Previous(dict):
+    """path -> the latest manifest line for it (JSON text, :func:`pack`ed), over the files read.
+    ``compact``: the one file it was read from, when that file holds exactly one line per
+    path in this order and nothing else, so a run that adds no line need not rewrite it."""
+
+    compact: Optional[Path] = None
+
+
+def read_manifest(path: Path) -> Previous:
+    """path -> last entry (its JSON line) of an existing manifest; a torn last line (a
+    killed job) or a line that is not an entry is ignored."""
+    entries = Previous()
+    lines, verbatim = 0, 0
     try:
         with open(path, "r", encoding="utf-8", errors="surrogateescape") as handle:
             for line in handle:
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(entry, dict) and isinstance(entry.get("path"), str):
-                    entries[entry["path"]] = entry
+                lines += 1
+                parsed = _parse(line)
+                if parsed is not None:
+                    entries[parsed[0]] = pack(parsed[0], parsed[1])
+                    verbatim += parsed[2]
     except FileNotFoundError:
-        pass
+        return entries
+    if lines == verbatim == len(entries):  # no duplicate, torn or rewritten line
+        entries.compact = path
     return entries
 
 
@@ -114,6 +194,7 @@ class Manifest:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
         self._lock = threading.Lock()
+        self.lines_written = 0
         try:
             _cut_torn_line(self._fd)
         except OSError as exc:
@@ -143,6 +224,7 @@ class Manifest:
                 if exc.errno in UNUSABLE_ERRNOS:
                     raise DestinationUnusable(self.path, exc) from exc
                 raise
+            self.lines_written += len(lines)
         return lines
 
     def close(self) -> None:
@@ -162,7 +244,7 @@ class Manifest:
                     value = entries.get(rel)
                     if value is None:
                         continue
-                    block.append(value if isinstance(value, str) else json.dumps(value, ensure_ascii=True))
+                    block.append(unpack(rel, value) if isinstance(value, str) else json.dumps(value, ensure_ascii=True))
                     if len(block) == COMPACT_BLOCK:
                         files.write_all(fd, ("\n".join(block) + "\n").encode("ascii"))
                         block = []
@@ -213,14 +295,17 @@ def part_paths(dst: Path) -> List[Tuple[int, int, Path]]:
     return [(index, count, path) for _, _, index, count, path in sorted(found)]
 
 
-def read_all(dst: Path) -> Dict[str, Dict[str, Any]]:
-    """path -> latest entry over DST's main manifest and every part: the files are read
-    oldest first, so a later file's entry for a path wins (within a file, the later line)."""
+def read_all(dst: Path) -> Previous:
+    """path -> latest entry (its JSON line) over DST's main manifest and every part: the
+    files are read oldest first, so a later file's entry for a path wins (within a file,
+    the later line)."""
     paths = [path for _, _, path in part_paths(dst)]
     main = dst / MANIFEST_NAME
     if main.is_file():
         paths.append(main)
-    entries: Dict[str, Dict[str, Any]] = {}
+    if len(paths) == 1:
+        return read_manifest(paths[0])
+    entries = Previous()
     for path in sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name)):
         entries.update(read_manifest(path))
     return entries
@@ -275,9 +360,10 @@ def merge(dst: Path, order: Optional[Sequence[str]] = None) -> MergeResult:
     for _, _, path in parts:
         path.unlink()
     counts = {status: 0 for status in STATUSES}
-    for entry in entries.values():
-        if entry.get("status") in counts:
-            counts[entry["status"]] += 1
+    for line in entries.values():
+        status = status_of(line)
+        if status in counts:
+            counts[status] += 1
     present = {(index, count) for index, count, _ in parts}
     missing = sorted({f"{i}/{n}" for _, n in present for i in range(n) if (i, n) not in present})
     return MergeResult(str(dst), [f"{index}/{count}" for index, count, _ in parts], counts, missing)

@@ -17,11 +17,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import Callable, Iterable, List, Optional, Union
 
 import torch
 
@@ -35,7 +34,7 @@ from .files import UNUSABLE_ERRNOS, DestinationUnusable, atomic_write, remove_st
 from .finishing import Finisher
 from .labels import cls_labels, resolve_labels
 from .locking import DstBusy, DstLock
-from .manifest import CONFIG_NAME, Manifest
+from .manifest import CONFIG_NAME, Manifest, Previous
 from .models import load_model
 from .plan import JobError, Plan, check_previous_config, make_plan, recorded_config
 from .recorder import Recorder, StrictStop, Summary, progress_bar
@@ -261,7 +260,7 @@ class _Job:
         self.config, self.loaded, self.enhancer, self.labels, self.ctx = config, loaded, enhancer, labels, ctx
         self.sink, self.plan, self.summary, self.options, self.started = sink, plan, summary, options, started
 
-    def run(self, manifest: Manifest, manifest_path: Path, previous: Dict[str, Dict[str, Any]],
+    def run(self, manifest: Manifest, manifest_path: Path, previous: Previous,
             listed: List[str]) -> Optional[DestinationUnusable]:
         """Returns the write that found DST full, if one did."""
         summary, plan = self.summary, self.plan
@@ -269,8 +268,10 @@ class _Job:
         options = self.options
         bar = self.ctx.progress(len(plan.to_copy) + len(plan.to_enhance), options.quiet, progress_bar)
         # Entries of files outside this listing are kept; --overwrite only redoes the listed ones.
-        recorder = Recorder(summary, manifest, dict(previous), self.sink, strict=options.strict, bar=bar,
-                            log=options.log, on_output=options.on_output, check=stop.check)
+        # ``previous`` itself (1.28M lines for ImageNet), not a copy: the plan is done with it.
+        recorder = Recorder(summary, manifest, previous, self.sink, strict=options.strict, bar=bar,
+                            log=options.log, on_output=options.on_output, check=stop.check,
+                            compact=previous.compact)
         executor, unusable = None, None
         with bomb_warnings_ignored():  # for the decoding threads too, entered once here
             try:

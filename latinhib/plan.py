@@ -43,9 +43,10 @@ class Plan:
         return self.to_enhance + self.to_copy
 
 
-def make_plan(items: Sequence[Item], previous: Dict[str, Dict[str, Any]], config: Config, sink: Sink,
+def make_plan(items: Sequence[Item], previous: Dict[str, str], config: Config, sink: Sink,
               problems: Sequence[Tuple[str, str]] = ()) -> Plan:
-    """Decide every item: ``sink.done`` says whether an earlier run finished it."""
+    """Decide every item: ``sink.done`` says whether an earlier run finished it
+    (``previous``: path -> an earlier run's manifest line)."""
     plan = Plan()
     ratio, seed = config.inhibition.ratio, config.inhibition.seed
     for rel, message in problems:

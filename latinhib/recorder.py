@@ -15,11 +15,11 @@ import sys
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .data import Item, display
 from .files import DestinationUnusable
-from .manifest import Manifest, entry
+from .manifest import Manifest, entry, pack
 
 if TYPE_CHECKING:  # sinks.py imports this module (entry)
     from .sinks import Sink
@@ -110,9 +110,10 @@ class Recorder:
     ``sink.commit(item, entry)`` is called for every recorded file, in order.
     """
 
-    def __init__(self, summary: Summary, manifest: Manifest, entries: Dict[str, Dict[str, Any]], sink: Sink, *,
-                 strict: bool, bar: Any, log: Callable[[str], None],
-                 on_output: Optional[Callable[[Path], None]], check: Callable[[], None]):
+    def __init__(self, summary: Summary, manifest: Manifest, entries: Dict[str, Union[str, Dict[str, Any]]],
+                 sink: Sink, *, strict: bool, bar: Any, log: Callable[[str], None],
+                 on_output: Optional[Callable[[Path], None]], check: Callable[[], None],
+                 compact: Optional[Path] = None):
         self.summary = summary
         self.manifest = manifest
         self.entries = entries
@@ -124,6 +125,7 @@ class Recorder:
         self.check = check  # raises KeyboardInterrupt once a stop was asked for
         self.pending: Deque[Tuple[Item, Future, bool]] = collections.deque()
         self.copies: set = set()  # the futures in `pending` that are byte-for-byte copies
+        self.compact = compact  # the manifest ``entries`` came from, if it held them as they are
 
     def add(self, item: Item, future: Future, selected: bool, copy: bool = False) -> None:
         self.pending.append((item, future, selected))
@@ -138,7 +140,7 @@ class Recorder:
             lines = lines if first is None else lines[: first + 1]
         texts = self.manifest.write(lines)
         for line, text in zip(lines, texts):
-            self.entries[line["path"]] = text
+            self.entries[line["path"]] = pack(line["path"], text)
             setattr(self.summary, line["status"], getattr(self.summary, line["status"]) + 1)
             if line["status"] == "failed":
                 message = f"latinhib: {display(line['path'])}: {line['error']}"
@@ -150,7 +152,7 @@ class Recorder:
     def record(self, line: Dict[str, Any], item: Item, text: Optional[str] = None) -> None:
         """``text``: the line as the manifest holds it, kept for the compaction in place of
         the dict (memory per file)."""
-        self.entries[item.rel] = line if text is None else text
+        self.entries[item.rel] = line if text is None else pack(item.rel, text)
         status = line["status"]
         setattr(self.summary, status, getattr(self.summary, status) + 1)
         self.sink.commit(item, line)
@@ -255,10 +257,18 @@ class Recorder:
         self.manifest.close()
         if self.bar is not None:
             self.bar.close()
-        order = list(listed)
-        known = set(order)
+        order = listed if isinstance(listed, list) else list(listed)
+        entries = self.entries
+        # Entries outside the listing: found with a set only where some exist (a set of
+        # 1.28M paths would be the job's largest structure at its very end).
+        if sum(1 for rel in order if rel in entries) != len(entries):
+            known = set(order)
+            order = order + [rel for rel in entries if rel not in known]
+        if self.compact == path and self.manifest.lines_written == 0 and len(order) == len(entries) \
+                and all(a == b for a, b in zip(order, entries)):
+            return None  # a rerun with nothing to do: the file already is its compacted self
         try:
-            Manifest.compact(path, order + [rel for rel in self.entries if rel not in known], self.entries)
+            Manifest.compact(path, order, self.entries)
         except DestinationUnusable as exc:
             return exc
         return None

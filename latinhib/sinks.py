@@ -22,7 +22,7 @@ from .shards import Member, ShardIndex
 from .encoding import save_image
 from .files import UNUSABLE_ERRNOS, DestinationUnusable, atomic_write, copy_file, output_path, temp_path
 from .links import Placer
-from .manifest import DONE, entry
+from .manifest import DONE, entry, status_of
 from .sample_labels import CLS_EXTENSION
 from .shard_keys import member_extension, sample_keys
 
@@ -46,8 +46,8 @@ class Sink(Protocol):
     def output_of(self, item: Item) -> Path:
         """Where ``item``'s output is (the file a rerun checks, the path --print-outputs prints)."""
 
-    def done(self, item: Item, old: Optional[Dict[str, Any]]) -> bool:
-        """Whether an earlier run (its manifest entry ``old``) finished ``item``'s output."""
+    def done(self, item: Item, old: Optional[str]) -> bool:
+        """Whether an earlier run (its manifest line ``old``, JSON text) finished ``item``'s output."""
 
     def prepare(self, todo: Sequence[Item], owns: Callable[[str], bool]) -> None:
         """Told once, before any write, which items this run hands to the executor;
@@ -100,6 +100,7 @@ class FolderSink:
                  note: Optional[Callable[[str], None]] = None):
         self.dst = dst
         self._dst = os.fspath(dst)
+        self._dst_prefix = os.path.join(self._dst, "")
         self.from_shards = from_shards
         self.placer = Placer(unselected, note=note)  # copies and links, each output folder made once
 
@@ -117,12 +118,12 @@ class FolderSink:
             return self._member_path(item, item.image_member or item.members[0])
         return output_path(self.dst, item.rel)
 
-    def done(self, item: Item, old: Optional[Dict[str, Any]]) -> bool:
-        if old is None or old.get("status") not in DONE:
+    def done(self, item: Item, old: Optional[str]) -> bool:
+        if old is None or status_of(old) not in DONE:
             return False
         if item.members:  # a tar sample
             return self.output_of(item).exists()
-        return os.path.exists(os.path.join(self._dst, item.rel))  # a rerun asks this of every file: no Path
+        return os.path.exists(self._dst_prefix + item.rel)  # a rerun asks this of every file: no Path, no join
 
     def prepare(self, todo: Sequence[Item], owns: Callable[[str], bool]) -> None:
         """Nothing to set up: every file is written on its own."""
@@ -283,7 +284,7 @@ class TarSink:
     def output_of(self, item: Item) -> Path:
         return self.dst / self.unit_of(item)
 
-    def done(self, item: Item, old: Optional[Dict[str, Any]]) -> bool:
+    def done(self, item: Item, old: Optional[str]) -> bool:
         return self.output_of(item).exists()
 
     def prepare(self, todo: Sequence[Item], owns: Callable[[str], bool]) -> None:

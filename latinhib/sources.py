@@ -29,12 +29,15 @@ class SourceError(ValueError):
     """SRC cannot be used (missing, DST inside it, no shards): nothing was written."""
 
 
-@dataclass(frozen=True)
 class SampleItem(Item):
     """One sample of a tar shard: ``path`` is the shard's local file (a spool file for a
     ``pipe:``), ``rel`` is ``SHARD/KEY``; the image member is read at its offset."""
 
-    sample: Optional[Sample] = None
+    __slots__ = ("sample",)
+
+    def __init__(self, path: Union[str, Path], rel: str, class_name: Optional[str], sample: Optional[Sample] = None):
+        super().__init__(path, rel, class_name)
+        self.sample = sample
 
     @property
     def is_image(self) -> bool:

@@ -3,7 +3,8 @@
 # tests without one): the needs_cuda test variants (CPU-vs-CUDA mask agreement included),
 # then the resnet50 benchmark (floor, r = 1, r = 0.3, grad-cam peer), peak GPU memory too,
 # then "is the GPU fed?" (issue 25): scripts/bench/ceiling.py on CUDA, the pipeline with the
-# model pass made free under runtime.codec pillow and torchvision (nvJPEG encode) against
+# model pass made free under runtime.codec pillow and torchvision (each batch's JPEGs decoded
+# by nvJPEG on the GPU, data.decode_on_device, and encoded there) against
 # the plain Pillow codec floor, at ImageNet's and 12-MP sizes (the codec equivalence test,
 # tests/test_codec.py's needs_cuda case, runs with the other needs_cuda tests above).
 #

@@ -166,3 +166,105 @@ def test_the_job_gives_the_same_masks_and_pixels_with_either_codec(tmp_path, mon
         b = _pillow_pixels((tv_dst / rel).read_bytes()).int()
         assert a.shape == b.shape and (a - b).abs().float().mean() < 1.0, rel
         assert pil_entries[rel]["kept_fraction"] == tv_entries[rel]["kept_fraction"]
+
+
+# -- decoding on the job's device (a CUDA job: nvJPEG, a batch at a time) -------------------
+# The same code as on CUDA, run here with device="cpu": only the device differs.
+
+def test_decode_on_device_gives_what_decoding_in_the_worker_gives(photo_jpegs, tmp_path):
+    from latinhib.data import DecodeError, decode, decode_on_device
+
+    size, mean, std = (64, 64), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    paths = []
+    for k, data in enumerate(photo_jpegs):
+        paths.append(tmp_path / f"{k}.jpg")
+        paths[-1].write_bytes(data)
+    (tmp_path / "cut.jpg").write_bytes(photo_jpegs[0][:2000])  # a header Pillow opens, the image cut short
+    paths.append(tmp_path / "cut.jpg")
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "x.png")
+    paths.append(tmp_path / "x.png")
+    batch = [(k, decode(p, size, mean, std, codec="torchvision", on_device=True), None) for k, p in enumerate(paths)]
+    # the workers only read and check: the JPEGs are bytes, the PNG decoded (Pillow's path)
+    assert [d.jpeg is not None for _, d, _ in batch] == [True, True, True, True, False]
+    done = decode_on_device(batch, size, mean, std, torch.device("cpu"))
+    for k, path in enumerate(paths[:3]):
+        reference = decode(path, size, mean, std, codec="torchvision")
+        got = done[k][1]  # decoded by torchvision on the device, not by the Pillow fallback
+        assert got.jpeg is None and got.codec == "torchvision" and torch.equal(got.pixels, reference.pixels)
+        assert torch.equal(got.pixels, _pillow_pixels(photo_jpegs[k]))  # the independent reference
+        assert torch.allclose(got.model_input, reference.model_input) and got.size == reference.size
+    index, decoded, error = done[3]  # the batch call fails on the cut file; each alone; Pillow names why
+    assert index == 3 and decoded is None and isinstance(error, DecodeError) and "cannot decode" in str(error)
+    assert done[4][1] is batch[4][1]
+
+
+def test_the_devices_float_resize_matches_the_uint8_one(photo_jpegs):
+    from latinhib.data import _resize_8bit, _resize_8bit_float
+
+    pixels = codec.decode_jpegs(photo_jpegs[:1], torch.device("cpu"))[0]
+    exact, float_path = _resize_8bit(pixels, (224, 224)), _resize_8bit_float(pixels, (224, 224))
+    assert (exact - float_path).abs().max() <= 1  # one grey level, from the kernels' own rounding
+    assert (exact - float_path).abs().mean() < 0.25  # uint8's fixed-point weights: 0.15 levels on average
+
+
+def test_a_job_decoding_on_the_device_gives_the_same_masks(tmp_path, monkeypatch):
+    """The pipelined executor (a CUDA job's) with decoding left to the device, forced onto
+    the CPU: the same manifest and masks as the ordinary job."""
+    import json
+
+    import torchvision
+    from click.testing import CliRunner
+
+    from latinhib import executors
+    from latinhib.cli import main
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "tiny.pth"
+    torch.save(torchvision.models.get_model("mobilenet_v3_small", num_classes=2).state_dict(), checkpoint)
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    for k, photo in enumerate((photos.chelsea(), photos.coffee(), photos.astronaut())):
+        (src / "a" / f"{k}.jpg").write_bytes(_jpeg(np.array(Image.fromarray(photo).resize((160, 120)))))
+    (src / "a" / "bad.jpg").write_bytes(_jpeg(photos.chelsea())[:2000])  # its header reads, its pixels do not
+
+    def job(name):
+        dst, masks = tmp_path / f"dst-{name}", tmp_path / f"masks-{name}"
+        result = CliRunner().invoke(main, [
+            "enhance", str(src), str(dst), "--arch", "mobilenet_v3_small", "--checkpoint", str(checkpoint),
+            "--device", "cpu", "--set", "model.input_size=64", "--ratio", "1", "--save-masks", str(masks),
+            "--set", "runtime.codec=torchvision", "--quiet"], catch_exceptions=False)
+        entries = {e["path"]: e for e in map(json.loads, (dst / "latinhib-manifest.jsonl").read_text().splitlines())}
+        return result, masks, entries
+
+    _, plain_masks, plain = job("plain")
+    calls = []
+    real = executors.decode_on_device
+    monkeypatch.setattr(executors, "_decode_on_device", lambda device, codec: True)
+    monkeypatch.setattr(executors, "_whole_core_streams", lambda device, streams: False)
+    monkeypatch.setattr(executors, "decode_on_device", lambda batch, *a: calls.append(len(batch)) or real(batch, *a))
+    result, device_masks, on_device = job("device")
+    assert calls and sum(calls) == 4  # every selected file went through it, a batch at a time
+    assert result.exit_code == 1 and "bad.jpg" in result.output  # the cut file failed, named
+    assert {k: e["status"] for k, e in on_device.items()} == {k: e["status"] for k, e in plain.items()}
+    for rel, e in plain.items():
+        if e["status"] == "enhanced":
+            assert (plain_masks / f"{rel}.png").read_bytes() == (device_masks / f"{rel}.png").read_bytes(), rel
+            assert on_device[rel]["kept_fraction"] == e["kept_fraction"]
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_decode_on_cuda_matches_the_cpu(photo_jpegs, tmp_path):
+    from latinhib.data import decode, decode_on_device
+
+    size, mean, std = (224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    batch = []
+    for k, data in enumerate(photo_jpegs):
+        (tmp_path / f"{k}.jpg").write_bytes(data)
+        batch.append((k, decode(tmp_path / f"{k}.jpg", size, mean, std, codec="torchvision", on_device=True), None))
+    cuda = decode_on_device(batch, size, mean, std, torch.device("cuda"))
+    for k, decoded, _ in cuda:
+        cpu = decode(tmp_path / f"{k}.jpg", size, mean, std, codec="torchvision")
+        assert decoded.pixels.device.type == "cuda" and decoded.model_input.device.type == "cuda"
+        assert (decoded.pixels.cpu().int() - cpu.pixels.int()).abs().float().mean() < 1.0
+        assert (decoded.model_input.cpu() - cpu.model_input).abs().mean() < 0.02

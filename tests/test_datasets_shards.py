@@ -6,15 +6,13 @@ shards in and out, ``pipe:`` commands that decompress or fail. Shards are writte
 read back by the real ``webdataset`` library; the model is the real ImageNet MobileNetV2."""
 from __future__ import annotations
 
-import gzip
-import io
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_files import (CAT_WNID, ESPRESSO, ESPRESSO_WNID, RUN, TABBY, gz_members, imagenet_folder, invoke, jpeg,
+from dataset_files import (CAT_WNID, ESPRESSO, ESPRESSO_WNID, RUN, TABBY, gz_members, invoke, jpeg,
                            labelled_samples, manifest, needs_weights, png, read_back, said, wnid_folder,
                            write_wds_shard)
 

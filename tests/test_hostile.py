@@ -273,7 +273,7 @@ def test_files_from_refuses_paths_outside_src(tmp_path, checkpoint, line, why):
     result = CliRunner().invoke(main, ["enhance", str(src), str(dst), *args(checkpoint, "--workers", "0"),
                                        "--files-from", "-"], input=text)
     assert result.exit_code == 2
-    assert result.output.strip().startswith(f"Error: --files-from line 2: ") and why in result.output
+    assert result.output.strip().startswith("Error: --files-from line 2: ") and why in result.output
     assert not dst.exists()
 
 

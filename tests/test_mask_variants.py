@@ -25,7 +25,6 @@ from latinhib.config import ConfigError, load_config
 from latinhib.importance import default_layers, importance_maps
 from latinhib.inhibition import auto_quantile, combine_maps, gate_by_response, quantile_threshold, respond
 
-from test_importance import reference_maps
 
 
 # ------------------------------------------------------------- scale-selected Mexican hat

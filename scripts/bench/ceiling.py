@@ -5,7 +5,7 @@ figures against the model and codec floors, side by side in one run.
 Rows (each in its own subprocess, so its peak RSS and its threads are its own):
 
 - ``floor``: the model alone, forward + one autograd.grad to the default layers, on tensors
-  in memory (``scripts/bench.py``'s floor; the dtype the job runs in is printed).
+  in memory (``scripts/bench/enhance.py``'s floor; the dtype the job runs in is printed).
 - ``pillow``: the plain Pillow codec floor: per file, Pillow decode -> tensor -> blur
   (``filters.blur_uint8``, on a reduced copy where the sigma is large) -> blend with a mask
   -> Pillow JPEG encode -> write, on ``--threads`` threads; no bookkeeping at all.
@@ -46,7 +46,7 @@ sys.path.insert(0, str(SCRIPTS.parent))
 
 SIZES = {"imagenet": (500, 375), "12mp": (4000, 3000)}
 #: Files per size: enough for steady state on 2 cores without a long run.
-COUNTS = {"imagenet": 192, "12mp": 8}
+COUNTS = {"imagenet": 480, "12mp": 32}
 ROWS = ("floor", "pillow", "stub", "stub-pil", "stub-tv", "r1", "r03")
 
 
@@ -134,7 +134,7 @@ def row_pillow(args, src: Path) -> dict:
 
 
 def row_job(args, src: Path, ratio: float, codec=None, stub=False) -> dict:
-    import bench
+    from scripts.bench import enhance as bench
 
     if stub:
         stub_importance()
@@ -169,7 +169,7 @@ def run_row(args) -> None:
     src = Path(args.src)
     row = args.row
     if row == "floor":
-        import bench
+        from scripts.bench import enhance as bench
 
         result = bench.row_floor(args, src)
         from latinhib.api import amp_dtype
@@ -195,6 +195,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="threads (streams) per run")
     parser.add_argument("--sizes", default="imagenet,12mp")
+    parser.add_argument("--counts", default="", help="files per size, e.g. imagenet=1600 (default: "
+                        + ", ".join(f"{k}={v}" for k, v in COUNTS.items()) + ")")
     parser.add_argument("--rows", default="floor,pillow,stub,stub-pil,stub-tv,r1,r03")
     parser.add_argument("--gpu-rates", type=float, nargs="+", default=[1000.0, 3000.0],
                         help="img/s a GPU enhances, for the cores-needed line")
@@ -208,18 +210,20 @@ def main() -> None:
         return run_row(args)
     rows = args.rows.split(",")
     cuda = args.device.startswith("cuda")
+    counts = dict(COUNTS, **{k: int(v) for k, v in (pair.split("=") for pair in args.counts.split(",") if pair)})
     table = []
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for size in args.sizes.split(","):
             src = Path(tmp) / size
-            make_photos(src, COUNTS[size] * (8 if cuda else 1), SIZES[size])
+            count = counts[size] * (8 if cuda else 1)
+            make_photos(src, count, SIZES[size])
             for threads in args.threads:
                 for row in rows:
                     if row in ("r1", "r03", "floor") and size != "imagenet":
                         continue  # the model's rows: at ImageNet's size only
                     cmd = [sys.executable, __file__, "--row", row, "--src", str(src), "--threads", str(threads),
                            "--arch", args.arch, "--device", args.device, "--batch-size", str(args.batch_size),
-                           "--workers", str(args.workers), "--images", str(COUNTS[size]), "--tmp", str(tmp)]
+                           "--workers", str(args.workers), "--images", str(count), "--tmp", str(tmp)]
                     if args.weights:
                         cmd += ["--weights", args.weights]
                     proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -19,7 +19,7 @@ files. Then, in this process, listing and planning ``--listing N`` (default 1.28
 files, by walking the folder and by ``--files-from``.
 
     nice .venv/bin/python scripts/bench/per_file.py                       # ~3-4 min on 2 cores
-    nice .venv/bin/python scripts/bench/per_file.py --compare house-done --listing 1280000
+    nice .venv/bin/python scripts/bench/per_file.py --compare 0b23243 --listing 1280000 --repeats 3
     nice .venv/bin/python scripts/bench/per_file.py --sizes 2000 20000 --listing 0   # quick
 
 Timings on a shared machine are noisy: compare rows of one run, rerun a figure that looks off.
@@ -27,9 +27,9 @@ Timings on a shared machine are noisy: compare rows of one run, rerun a figure t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,8 +97,9 @@ def timed(argv: List[str], env: Optional[Dict[str, str]] = None, cwd: Optional[P
 
 
 def latinhib_argv(src: Path, dst: Path) -> List[str]:
+    # --target pred: the tree's folders are no model's classes (what auto would pick, without its note)
     return [sys.executable, "-m", "latinhib", "enhance", str(src), str(dst), "--ratio", "0", "--quiet", "--json",
-            "--device", "cpu"]
+            "--device", "cpu", "--target", "pred"]
 
 
 def code_env(tree: Path) -> Dict[str, str]:
@@ -108,26 +109,31 @@ def code_env(tree: Path) -> Dict[str, str]:
     return env
 
 
-def rows_for(tmp: Path, sizes: List[int], trees: Dict[str, Path]) -> Dict[str, Dict[int, Tuple[float, float]]]:
-    results: Dict[str, Dict[int, Tuple[float, float]]] = {}
-    for size in sizes:
-        src = tmp / f"src{size}"
-        for name in ("cp -r", "loop"):
-            dst = tmp / f"dst-{name.replace(' ', '')}-{size}"
-            if name == "cp -r":
-                argv = ["cp", "-r", str(src), str(dst)]
-            else:
-                dst.mkdir()
-                argv = [sys.executable, "-c", PLAIN_LOOP, str(src), str(dst)]
-            results.setdefault(name, {})[size] = timed(argv)
-            shutil.rmtree(dst)
-        for label, tree in trees.items():
-            dst = tmp / f"dst-{label}-{size}"
-            results.setdefault(f"r=0 {label}", {})[size] = timed(latinhib_argv(src, dst), code_env(tree), tree)
-            results.setdefault(f"rerun {label}", {})[size] = timed(latinhib_argv(src, dst), code_env(tree), tree)
-            shutil.rmtree(dst)
-        print(f"  ... {size} files done", file=sys.stderr, flush=True)
-    return results
+def rows_for(tmp: Path, sizes: List[int], trees: Dict[str, Path], repeats: int = 1) -> Dict[str, Dict[int, Tuple[float, float]]]:
+    """Every row at every size, ``repeats`` rounds in turn (rows alternate, so the machine's
+    drift spreads over all of them); each row's median seconds and median peak RSS."""
+    runs: Dict[str, Dict[int, List[Tuple[float, float]]]] = {}
+    for round_ in range(repeats):
+        for size in sizes:
+            src = tmp / f"src{size}"
+            for name in ("cp -r", "loop"):
+                dst = tmp / f"dst-{name.replace(' ', '')}-{size}"
+                if name == "cp -r":
+                    argv = ["cp", "-r", str(src), str(dst)]
+                else:
+                    dst.mkdir()
+                    argv = [sys.executable, "-c", PLAIN_LOOP, str(src), str(dst)]
+                runs.setdefault(name, {}).setdefault(size, []).append(timed(argv))
+                shutil.rmtree(dst)
+            for label, tree in trees.items():
+                dst = tmp / f"dst-{label}-{size}"
+                for row in (f"r=0 {label}", f"rerun {label}"):  # the rerun finds the r=0 run's DST finished
+                    runs.setdefault(row, {}).setdefault(size, []).append(
+                        timed(latinhib_argv(src, dst), code_env(tree), tree))
+                shutil.rmtree(dst)
+            print(f"  ... round {round_ + 1}/{repeats}: {size} files done", file=sys.stderr, flush=True)
+    return {name: {size: (statistics.median(s for s, _ in done), statistics.median(r for _, r in done))
+                   for size, done in by_size.items()} for name, by_size in runs.items()}
 
 
 def print_rows(results, sizes: List[int]) -> None:
@@ -186,6 +192,7 @@ def main() -> None:
                         "checkout's folder (before/after)")
     parser.add_argument("--listing", type=int, default=1280000, help="files to list and plan (0: skip)")
     parser.add_argument("--tmp", default="/dev/shm", help="where the trees go (tmpfs)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of every row; each row's median is shown")
     args = parser.parse_args()
     sizes = sorted(args.sizes)
     with tempfile.TemporaryDirectory(prefix="latinhib-perfile-", dir=args.tmp) as tmp:
@@ -204,7 +211,7 @@ def main() -> None:
             for size in sizes:
                 make_tree(tmp / f"src{size}", size, data)
             if len(sizes) >= 2:
-                print_rows(rows_for(tmp, sizes, trees), sizes)
+                print_rows(rows_for(tmp, sizes, trees, args.repeats), sizes)
             if args.listing:
                 listing_rows(tmp, args.listing, trees)
         finally:

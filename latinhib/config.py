@@ -61,7 +61,9 @@ class ModelConfig:
     # load a fully pickled model (runs code from the file): only for files you trust.
     trust_checkpoint: bool = False
     # layers whose output gradients are used, by module name; null = the last block at
-    # strides 8, 16 and 32 that does not feed global pooling (see importance.default_layers).
+    # strides 8, 16 and 32 that does not feed global pooling, and where the finest of those
+    # maps is under 16 px a side (small inputs) the deepest block with a 16 x 16 map too
+    # (see importance.default_layers).
     layers: Optional[Tuple[str, ...]] = None
     # loss target: auto (label when the folder's classes map onto the model's, else pred),
     # label, pred, or entropy.

@@ -336,7 +336,8 @@ def test_the_map_size_rule_without_a_model():
     assert pick_layers(small, (64, 64), min_side=32) == ["layer1", "layer3"]
     # The same network at 224 px (stages 112, 112, 56, 28, 14): the stride-8 map is 28 x 28,
     # so the map-size rule adds nothing and the strides' picks stand.
-    large = [BlockOutput(o.name, (o.size[0] * 224 // 64,) * 2, o.compound, o.tensor) for o in small]
+    large = [BlockOutput(o.name, (o.size[0] * 224 // 64 if o.size[0] > 1 else 1,) * 2, o.compound, o.tensor)
+             for o in small]
     assert pick_layers(large, (224, 224)) == ["layer3"] == pick_layers(large, (224, 224), min_side=0)
     # A map wide enough on one side only does not count: the short side decides.
     wide = _outputs(("a", 8, True, 1), ("end", 4, True, 2))

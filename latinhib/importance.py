@@ -44,12 +44,14 @@ INPUT_POOL = 8
 #: noise rather than object evidence (SPEC "Traps"); see ``default_layers``.
 DEFAULT_STRIDES = (8, 16, 32)
 
-#: The finest default map must be at least this many pixels on its short side. Strides say
+#: ``model.min_map_side``'s measured value (the map-size rule, off by default). Strides say
 #: how coarse a map is relative to the input, not how many positions it has: at a 64-px
-#: input the stride-8 map is 8 x 8, too coarse to outline a garment, and every CAM was at
-#: its best on the 16 x 16 map there (issue 26, docs/RESULTS.md). Where the stride-8 map
-#: has fewer, the deepest block with a map this large joins the strides' picks; at 224 px
-#: the stride-8 map is 28 x 28, so nothing changes there.
+#: input the stride-8 map is 8 x 8, and every CAM was at its best on the 16 x 16 map there.
+#: With this rule on, where the finest stride map is shorter than this on a side, the
+#: deepest block with a map this large joins the strides' picks (at 224 px the stride-8 map
+#: is 28 x 28, so nothing changes there). Off by default: it gave better validation masks
+#: on the fine-detail benchmark but no downstream gain on its validation split, and lost on
+#: Fashion-MNIST (issue 26, docs/RESULTS.md).
 MIN_MAP_SIDE = 16
 
 
@@ -299,9 +301,11 @@ def _weighted_layers(module: nn.Module) -> int:
     return sum(next(m.parameters(recurse=False), None) is not None for m in module.modules())
 
 
-def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: int = 3) -> List[str]:
-    """Default layers: the last block at each of strides 8, 16 and 32, and at small inputs
-    the deepest block with a map of at least ``MIN_MAP_SIDE`` pixels a side (SPEC step 2).
+def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: int = 3,
+                   min_side: int = 0) -> List[str]:
+    """Default layers: the last block at each of strides 8, 16 and 32 (SPEC step 2), and
+    with ``min_side`` > 0 (``model.min_map_side``, e.g. ``MIN_MAP_SIDE``), where the finest
+    of those maps is shorter than that, the deepest block with a map that large.
 
     Found by one probe forward on zeros through the model's blocks (:func:`find_blocks`),
     then picked by :func:`pick_layers`. For torchvision ResNets this gives ``layer2,
@@ -310,7 +314,7 @@ def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: i
     if isinstance(model, torch.jit.ScriptModule):
         return [INPUT_LAYER]
     blocks = find_blocks(model)
-    return pick_layers(probe_blocks(model, blocks, input_size, in_channels), input_size)
+    return pick_layers(probe_blocks(model, blocks, input_size, in_channels), input_size, min_side=min_side)
 
 
 def feature_stages(model: nn.Module) -> List[str]:
@@ -411,12 +415,12 @@ def probe_blocks(model: nn.Module, blocks: Dict[str, nn.Module], input_size: Tup
 
 
 def pick_layers(outputs: Sequence[BlockOutput], input_size: Tuple[int, int],
-                strides: Sequence[int] = DEFAULT_STRIDES, min_side: int = MIN_MAP_SIDE) -> List[str]:
+                strides: Sequence[int] = DEFAULT_STRIDES, min_side: int = 0) -> List[str]:
     """The default layers among the probed blocks' ``outputs``: per stride in ``strides``
     (the input's height over the map's), the last block to finish, shallowest first; and
     where the finest of those maps is shorter than ``min_side`` on a side (small inputs),
     also the deepest block whose map is at least ``min_side`` x ``min_side``, picked the
-    same way at its stride (0 turns this off).
+    same way at its stride (``model.min_map_side``; 0, the default, turns this off).
 
     Left out: maps of one pixel, and every block whose output *is* the final feature map
     (the stage feeding global pooling, whose gradient is spatially constant). Per stride

@@ -15,6 +15,7 @@ from torchvision.models import mobilenet_v2, resnet18
 from latinhib import LateralInhibition
 from latinhib.importance import (ActivationCapture, BlockOutput, default_layers, importance_maps, logit_gradient,
                                  pick_layers, MIN_MAP_SIDE)
+from latinhib.config import ConfigError, load_config
 from latinhib.inhibition import combine_maps, is_constant
 
 RESNET_LAYERS = ["layer1.0.bn1", "layer1.0.relu", "layer1", "layer2.0.bn2", "layer2", "layer3.1", "layer4.0"]
@@ -263,18 +264,30 @@ def test_default_layers_for_torchvision_models():
     assert default_layers(mobilenet_v2(weights=None), (224, 224)) == ["features.6", "features.13", "features.17"]
 
 
-def test_default_layers_at_small_inputs_add_a_map_of_16_pixels():
+def test_default_layers_at_small_inputs_with_the_map_size_rule():
     # Maps written out by hand from the architectures (an independent reading of the rule):
     # resnet18 at 64 px has layer1 16 x 16, layer2 8 x 8, layer3 4 x 4, layer4 2 x 2 (final);
     # MobileNetV2 at 96 px has features.3 (stride 4) 24 x 24 and features.6 (stride 8) 12 x 12.
     torch.manual_seed(0)
-    assert default_layers(resnet18(weights=None).eval(), (64, 64)) == ["layer1", "layer2", "layer3", "layer4.0"]
-    assert default_layers(mobilenet_v2(weights=None).eval(), (96, 96)) == [
+    assert default_layers(resnet18(weights=None).eval(), (64, 64), min_side=16) == ["layer1", "layer2", "layer3", "layer4.0"]
+    assert default_layers(mobilenet_v2(weights=None).eval(), (96, 96), min_side=16) == [
         "features.3", "features.6", "features.13", "features.17"]
     # SmallResNet-shaped (one BasicBlock a stage, stride-2 stem; the benchmarks' 64-px model):
     # layer1 32, layer2 16, layer3 8, layer4 4 (final).
-    assert default_layers(_small_resnet().eval(), (64, 64)) == ["layer2", "layer3"]
-    assert default_layers(_small_resnet().eval(), (128, 128)) == ["layer3"]
+    assert default_layers(_small_resnet().eval(), (64, 64), min_side=16) == ["layer2", "layer3"]
+    assert default_layers(_small_resnet().eval(), (128, 128), min_side=16) == ["layer3"]
+    # 224 px: unchanged by the rule (the stride-8 maps are 28 x 28); off, the strides alone
+    assert default_layers(mobilenet_v2(weights=None).eval(), (224, 224), min_side=16) == [
+        "features.6", "features.13", "features.17"]
+    assert default_layers(_small_resnet().eval(), (64, 64)) == ["layer3"]
+    # the config key reaches the API's layer choice; a bad value names the key
+    model = _small_resnet().eval()
+    config = load_config(overrides={"model.min_map_side": 16, "model.weights": None, "model.input_size": 64})
+    assert LateralInhibition(model, config).layers == ["layer2", "layer3"]
+    config = load_config(overrides={"model.weights": None, "model.input_size": 64})
+    assert LateralInhibition(model, config).layers == ["layer3"]
+    with pytest.raises(ConfigError, match="model.min_map_side"):
+        load_config(overrides={"model.min_map_side": -1})
 
 
 def _small_resnet() -> nn.Module:
@@ -331,24 +344,24 @@ def test_the_map_size_rule_without_a_model():
                      ("layer3.0", 8, True, 5), ("layer3", 8, True, 5), ("layer4.0", 4, True, 6),
                      ("layer4", 4, True, 6), ("avgpool", 1, False, 7))
     assert MIN_MAP_SIDE == 16
-    assert pick_layers(small, (64, 64)) == ["layer2", "layer3"]
-    assert pick_layers(small, (64, 64), min_side=0) == ["layer3"]
+    assert pick_layers(small, (64, 64), min_side=MIN_MAP_SIDE) == ["layer2", "layer3"]
+    assert pick_layers(small, (64, 64)) == ["layer3"] == pick_layers(small, (64, 64), min_side=0)  # off by default
     assert pick_layers(small, (64, 64), min_side=32) == ["layer1", "layer3"]
     # The same network at 224 px (stages 112, 112, 56, 28, 14): the stride-8 map is 28 x 28,
     # so the map-size rule adds nothing and the strides' picks stand.
     large = [BlockOutput(o.name, (o.size[0] * 224 // 64 if o.size[0] > 1 else 1,) * 2, o.compound, o.tensor)
              for o in small]
-    assert pick_layers(large, (224, 224)) == ["layer3"] == pick_layers(large, (224, 224), min_side=0)
+    assert pick_layers(large, (224, 224), min_side=16) == ["layer3"] == pick_layers(large, (224, 224))
     # A map wide enough on one side only does not count: the short side decides.
     wide = _outputs(("a", 8, True, 1), ("end", 4, True, 2))
     wide.insert(0, BlockOutput("tall", (32, 8), True, 9))
-    assert pick_layers(wide, (64, 64)) == ["a"]
+    assert pick_layers(wide, (64, 64), min_side=16) == ["a"]
     # The block picked for its size follows the stride rule's choices at its stride: the
     # last compound block to finish there, never the final map.
     assert pick_layers(_outputs(("s.0", 16, True, 1), ("s.1", 16, True, 2), ("bare", 16, False, 3),
-                                ("t", 8, True, 4), ("end", 4, True, 5)), (64, 64)) == ["s.1", "t"]
+                                ("t", 8, True, 4), ("end", 4, True, 5)), (64, 64), min_side=16) == ["s.1", "t"]
     # Nothing at least 16 px wide that is not final: the strides' picks alone.
-    assert pick_layers(_outputs(("t", 8, True, 1), ("end", 4, True, 2)), (64, 64)) == ["t"]
+    assert pick_layers(_outputs(("t", 8, True, 1), ("end", 4, True, 2)), (64, 64), min_side=16) == ["t"]
 
 
 
@@ -357,8 +370,9 @@ def test_default_layers_skip_the_stage_feeding_global_pooling(tiny_cnn, make_ima
     # features.4 (= its in-place ReLU's output) is left out; the conv inside it is not:
     # its gradient passes BN and the ReLU's on/off pattern, which is not flat. That is the
     # analogue of MobileNetV2's features.17 (through 1x1 conv, BN and ReLU6 to the pool).
-    # features.1 (16 x 16) joins by the map-size rule: the stride-8 map is only 8 x 8.
-    assert default_layers(tiny_cnn, (64, 64)) == ["features.1", "features.2", "features.3", "features.4.0"]
+    assert default_layers(tiny_cnn, (64, 64)) == ["features.2", "features.3", "features.4.0"]
+    # with the map-size rule on, features.1 (16 x 16) joins: the stride-8 map is only 8 x 8
+    assert default_layers(tiny_cnn, (64, 64), min_side=16) == ["features.1", "features.2", "features.3", "features.4.0"]
     # The stage feeding the pool is left out because its gradient map is flat.
     final = importance_maps(tiny_cnn, make_images(3), ["features.4", "features.4.0"], target="pred")
     assert final.names == ["features.4.0", "features.4"]  # maps come in call order

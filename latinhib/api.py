@@ -159,7 +159,7 @@ class LateralInhibition:
                 raise ConfigError(str(exc)) from None
             self.layers = list(config.model.layers)
         else:
-            self.layers = default_layers(model, self.input_size)
+            self.layers = default_layers(model, self.input_size, min_side=config.model.min_map_side)
         self._generator = torch.Generator().manual_seed(self.settings.seed)
 
     def _dtype(self) -> torch.dtype:

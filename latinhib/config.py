@@ -63,6 +63,10 @@ class ModelConfig:
     # layers whose output gradients are used, by module name; null = the last block at
     # strides 8, 16 and 32 that does not feed global pooling (see importance.default_layers).
     layers: Optional[Tuple[str, ...]] = None
+    # with layers null: where the finest default map is shorter than this on a side (small
+    # inputs), the deepest block with a map at least this large joins; 0 = off (the default:
+    # no downstream gain on validation, issue 26). 16 picks layer2, layer3 at 64 px.
+    min_map_side: int = 0
     # loss target: auto (label when the folder's classes map onto the model's, else pred),
     # label, pred, or entropy.
     target: str = "auto"
@@ -315,6 +319,8 @@ def _validate(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
                                               integer=True, allowed="null or a size in bytes")
         out["trust_checkpoint"] = _bool(k("trust_checkpoint"), out["trust_checkpoint"])
         out["layers"] = _strings(k("layers"), out["layers"])
+        out["min_map_side"] = _number(k("min_map_side"), out["min_map_side"], 0, 4096, integer=True,
+                                      allowed="an integer in [0, 4096] (0 = off)")
         out["target"] = _choice(k("target"), out["target"], TARGETS)
         out["input_size"] = _size(k("input_size"), out["input_size"])
         out["mean"] = _floats(k("mean"), out["mean"])

@@ -44,6 +44,16 @@ INPUT_POOL = 8
 #: noise rather than object evidence (SPEC "Traps"); see ``default_layers``.
 DEFAULT_STRIDES = (8, 16, 32)
 
+#: ``model.min_map_side``'s measured value (the map-size rule, off by default). Strides say
+#: how coarse a map is relative to the input, not how many positions it has: at a 64-px
+#: input the stride-8 map is 8 x 8, and every CAM was at its best on the 16 x 16 map there.
+#: With this rule on, where the finest stride map is shorter than this on a side, the
+#: deepest block with a map this large joins the strides' picks (at 224 px the stride-8 map
+#: is 28 x 28, so nothing changes there). Off by default: it gave better validation masks
+#: on the fine-detail benchmark but no downstream gain on its validation split, and lost on
+#: Fashion-MNIST (issue 26, docs/RESULTS.md).
+MIN_MAP_SIDE = 16
+
 
 def resolve_layers(model: nn.Module, names: Sequence[str]) -> List[Tuple[str, nn.Module]]:
     """Look up each dotted module name with ``get_submodule``; unknown names raise a
@@ -291,8 +301,11 @@ def _weighted_layers(module: nn.Module) -> int:
     return sum(next(m.parameters(recurse=False), None) is not None for m in module.modules())
 
 
-def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: int = 3) -> List[str]:
-    """Default layers: the last block at each of strides 8, 16 and 32 (SPEC step 2).
+def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: int = 3,
+                   min_side: int = 0) -> List[str]:
+    """Default layers: the last block at each of strides 8, 16 and 32 (SPEC step 2), and
+    with ``min_side`` > 0 (``model.min_map_side``, e.g. ``MIN_MAP_SIDE``), where the finest
+    of those maps is shorter than that, the deepest block with a map that large.
 
     Found by one probe forward on zeros through the model's blocks (:func:`find_blocks`),
     then picked by :func:`pick_layers`. For torchvision ResNets this gives ``layer2,
@@ -301,7 +314,7 @@ def default_layers(model: nn.Module, input_size: Tuple[int, int], in_channels: i
     if isinstance(model, torch.jit.ScriptModule):
         return [INPUT_LAYER]
     blocks = find_blocks(model)
-    return pick_layers(probe_blocks(model, blocks, input_size, in_channels), input_size)
+    return pick_layers(probe_blocks(model, blocks, input_size, in_channels), input_size, min_side=min_side)
 
 
 def feature_stages(model: nn.Module) -> List[str]:
@@ -402,9 +415,12 @@ def probe_blocks(model: nn.Module, blocks: Dict[str, nn.Module], input_size: Tup
 
 
 def pick_layers(outputs: Sequence[BlockOutput], input_size: Tuple[int, int],
-                strides: Sequence[int] = DEFAULT_STRIDES) -> List[str]:
+                strides: Sequence[int] = DEFAULT_STRIDES, min_side: int = 0) -> List[str]:
     """The default layers among the probed blocks' ``outputs``: per stride in ``strides``
-    (the input's height over the map's), the last block to finish, shallowest first.
+    (the input's height over the map's), the last block to finish, shallowest first; and
+    where the finest of those maps is shorter than ``min_side`` on a side (small inputs),
+    also the deepest block whose map is at least ``min_side`` x ``min_side``, picked the
+    same way at its stride (``model.min_map_side``; 0, the default, turns this off).
 
     Left out: maps of one pixel, and every block whose output *is* the final feature map
     (the stage feeding global pooling, whose gradient is spatially constant). Per stride
@@ -422,20 +438,35 @@ def pick_layers(outputs: Sequence[BlockOutput], input_size: Tuple[int, int],
     if not spatial:
         raise ValueError("model.layers: could not find any spatial layer; set model.layers explicitly")
     final = spatial[-1].tensor
+    candidates = [output for output in spatial if output.tensor != final]
+    chosen = _last_per_stride([output for output in candidates if _stride(output, input_size) in strides],
+                              input_size)
+    if not chosen:
+        rest = [output.name for output in candidates]
+        return [rest[-1]] if rest else [spatial[-1].name]
+    if min(chosen[min(chosen)].size) < min_side:
+        large = _last_per_stride([output for output in candidates if min(output.size) >= min_side], input_size)
+        if large:
+            chosen[max(large)] = large[max(large)]
+    return [chosen[stride].name for stride in sorted(chosen)]
+
+
+def _stride(output: BlockOutput, input_size: Tuple[int, int]) -> int:
+    return round(input_size[0] / output.size[0])
+
+
+def _last_per_stride(outputs: Sequence[BlockOutput], input_size: Tuple[int, int]) -> Dict[int, BlockOutput]:
+    """Per stride, the block that names its map: the last to finish, a compound block over a
+    bare layer, of blocks returning the same tensor the better :func:`_rank`."""
     chosen: Dict[int, BlockOutput] = {}
-    for output in spatial:
-        stride = round(input_size[0] / output.size[0])
-        if output.tensor == final or stride not in strides:
-            continue
+    for output in outputs:
+        stride = _stride(output, input_size)
         held = chosen.get(stride)
         if held is not None and (held.compound and not output.compound
                                  or held.tensor == output.tensor and _rank(held) <= _rank(output)):
             continue
         chosen[stride] = output
-    if not chosen:
-        rest = [output.name for output in spatial if output.tensor != final]
-        return [rest[-1]] if rest else [spatial[-1].name]
-    return [chosen[stride].name for stride in sorted(chosen)]
+    return chosen
 
 
 def _rank(output: BlockOutput) -> Tuple[bool, int]:

@@ -14,7 +14,8 @@ from torchvision.models import mobilenet_v2, resnet18
 
 from latinhib import LateralInhibition
 from latinhib.importance import (ActivationCapture, BlockOutput, default_layers, importance_maps, logit_gradient,
-                                 pick_layers)
+                                 pick_layers, MIN_MAP_SIDE)
+from latinhib.config import ConfigError, load_config
 from latinhib.inhibition import combine_maps, is_constant
 
 RESNET_LAYERS = ["layer1.0.bn1", "layer1.0.relu", "layer1", "layer2.0.bn2", "layer2", "layer3.1", "layer4.0"]
@@ -263,12 +264,48 @@ def test_default_layers_for_torchvision_models():
     assert default_layers(mobilenet_v2(weights=None), (224, 224)) == ["features.6", "features.13", "features.17"]
 
 
+def test_default_layers_at_small_inputs_with_the_map_size_rule():
+    # Maps written out by hand from the architectures (an independent reading of the rule):
+    # resnet18 at 64 px has layer1 16 x 16, layer2 8 x 8, layer3 4 x 4, layer4 2 x 2 (final);
+    # MobileNetV2 at 96 px has features.3 (stride 4) 24 x 24 and features.6 (stride 8) 12 x 12.
+    torch.manual_seed(0)
+    assert default_layers(resnet18(weights=None).eval(), (64, 64), min_side=16) == ["layer1", "layer2", "layer3", "layer4.0"]
+    assert default_layers(mobilenet_v2(weights=None).eval(), (96, 96), min_side=16) == [
+        "features.3", "features.6", "features.13", "features.17"]
+    # SmallResNet-shaped (one BasicBlock a stage, stride-2 stem; the benchmarks' 64-px model):
+    # layer1 32, layer2 16, layer3 8, layer4 4 (final).
+    assert default_layers(_small_resnet().eval(), (64, 64), min_side=16) == ["layer2", "layer3"]
+    assert default_layers(_small_resnet().eval(), (128, 128), min_side=16) == ["layer3"]
+    # 224 px: unchanged by the rule (the stride-8 maps are 28 x 28); off, the strides alone
+    assert default_layers(mobilenet_v2(weights=None).eval(), (224, 224), min_side=16) == [
+        "features.6", "features.13", "features.17"]
+    assert default_layers(_small_resnet().eval(), (64, 64)) == ["layer3"]
+    # the config key reaches the API's layer choice; a bad value names the key
+    model = _small_resnet().eval()
+    config = load_config(overrides={"model.min_map_side": 16, "model.weights": None, "model.input_size": 64})
+    assert LateralInhibition(model, config).layers == ["layer2", "layer3"]
+    config = load_config(overrides={"model.weights": None, "model.input_size": 64})
+    assert LateralInhibition(model, config).layers == ["layer3"]
+    with pytest.raises(ConfigError, match="model.min_map_side"):
+        load_config(overrides={"model.min_map_side": -1})
+
+
+def _small_resnet() -> nn.Module:
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    model = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=4, width_per_group=64)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
 def _outputs(*rows):
     """BlockOutputs from (name, map side, compound, tensor id) rows, in finishing order."""
     return [BlockOutput(name, (side, side), compound, tensor) for name, side, compound, tensor in rows]
 
 
 def test_the_pick_rule_without_a_model():
+    # The stride rule alone (min_side=0; the map-size rule has its own test below).
     # A ResNet-like listing at 64 px: strides 2 and 4 are too fine; per stride the last
     # block wins (layer2.1 over layer2.0); blocks returning one tensor keep the shallowest
     # name (layer2 for layer2.1's output); the final map (layer4 and layer4.1, feeding the
@@ -278,24 +315,54 @@ def test_the_pick_rule_without_a_model():
                       ("layer2", 8, True, 5), ("layer3.0", 4, True, 6), ("layer3", 4, True, 6),
                       ("layer4.0", 2, True, 7), ("layer4.1", 2, True, 8), ("layer4", 2, True, 8),
                       ("avgpool", 1, False, 9))
-    assert pick_layers(resnet, (64, 64)) == ["layer2", "layer3", "layer4.0"]
+    assert pick_layers(resnet, (64, 64), min_side=0) == ["layer2", "layer3", "layer4.0"]
     # A bare head conv after a stride's last block does not displace it; alone it counts.
     head = _outputs(("blocks.0", 8, True, 1), ("head", 8, False, 2), ("bare", 4, False, 3), ("last", 2, True, 4))
-    assert pick_layers(head, (64, 64)) == ["blocks.0", "bare"]
+    assert pick_layers(head, (64, 64), min_side=0) == ["blocks.0", "bare"]
     # Two blocks at one stride returning different tensors: the later one wins (the
     # stage's output, not a downsampling layer at its start).
-    assert pick_layers(_outputs(("a", 8, True, 1), ("b", 8, True, 2), ("end", 4, True, 3)), (64, 64)) == ["b"]
+    assert pick_layers(_outputs(("a", 8, True, 1), ("b", 8, True, 2), ("end", 4, True, 3)), (64, 64), min_side=0) == ["b"]
     # ... whichever finishes first: a deeper block passing the same tensor on (an identity,
     # an in-place activation) does not take the name from a shallower one.
     passed_on = _outputs(("stage", 8, True, 1), ("next.0", 8, True, 1), ("end", 4, True, 2))
-    assert pick_layers(passed_on, (64, 64)) == ["stage"]
+    assert pick_layers(passed_on, (64, 64), min_side=0) == ["stage"]
     # Other strides can be asked for; map sizes decide the stride (input height / map height).
-    assert pick_layers(resnet, (64, 64), strides=(4,)) == ["layer1"]
+    assert pick_layers(resnet, (64, 64), strides=(4,), min_side=0) == ["layer1"]
     # No block at strides 8-32: the last spatial block that is not the final map.
-    assert pick_layers(_outputs(("a", 32, True, 1), ("b", 32, True, 2), ("c", 32, True, 3)), (64, 64)) == ["b"]
-    assert pick_layers(_outputs(("only", 32, True, 1)), (64, 64)) == ["only"]
+    assert pick_layers(_outputs(("a", 32, True, 1), ("b", 32, True, 2), ("c", 32, True, 3)), (64, 64), min_side=0) == ["b"]
+    assert pick_layers(_outputs(("only", 32, True, 1)), (64, 64), min_side=0) == ["only"]
     with pytest.raises(ValueError, match="could not find any spatial layer"):
-        pick_layers(_outputs(("pool", 1, False, 1)), (64, 64))
+        pick_layers(_outputs(("pool", 1, False, 1)), (64, 64), min_side=0)
+
+
+def test_the_map_size_rule_without_a_model():
+    # SmallResNet's listing at 64 px (stages 32, 32, 16, 8, 4 px): the stride rule finds only
+    # layer3's 8 x 8 map, shorter than MIN_MAP_SIDE (16), so the deepest block with a map of
+    # at least 16 x 16 joins it: layer2, not layer1 or the bare stem conv at 32 x 32.
+    small = _outputs(("conv1", 32, False, 1), ("bn1", 32, False, 2), ("layer1.0", 32, True, 3),
+                     ("layer1", 32, True, 3), ("layer2.0", 16, True, 4), ("layer2", 16, True, 4),
+                     ("layer3.0", 8, True, 5), ("layer3", 8, True, 5), ("layer4.0", 4, True, 6),
+                     ("layer4", 4, True, 6), ("avgpool", 1, False, 7))
+    assert MIN_MAP_SIDE == 16
+    assert pick_layers(small, (64, 64), min_side=MIN_MAP_SIDE) == ["layer2", "layer3"]
+    assert pick_layers(small, (64, 64)) == ["layer3"] == pick_layers(small, (64, 64), min_side=0)  # off by default
+    assert pick_layers(small, (64, 64), min_side=32) == ["layer1", "layer3"]
+    # The same network at 224 px (stages 112, 112, 56, 28, 14): the stride-8 map is 28 x 28,
+    # so the map-size rule adds nothing and the strides' picks stand.
+    large = [BlockOutput(o.name, (o.size[0] * 224 // 64 if o.size[0] > 1 else 1,) * 2, o.compound, o.tensor)
+             for o in small]
+    assert pick_layers(large, (224, 224), min_side=16) == ["layer3"] == pick_layers(large, (224, 224))
+    # A map wide enough on one side only does not count: the short side decides.
+    wide = _outputs(("a", 8, True, 1), ("end", 4, True, 2))
+    wide.insert(0, BlockOutput("tall", (32, 8), True, 9))
+    assert pick_layers(wide, (64, 64), min_side=16) == ["a"]
+    # The block picked for its size follows the stride rule's choices at its stride: the
+    # last compound block to finish there, never the final map.
+    assert pick_layers(_outputs(("s.0", 16, True, 1), ("s.1", 16, True, 2), ("bare", 16, False, 3),
+                                ("t", 8, True, 4), ("end", 4, True, 5)), (64, 64), min_side=16) == ["s.1", "t"]
+    # Nothing at least 16 px wide that is not final: the strides' picks alone.
+    assert pick_layers(_outputs(("t", 8, True, 1), ("end", 4, True, 2)), (64, 64), min_side=16) == ["t"]
+
 
 
 def test_default_layers_skip_the_stage_feeding_global_pooling(tiny_cnn, make_images):
@@ -304,6 +371,8 @@ def test_default_layers_skip_the_stage_feeding_global_pooling(tiny_cnn, make_ima
     # its gradient passes BN and the ReLU's on/off pattern, which is not flat. That is the
     # analogue of MobileNetV2's features.17 (through 1x1 conv, BN and ReLU6 to the pool).
     assert default_layers(tiny_cnn, (64, 64)) == ["features.2", "features.3", "features.4.0"]
+    # with the map-size rule on, features.1 (16 x 16) joins: the stride-8 map is only 8 x 8
+    assert default_layers(tiny_cnn, (64, 64), min_side=16) == ["features.1", "features.2", "features.3", "features.4.0"]
     # The stage feeding the pool is left out because its gradient map is flat.
     final = importance_maps(tiny_cnn, make_images(3), ["features.4", "features.4.0"], target="pred")
     assert final.names == ["features.4.0", "features.4"]  # maps come in call order

@@ -390,6 +390,9 @@ class ListNet(nn.Module):
 def test_default_layers_walk_module_lists():
     # strides: stem 2, blocks 2,4,4,8,8,16,16,32; the head conv and BN are single layers.
     assert default_layers(ListNet().eval(), (64, 64)) == ["blocks.4", "blocks.6", "blocks.7"]
+    # At 64 px the stride-8 map is 8 x 8, so the map-size rule (min_side 16) adds the last
+    # block with a 16 x 16 map (blocks.2, stride 4).
+    assert default_layers(ListNet().eval(), (64, 64), min_side=16) == ["blocks.2", "blocks.4", "blocks.6", "blocks.7"]
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,9 @@ Each argument is a finished (or at least pretrained) ``--work`` folder of the be
 latinhib rows are steps 4-5 of the product (``latinhib.api.recombine``) on layer maps: the
 product's own (``importance_maps``: the norm of gradient or gradient x activation), or a
 CAM's per-layer evidence (scripts/experiment/enhancers.py) handed to the same filter,
-outline and threshold, to see what the evidence itself is worth there.
+outline and threshold, to see what the evidence itself is worth there. A second table
+scores issue 26's second-round candidates at the product's own threshold (q auto): IoU,
+the kept share, precision and recall.
 """
 from __future__ import annotations
 
@@ -53,6 +55,21 @@ ROWS = [
     ("Grad-CAM++ evidence, layer2, filter none", "gradcam++", ["layer2"], {"inhibition.filter": "none"}),
     ("Grad-CAM++ evidence, layers layer2,layer3", "gradcam++", ["layer2", "layer3"], {}),
 ]
+GPP = {"inhibition.importance": "gradcam_plus_plus"}
+#: Issue 26's second round (the map-size layer rule, which picks layer2 and layer3 at 64 px):
+#: the candidates at the product's own threshold (quantile auto), so the kept share is the
+#: rule's own, with precision and recall beside the IoU.
+AUTO_ROWS = [
+    ("stride rule (layer3), gradient x activation", "gxa", ["layer3"], {}),
+    ("map-size rule (layer2, layer3), gradient x activation", "gxa", ["layer2", "layer3"], {}),
+    ("map-size rule, gradient x activation, auto_power 1.5", "gxa", ["layer2", "layer3"], {"inhibition.auto_power": 1.5}),
+    ("map-size rule, gradient x activation, auto_power 3", "gxa", ["layer2", "layer3"], {"inhibition.auto_power": 3.0}),
+    ("map-size rule, gradcam_plus_plus", "gpp", ["layer2", "layer3"], GPP),
+    ("map-size rule, gradcam_plus_plus, auto_power 1.5", "gpp", ["layer2", "layer3"], {**GPP, "inhibition.auto_power": 1.5}),
+    ("map-size rule, gradcam_plus_plus, auto_power 3", "gpp", ["layer2", "layer3"], {**GPP, "inhibition.auto_power": 3.0}),
+    ("layer2 alone, gradient x activation", "gxa", ["layer2"], {}),
+    ("layer2 alone, gradcam_plus_plus", "gpp", ["layer2"], GPP),
+]
 CAMS = [("Grad-CAM layer2", "gradcam", ["layer2"], "max"), ("Grad-CAM layer3", "gradcam", ["layer3"], "max"),
         ("Grad-CAM++ layer2", "gradcam++", ["layer2"], "max"), ("Grad-CAM++ layer3", "gradcam++", ["layer3"], "max"),
         ("LayerCAM layer1+2+3, mean", "layercam", LAYERS, "mean"), ("LayerCAM layer2+3, max", "layercam", ["layer2", "layer3"], "max")]
@@ -87,6 +104,7 @@ def latinhib_masks(layer_maps: list[torch.Tensor], size, overrides: dict, q: flo
 def main(folders: list[str]) -> None:
     torch.set_num_threads(1)
     results: dict[str, list[float]] = {}
+    auto: dict[str, list[dict]] = {}
     for folder in map(Path, folders):
         state = json.loads((folder / "state.json").read_text())
         info = json.loads((folder / "data" / "info.json").read_text())
@@ -105,11 +123,24 @@ def main(folders: list[str]) -> None:
         for label, method, layers, fusion in CAMS:
             maps = cam_maps(model, val.images, layers, val.labels, method=method, fusion=fusion)
             results.setdefault(label, []).append(mask_scores(quantile_mask(maps, q), val.masks)["iou"])
+        for label, kind, layers, overrides in AUTO_ROWS:
+            if kind not in cache:
+                cache[kind] = evidence_maps(model, val, kind)
+            masks = latinhib_masks([cache[kind][n] for n in layers], val.images.shape[-2:], overrides, "auto")
+            scores = mask_scores(masks, val.masks)
+            scores["kept"] = float(masks.flatten(1).float().mean(1).mean())
+            auto.setdefault(label, []).append(scores)
         print(f"{folder}: q {q:.2f}", flush=True)
     print(f"\n| mask (val_rand, q = each draw's matched mean q) | " + " | ".join(Path(f).name for f in folders) + " | mean |")
     print("|---|" + "---:|" * (len(folders) + 1))
     for label, values in results.items():
         print(f"| {label} | " + " | ".join(f"{v:.3f}" for v in values) + f" | **{np.mean(values):.3f}** |")
+    print(f"\n| mask (val_rand, q auto: the product's own threshold) | IoU per draw | IoU mean | kept share | precision | recall |")
+    print("|---|---|---:|---:|---:|---:|")
+    for label, rows in auto.items():
+        mean = {key: np.mean([row[key] for row in rows]) for key in rows[0]}
+        print(f"| {label} | " + ", ".join(f"{row['iou']:.3f}" for row in rows)
+              + f" | **{mean['iou']:.3f}** | {mean['kept']:.2f} | {mean['precision']:.3f} | {mean['recall']:.3f} |")
 
 
 if __name__ == "__main__":

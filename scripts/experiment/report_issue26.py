@@ -1,6 +1,7 @@
 """Markdown tables of issue 26's fine-detail draws: per draw, each method's test/mixed_rand
 and val_rand accuracy and its train masks (kept share / IoU / precision / recall), and the
-pooled paired differences of each latinhib row against each CAM (scripts.experiment.pool).
+pooled paired differences of each latinhib row against each CAM (scripts.experiment.pool),
+and of every other latinhib row against the first one (the default).
 
     PYTHONPATH=. .venv/bin/python -m scripts.experiment.report_issue26 out/issue26-s20 ... out/issue26-s25
 """
@@ -60,6 +61,14 @@ def main(folders: list[str]) -> None:
                 mean, se = mean_se(pairs(states, row, c, split))
                 cells.append(f"{mean:+.1f} ± {se:.1f} ({verdict(mean, se).split(':')[0]})")
             print(f"| {row} | {split} | " + " | ".join(cells) + " |")
+    if len(rows) > 1:  # the latinhib rows against the first (the default), paired the same way
+        print()
+        print(f"| row | split | minus {rows[0]} |")
+        print("|---|---|---|")
+        for row in rows[1:]:
+            for split in ("test/mixed_rand", "val_rand"):
+                mean, se = mean_se(pairs(states, row, rows[0], split))
+                print(f"| {row} | {split} | {mean:+.1f} ± {se:.1f} ({verdict(mean, se).split(':')[0]}) |")
 
 
 if __name__ == "__main__":

@@ -320,6 +320,9 @@ def _from_arch(cfg: ModelConfig) -> _Built:
     weights = _resolve_weights(cfg.arch, cfg.weights)
     try:
         model = builder(weights=weights, **kwargs)
+    except (TypeError, ValueError) as exc:  # an unknown keyword, or one the weights fix (num_classes)
+        raise ConfigError(f"model.kwargs: cannot build {cfg.arch!r} with {weights} and {kwargs}: "
+                          f"{str(exc).splitlines()[0]}") from None
     except (OSError, RuntimeError) as exc:  # URLError is an OSError
         cache = _weights_cache_path(weights)
         raise CheckpointError(

@@ -75,3 +75,18 @@ def test_layer_the_model_does_not_have_lists_the_valid_names(src, tmp_path, chec
     assert line.startswith("Error: model.layers: the model has no layer 'feature.99'; valid names: ")
     assert "features.0" in line and "features.1" in line  # mobilenet_v3_small's stages (list shortened)
     assert not dst.exists()
+
+
+@pytest.mark.parametrize("kwargs, why", [("{bogus: 1}", "unexpected keyword argument 'bogus'"),
+                                         ("{num_classes: 10}", "expected value 1000 but got 10")])
+def test_kwargs_torchvision_weights_cannot_take_name_the_key(src, tmp_path, kwargs, why):
+    """torchvision's MobileNetV2 refuses both before it fetches any weights (no download):
+    one line naming the key."""
+    dst = tmp_path / "dst"
+    result = CliRunner().invoke(main, ["enhance", str(src), str(dst), "--arch", "mobilenet_v2", "--weights", "DEFAULT",
+                                       "--device", "cpu", "--set", f"model.kwargs={kwargs}", "--quiet"],
+                                catch_exceptions=False)
+    assert result.exit_code == 2
+    [line] = result.output.splitlines()
+    assert line.startswith("Error: model.kwargs: cannot build 'mobilenet_v2' with ") and why in line
+    assert not dst.exists()

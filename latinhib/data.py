@@ -285,7 +285,9 @@ class Decoded:
         (the file's own where the format holds it: 1-bit, palette, grey, CMYK, 16-bit ...).
     max_value: 255 or 65535. size: (W, H). info: what the writer keeps: icc_profile, exif,
         dpi, the palette of a palette image, ``lossless`` for a lossless WebP.
-    jpeg: a plain JPEG's bytes (1-D uint8) whose decoding is left to the job's device:
+    jpeg: a plain JPEG's bytes whose decoding is left to the job's device (``bytes``: from a
+        DataLoader worker they travel pickled through its pipe, where a tensor would cost a
+        shared-memory file and a descriptor passed back):
         ``pixels`` and ``model_input`` are None until :func:`decode_on_device` fills them
         in, one batched call per batch (``decode(..., on_device=True)``).
     """
@@ -299,7 +301,7 @@ class Decoded:
     info: Dict[str, Any] = field(default_factory=dict)
     #: what decoded it, and so encodes it back: pillow, or torchvision (codec.py)
     codec: str = "pillow"
-    jpeg: Optional[torch.Tensor] = None
+    jpeg: Optional[bytes] = None
 
     @property
     def color_channels(self) -> int:
@@ -464,7 +466,7 @@ def decode(
         raise DecodeError(f"cannot decode: {type(exc).__name__}: {_unnamed(exc)}") from None
     if fmt == "MPO":
         fmt = "JPEG"
-    if fast is not None and fast.ndim == 1:  # the bytes, for decode_on_device
+    if isinstance(fast, bytes):  # the file's bytes, for decode_on_device
         return Decoded(None, None, "JPEG", opened.mode, 255, opened.size, info, "torchvision", jpeg=fast)
     if fast is not None:
         mode = "RGB" if fast.shape[0] == 3 else "L"
@@ -478,10 +480,10 @@ def decode(
 
 
 def _torchvision_pixels(path: Union[Path, BinaryIO], opened: Image.Image, info: Dict[str, Any],
-                        decode_now: bool = True) -> Optional[torch.Tensor]:
+                        decode_now: bool = True) -> Union[torch.Tensor, bytes, None]:
     """A plain JPEG's pixels (C, H, W) uint8 by ``torchvision.io``, its EXIF kept in
     ``info``; None for any other file, or one torchvision cannot read (Pillow then decodes
-    it and names what is wrong). Not ``decode_now``: the file's bytes (1-D uint8), for
+    it and names what is wrong). Not ``decode_now``: the file's bytes, for
     :func:`decode_on_device`."""
     from . import codec
 
@@ -495,7 +497,7 @@ def _torchvision_pixels(path: Union[Path, BinaryIO], opened: Image.Image, info: 
     if "exif" in opened.info:
         info["exif"] = opened.info["exif"]
     if not decode_now:
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return bytes(data)
     try:
         return codec.decode_jpegs([data], torch.device("cpu"))[0]
     except RuntimeError:
@@ -526,7 +528,7 @@ def decode_on_device(batch: List[Tuple[int, Optional[Decoded], Optional[DecodeEr
             try:
                 decoded_pixels = codec.decode_jpegs([pending.jpeg], device)[0]
             except RuntimeError:
-                data = io.BytesIO(pending.jpeg.numpy().tobytes())
+                data = io.BytesIO(pending.jpeg)
                 try:
                     out[k] = (index, decode(data, input_size, mean, std), None)
                 except DecodeError as exc:

@@ -268,3 +268,16 @@ def test_decode_on_cuda_matches_the_cpu(photo_jpegs, tmp_path):
         assert decoded.pixels.device.type == "cuda" and decoded.model_input.device.type == "cuda"
         assert (decoded.pixels.cpu().int() - cpu.pixels.int()).abs().float().mean() < 1.0
         assert (decoded.model_input.cpu() - cpu.model_input).abs().mean() < 0.02
+
+
+def test_bytes_held_in_a_tensor_go_to_the_decoder_as_they_are(photo_jpegs, monkeypatch):
+    """decode_on_device hands decode_jpegs the workers' byte tensors: no copy of them
+    (``bytearray(tensor)`` walks a tensor element by element in Python)."""
+    import torchvision.io
+
+    real, seen = torchvision.io.decode_jpeg, []
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda inputs, **kw: seen.extend(inputs) or real(inputs, **kw))
+    held = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in photo_jpegs]
+    decoded = codec.decode_jpegs(held, torch.device("cpu"))
+    assert [t.data_ptr() for t in seen] == [t.data_ptr() for t in held]
+    assert all(torch.equal(a, b) for a, b in zip(decoded, codec.decode_jpegs(photo_jpegs, torch.device("cpu"))))

@@ -207,9 +207,11 @@ def test_the_devices_float_resize_matches_the_uint8_one(photo_jpegs):
     assert (exact - float_path).abs().mean() < 0.25  # uint8's fixed-point weights: 0.15 levels on average
 
 
-def test_a_job_decoding_on_the_device_gives_the_same_masks(tmp_path, monkeypatch):
+@pytest.mark.parametrize("decoders", ["threads", "processes"])
+def test_a_job_decoding_on_the_device_gives_the_same_masks(tmp_path, monkeypatch, decoders):
     """The pipelined executor (a CUDA job's) with decoding left to the device, forced onto
-    the CPU: the same manifest and masks as the ordinary job."""
+    the CPU: the same manifest and masks as the ordinary job. ``processes``: the files read
+    in DataLoader worker processes, as on CUDA, their bytes sent back to the main process."""
     import json
 
     import torchvision
@@ -227,12 +229,12 @@ def test_a_job_decoding_on_the_device_gives_the_same_masks(tmp_path, monkeypatch
         (src / "a" / f"{k}.jpg").write_bytes(_jpeg(np.array(Image.fromarray(photo).resize((160, 120)))))
     (src / "a" / "bad.jpg").write_bytes(_jpeg(photos.chelsea())[:2000])  # its header reads, its pixels do not
 
-    def job(name):
+    def job(name, *extra):
         dst, masks = tmp_path / f"dst-{name}", tmp_path / f"masks-{name}"
         result = CliRunner().invoke(main, [
             "enhance", str(src), str(dst), "--arch", "mobilenet_v3_small", "--checkpoint", str(checkpoint),
             "--device", "cpu", "--set", "model.input_size=64", "--ratio", "1", "--save-masks", str(masks),
-            "--set", "runtime.codec=torchvision", "--quiet"], catch_exceptions=False)
+            "--set", "runtime.codec=torchvision", "--quiet", *extra], catch_exceptions=False)
         entries = {e["path"]: e for e in map(json.loads, (dst / "latinhib-manifest.jsonl").read_text().splitlines())}
         return result, masks, entries
 
@@ -242,7 +244,15 @@ def test_a_job_decoding_on_the_device_gives_the_same_masks(tmp_path, monkeypatch
     monkeypatch.setattr(executors, "_decode_on_device", lambda device, codec: True)
     monkeypatch.setattr(executors, "_whole_core_streams", lambda device, streams: False)
     monkeypatch.setattr(executors, "decode_on_device", lambda batch, *a: calls.append(len(batch)) or real(batch, *a))
-    result, device_masks, on_device = job("device")
+    extra = ()
+    loaders = []
+    if decoders == "processes":
+        real_loader = executors.DataLoader
+        monkeypatch.setattr(executors, "_decode_in_threads", lambda device: False)
+        monkeypatch.setattr(executors, "DataLoader", lambda *a, **kw: loaders.append(kw["num_workers"]) or real_loader(*a, **kw))
+        extra = ("--workers", "2")
+    result, device_masks, on_device = job("device", *extra)
+    assert loaders == ([2] if decoders == "processes" else [])  # worker processes read the files
     assert calls and sum(calls) == 4  # every selected file went through it, a batch at a time
     assert result.exit_code == 1 and "bad.jpg" in result.output  # the cut file failed, named
     assert {k: e["status"] for k, e in on_device.items()} == {k: e["status"] for k, e in plain.items()}

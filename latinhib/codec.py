@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -79,17 +79,13 @@ def plain_jpeg(opened: Any) -> bool:
     return orientation in (1, None)
 
 
-def decode_jpegs(datas: Sequence[Union[bytes, torch.Tensor]], device: torch.device) -> List[torch.Tensor]:
-    """JPEG files' bytes (``bytes``, or 1-D uint8 CPU tensors holding them) -> (C, H, W)
-    uint8 pixels on ``device`` (C = 3, or 1 for grey), in one batched call. Raises
-    RuntimeError for a corrupt file (the caller falls back to Pillow, which names the
-    cause)."""
+def decode_jpegs(datas: Sequence[bytes], device: torch.device) -> List[torch.Tensor]:
+    """JPEG files' bytes -> (C, H, W) uint8 pixels on ``device`` (C = 3, or 1 for grey), in
+    one batched call. Raises RuntimeError for a corrupt file (the caller falls back to
+    Pillow, which names the cause)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    # A tensor goes as it is: bytearray(tensor) would iterate it one element at a time in
-    # Python (~0.2 s for a 100 KB file).
-    tensors = [data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
-               for data in datas]
+    tensors = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
     if not tensors:
         return []
     decoded = decode_jpeg(tensors, mode=ImageReadMode.UNCHANGED, device=device)

@@ -511,17 +511,19 @@ def decode_on_device(batch: List[Tuple[int, Optional[Decoded], Optional[DecodeEr
     on_device=True)`` left as bytes, decoded in one batched ``torchvision.io`` call on
     ``device`` (nvJPEG on CUDA), their model inputs made there too. Should the batch call
     fail (a file libjpeg accepts but nvJPEG does not), each file is decoded on its own,
-    and one that still fails goes through Pillow, which names the cause."""
+    and one that still fails goes through Pillow, which names the cause. Every model input
+    of the batch is on ``device`` afterwards (a PNG's, a Pillow fallback's are moved), so
+    the batch stacks as one tensor."""
     from . import codec
 
     waiting = [k for k, (_, decoded, _) in enumerate(batch) if decoded is not None and decoded.jpeg is not None]
-    if not waiting:
-        return batch
     out = list(batch)
-    try:
-        pixels = codec.decode_jpegs([batch[k][1].jpeg for k in waiting], device)
-    except RuntimeError:
-        pixels = [None] * len(waiting)
+    pixels: List[Optional[torch.Tensor]] = []
+    if waiting:
+        try:
+            pixels = codec.decode_jpegs([batch[k][1].jpeg for k in waiting], device)
+        except RuntimeError:
+            pixels = [None] * len(waiting)
     for k, decoded_pixels in zip(waiting, pixels):
         index, pending, _ = batch[k]
         if decoded_pixels is None:
@@ -537,6 +539,9 @@ def decode_on_device(batch: List[Tuple[int, Optional[Decoded], Optional[DecodeEr
         mode = "RGB" if decoded_pixels.shape[0] == 3 else "L"
         out[k] = (index, _decoded(decoded_pixels, "JPEG", mode, 255, input_size, mean, std, pending.info,
                                   codec="torchvision"), None)
+    for _, decoded, _ in out:
+        if decoded is not None and decoded.model_input.device.type != device.type:  # decoded by the worker
+            decoded.model_input = decoded.model_input.to(device, non_blocking=True)
     return out
 
 

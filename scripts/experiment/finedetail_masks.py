@@ -11,7 +11,9 @@ product's own (``importance_maps``: the norm of gradient or gradient x activatio
 CAM's per-layer evidence (scripts/experiment/enhancers.py) handed to the same filter,
 outline and threshold, to see what the evidence itself is worth there. A second table
 scores issue 26's second-round candidates at the product's own threshold (q auto): IoU,
-the kept share, precision and recall.
+the kept share, precision and recall; a third (the third round) scores candidates at q
+auto against Grad-CAM++ and LayerCAM thresholded at each candidate's own kept share, image
+by image, as the downstream CAM rows are.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from latinhib.api import Importance, recombine
 from latinhib.config import load_config
 from latinhib.importance import importance_maps
 from scripts.experiment import common as helpers
-from scripts.experiment.enhancers import cam_maps, layer_cams, mask_scores, quantile_mask
+from scripts.experiment.enhancers import cam_maps, layer_cams, mask_scores, per_image_quantile_mask, quantile_mask
 from scripts.experiment.models import SmallResNet
 from scripts.experiment.train import normalise
 
@@ -70,6 +72,24 @@ AUTO_ROWS = [
     ("layer2 alone, gradient x activation", "gxa", ["layer2"], {}),
     ("layer2 alone, gradcam_plus_plus", "gpp", ["layer2"], GPP),
 ]
+#: Issue 26's third round: latinhib's candidates at q auto against the strongest CAMs
+#: thresholded at each candidate's own kept share, image by image, as the downstream rows
+#: are (the CAM keeps exactly what the candidate keeps, so only the ranking differs). Rows
+#: are (label, [(evidence, layer), ...], overrides); two evidences in one row are fused as
+#: latinhib fuses layers.
+MATCHED_ROWS = [
+    ("stride rule (layer3), gradient x activation (the default)", [("gxa", "layer3")], {}),
+    ("map-size rule (layer2, layer3), gradient x activation", [("gxa", "layer2"), ("gxa", "layer3")], {}),
+    ("layer2 alone, gradient x activation", [("gxa", "layer2")], {}),
+    ("layers layer1, layer2, gradient x activation", [("gxa", "layer1"), ("gxa", "layer2")], {}),
+    ("layer2 alone, gradcam_plus_plus", [("gpp", "layer2")], GPP),
+    ("layers layer1, layer2, gradcam_plus_plus", [("gpp", "layer1"), ("gpp", "layer2")], GPP),
+    ("gradcam_plus_plus and gradient x activation at layer2, fused", [("gpp", "layer2"), ("gxa", "layer2")], {}),
+    ("LayerCAM evidence, layer2", [("layercam", "layer2")], {}),
+]
+#: The references of MATCHED_ROWS: the two strongest CAMs of the downstream draws.
+MATCHED_CAMS = [("Grad-CAM++ layer2", "gradcam++", ["layer2"], "max"),
+                ("LayerCAM layer1+2+3, mean", "layercam", LAYERS, "mean")]
 CAMS = [("Grad-CAM layer2", "gradcam", ["layer2"], "max"), ("Grad-CAM layer3", "gradcam", ["layer3"], "max"),
         ("Grad-CAM++ layer2", "gradcam++", ["layer2"], "max"), ("Grad-CAM++ layer3", "gradcam++", ["layer3"], "max"),
         ("LayerCAM layer1+2+3, mean", "layercam", LAYERS, "mean"), ("LayerCAM layer2+3, max", "layercam", ["layer2", "layer3"], "max")]
@@ -105,6 +125,7 @@ def main(folders: list[str]) -> None:
     torch.set_num_threads(1)
     results: dict[str, list[float]] = {}
     auto: dict[str, list[dict]] = {}
+    matched: dict[str, list[list[float]]] = {}
     for folder in map(Path, folders):
         state = json.loads((folder / "state.json").read_text())
         info = json.loads((folder / "data" / "info.json").read_text())
@@ -130,6 +151,7 @@ def main(folders: list[str]) -> None:
             scores = mask_scores(masks, val.masks)
             scores["kept"] = float(masks.flatten(1).float().mean(1).mean())
             auto.setdefault(label, []).append(scores)
+        matched_rows(model, val, cache, matched)
         print(f"{folder}: q {q:.2f}", flush=True)
     print(f"\n| mask (val_rand, q = each draw's matched mean q) | " + " | ".join(Path(f).name for f in folders) + " | mean |")
     print("|---|" + "---:|" * (len(folders) + 1))
@@ -141,6 +163,38 @@ def main(folders: list[str]) -> None:
         mean = {key: np.mean([row[key] for row in rows]) for key in rows[0]}
         print(f"| {label} | " + ", ".join(f"{row['iou']:.3f}" for row in rows)
               + f" | **{mean['iou']:.3f}** | {mean['kept']:.2f} | {mean['precision']:.3f} | {mean['recall']:.3f} |")
+
+    print_matched(matched)
+
+
+def matched_rows(model, val, cache: dict, out: dict) -> None:
+    """MATCHED_ROWS of one draw into ``out``: per row [kept, IoU, precision, recall, then
+    each MATCHED_CAMS reference's IoU and recall at the row's own per-image share]."""
+    refs = [cam_maps(model, val.images, layers, val.labels, method=method, fusion=fusion)
+            for _label, method, layers, fusion in MATCHED_CAMS]
+    for label, parts, overrides in MATCHED_ROWS:
+        for kind, _layer in parts:
+            if kind not in cache:
+                cache[kind] = evidence_maps(model, val, kind)
+        masks = latinhib_masks([cache[kind][layer] for kind, layer in parts], val.images.shape[-2:], overrides, "auto")
+        share = masks.flatten(1).float().mean(1)
+        own = mask_scores(masks, val.masks)
+        row = [float(share.mean()), own["iou"], own["precision"], own["recall"]]
+        for ref in refs:
+            theirs = mask_scores(per_image_quantile_mask(ref, 1 - share), val.masks)
+            row += [theirs["iou"], theirs["recall"]]
+        out.setdefault(label, []).append(row)
+
+
+def print_matched(matched: dict) -> None:
+    names = [label for label, *_ in MATCHED_CAMS]
+    print("\n| mask (val_rand, q auto) | kept share | IoU | precision | recall | "
+          + " | ".join(f"{n} at that share: IoU / recall | IoU minus it" for n in names) + " |")
+    print("|---|---:|---:|---:|---:|" + "---|---:|" * len(names))
+    for label, rows in matched.items():
+        m = np.mean(rows, axis=0)
+        cells = [f"{m[4 + 2 * i]:.3f} / {m[5 + 2 * i]:.3f} | {m[1] - m[4 + 2 * i]:+.3f}" for i in range(len(names))]
+        print(f"| {label} | {m[0]:.2f} | **{m[1]:.3f}** | {m[2]:.3f} | {m[3]:.3f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
